@@ -1,0 +1,170 @@
+#include "kspecdr/parallel/mpi.hpp"
+
+#include <fmt/format.h>
+
+#include "kspecdr/core/error.hpp"
+
+namespace kspecdr::mpi {
+namespace {
+void check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  throw Error(fmt::format("MPI call {} failed: {}", what, std::string(text, static_cast<std::size_t>(len))));
+}
+}  // namespace
+
+Environment::Environment(int& argc, char**& argv) {
+  int flag = 0;
+  MPI_Initialized(&flag);
+  if (!flag) {
+    int provided = 0;
+    check(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    owns_ = true;
+  }
+}
+
+Environment::~Environment() {
+  if (!owns_) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+bool initialized() {
+  int flag = 0;
+  MPI_Initialized(&flag);
+  return flag != 0;
+}
+
+Comm::~Comm() {
+  if (owned_ && c_ != MPI_COMM_NULL) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Comm_free(&c_);
+  }
+}
+
+Comm& Comm::operator=(Comm&& o) noexcept {
+  if (this != &o) {
+    if (owned_ && c_ != MPI_COMM_NULL) MPI_Comm_free(&c_);
+    c_ = o.c_;
+    owned_ = o.owned_;
+    o.owned_ = false;
+  }
+  return *this;
+}
+
+int Comm::rank() const {
+  int r = 0;
+  check(MPI_Comm_rank(c_, &r), "MPI_Comm_rank");
+  return r;
+}
+int Comm::size() const {
+  int s = 1;
+  check(MPI_Comm_size(c_, &s), "MPI_Comm_size");
+  return s;
+}
+void Comm::barrier() const { check(MPI_Barrier(c_), "MPI_Barrier"); }
+
+Comm Comm::split(int color, int key) const {
+  MPI_Comm out = MPI_COMM_NULL;
+  check(MPI_Comm_split(c_, color, key, &out), "MPI_Comm_split");
+  return Comm(out, true);
+}
+
+bool Comm::all_true(bool ok) const {
+  int in = ok ? 1 : 0, out = 0;
+  check(MPI_Allreduce(&in, &out, 1, MPI_INT, MPI_LAND, c_), "MPI_Allreduce(LAND)");
+  return out != 0;
+}
+double Comm::sum(double v) const {
+  double out = 0;
+  check(MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, c_), "MPI_Allreduce(SUM)");
+  return out;
+}
+long long Comm::sum(long long v) const {
+  long long out = 0;
+  check(MPI_Allreduce(&v, &out, 1, MPI_LONG_LONG, MPI_SUM, c_), "MPI_Allreduce(SUM)");
+  return out;
+}
+double Comm::max(double v) const {
+  double out = 0;
+  check(MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_MAX, c_), "MPI_Allreduce(MAX)");
+  return out;
+}
+long long Comm::max(long long v) const {
+  long long out = 0;
+  check(MPI_Allreduce(&v, &out, 1, MPI_LONG_LONG, MPI_MAX, c_), "MPI_Allreduce(MAX)");
+  return out;
+}
+double Comm::min(double v) const {
+  double out = 0;
+  check(MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_MIN, c_), "MPI_Allreduce(MIN)");
+  return out;
+}
+void Comm::sum_inplace(std::vector<double>& v) const {
+  check(MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_DOUBLE, MPI_SUM, c_),
+        "MPI_Allreduce(SUM, vector)");
+}
+
+void Comm::bcast(std::string& s, int root) const {
+  long long n = static_cast<long long>(s.size());
+  bcast(n, root);
+  s.resize(static_cast<std::size_t>(n));
+  if (n) check(MPI_Bcast(s.data(), static_cast<int>(n), MPI_CHAR, root, c_), "MPI_Bcast(string)");
+}
+void Comm::bcast(std::vector<double>& v, int root) const {
+  long long n = static_cast<long long>(v.size());
+  bcast(n, root);
+  v.resize(static_cast<std::size_t>(n));
+  if (n) check(MPI_Bcast(v.data(), static_cast<int>(n), MPI_DOUBLE, root, c_), "MPI_Bcast(vector)");
+}
+void Comm::bcast(double& v, int root) const { check(MPI_Bcast(&v, 1, MPI_DOUBLE, root, c_), "MPI_Bcast(double)"); }
+void Comm::bcast(long long& v, int root) const {
+  check(MPI_Bcast(&v, 1, MPI_LONG_LONG, root, c_), "MPI_Bcast(long long)");
+}
+
+std::vector<std::string> Comm::allgather(const std::string& s) const {
+  int n = size();
+  int len = static_cast<int>(s.size());
+  std::vector<int> lens(static_cast<std::size_t>(n)), displs(static_cast<std::size_t>(n));
+  check(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, c_), "MPI_Allgather(lengths)");
+  int total = 0;
+  for (int i = 0; i < n; ++i) {
+    displs[static_cast<std::size_t>(i)] = total;
+    total += lens[static_cast<std::size_t>(i)];
+  }
+  std::string all(static_cast<std::size_t>(total), '\0');
+  check(MPI_Allgatherv(s.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, c_),
+        "MPI_Allgatherv(strings)");
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i)
+    out.push_back(all.substr(static_cast<std::size_t>(displs[static_cast<std::size_t>(i)]),
+                             static_cast<std::size_t>(lens[static_cast<std::size_t>(i)])));
+  return out;
+}
+
+std::vector<double> Comm::allgatherv(const std::vector<double>& v) const {
+  int n = size();
+  int len = static_cast<int>(v.size());
+  std::vector<int> lens(static_cast<std::size_t>(n)), displs(static_cast<std::size_t>(n));
+  check(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, c_), "MPI_Allgather(lengths)");
+  int total = 0;
+  for (int i = 0; i < n; ++i) {
+    displs[static_cast<std::size_t>(i)] = total;
+    total += lens[static_cast<std::size_t>(i)];
+  }
+  std::vector<double> out(static_cast<std::size_t>(total));
+  check(MPI_Allgatherv(v.data(), len, MPI_DOUBLE, out.data(), lens.data(), displs.data(), MPI_DOUBLE, c_),
+        "MPI_Allgatherv(doubles)");
+  return out;
+}
+
+Comm& world() {
+  static Comm w(MPI_COMM_WORLD, false);
+  return w;
+}
+
+}  // namespace kspecdr::mpi

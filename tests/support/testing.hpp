@@ -1,0 +1,45 @@
+#pragma once
+// Helpers shared by the test suites: temporary folders, the reference data
+// folder, and pull statistics.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kspecdr::testing {
+
+/// A fresh folder under the system temp dir, removed with the object.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "kspecdr-test");
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// ../shared beside the clone (KSPECDR_SHARED_DIR), or nullopt when it is absent.
+std::optional<std::filesystem::path> shared_dir();
+/// The path of the kspecdr program built with the tests.
+std::filesystem::path kspecdr_bin();
+
+struct PullStats {
+  double mean = 0, stddev = 0;
+  std::size_t n = 0;
+};
+PullStats pull_stats(const std::vector<double>& pulls);
+
+/// Runs a shell command, returns its exit code; stdout+stderr go to `output` when given.
+int run_command(const std::string& cmd, std::string* output = nullptr);
+
+}  // namespace kspecdr::testing
+
+/// Skips the current test with a message naming the missing reference data.
+#define KSPECDR_REQUIRE_SHARED(var)                                                                 \
+  auto var##_opt = ::kspecdr::testing::shared_dir();                                                \
+  if (!var##_opt) GTEST_SKIP() << "reference data folder ../shared (KSPECDR_SHARED_DIR) is absent"; \
+  const std::filesystem::path var = *var##_opt
