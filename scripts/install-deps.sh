@@ -10,7 +10,7 @@ PACKAGES=(
   libcfitsio-dev
   libeigen3-dev
   libboost-program-options-dev
-  liberfa-dev
+  liberfa-dev iraf-noao
   libspdlog-dev libfmt-dev
   libgtest-dev googletest libbenchmark-dev
   python3-numpy python3-scipy python3-matplotlib python3-h5py python3-astropy python3-specreduce

@@ -5,5 +5,4 @@
 namespace kspecdr::cli {
 int run_simulate(int, char**) { throw ConfigError("simulate: not available in this build"); }
 int run_reduce(int, char**) { throw ConfigError("reduce: not available in this build"); }
-int run_log(int, char**) { throw ConfigError("log: not available in this build"); }
 }  // namespace kspecdr::cli

@@ -320,6 +320,16 @@ int Fits::image_equiv_bitpix() {
   return bp;
 }
 
+void Fits::check_last_pixel() {
+  auto s = image_shape();
+  if (s.size() != 2) return;
+  long fpixel[2] = {s[1], s[0]};
+  double v = 0;
+  int status = 0, anynul = 0;
+  fits_read_pix(ff(f_), TDOUBLE, fpixel, 1, nullptr, &v, &anynul, &status);
+  if (status) fail(status, "image data end early (truncated file?)");
+}
+
 int Fits::first_image_hdu() {
   int n = num_hdus();
   for (int i = 0; i < n; ++i) {

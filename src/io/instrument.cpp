@@ -235,6 +235,10 @@ std::string InstrumentProfile::setup_key(const Header& h) const {
     std::string v;
     try {
       v = trim(h.get_string(k).value_or("?"));
+      // Numbers written as 8651.000000 in one file and 8651.0 in another are one setup.
+      char* end = nullptr;
+      double d = std::strtod(v.c_str(), &end);
+      if (end != v.c_str() && *end == '\0') v = fmt::format("{:g}", d);
     } catch (const Error&) {
       v = "?";
     }

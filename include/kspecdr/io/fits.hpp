@@ -86,6 +86,8 @@ class Fits {
   ImageArray read_image_float();
   ImageArrayD read_image_double();
   MaskArray read_image_mask();
+  /// Reads the last pixel of the current image HDU: throws FitsError when the file is truncated.
+  void check_last_pixel();
   /// Index of the first HDU that holds a 2D image (0 for a normal file, 1 for data in extension 1 or .fz).
   int first_image_hdu();
 
