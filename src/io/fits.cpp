@@ -443,7 +443,32 @@ void Fits::write_typed(const T* data, long ny, long nx, int datatype, PixelType 
   }
   write_header_cards(h);
   long fpixel[2] = {1, 1};
-  fits_write_pix(ff(f_), datatype, fpixel, static_cast<LONGLONG>(nx) * ny, const_cast<T*>(data), &status);
+  const LONGLONG n = static_cast<LONGLONG>(nx) * ny;
+  // CFITSIO cannot convert types while compressing, so convert first (rounding to integers).
+  auto write_as = [&](auto tag, int code) {
+    using U = decltype(tag);
+    std::vector<U> buf(static_cast<std::size_t>(n));
+    for (LONGLONG i = 0; i < n; ++i) {
+      if constexpr (std::is_floating_point_v<U>)
+        buf[static_cast<std::size_t>(i)] = static_cast<U>(data[i]);
+      else
+        buf[static_cast<std::size_t>(i)] = static_cast<U>(std::llround(static_cast<double>(data[i])));
+    }
+    fits_write_pix(ff(f_), code, fpixel, n, buf.data(), &status);
+  };
+  if (!tile_compress_) {
+    fits_write_pix(ff(f_), datatype, fpixel, n, const_cast<T*>(data), &status);
+  } else {
+    switch (type) {
+      case PixelType::UInt8: write_as(static_cast<unsigned char>(0), TBYTE); break;
+      case PixelType::Int16: write_as(static_cast<short>(0), TSHORT); break;
+      case PixelType::UInt16: write_as(static_cast<unsigned short>(0), TUSHORT); break;
+      case PixelType::Int32: write_as(static_cast<int>(0), TINT); break;
+      case PixelType::Int64: write_as(static_cast<long long>(0), TLONGLONG); break;
+      case PixelType::Float32: write_as(0.0f, TFLOAT); break;
+      case PixelType::Float64: write_as(0.0, TDOUBLE); break;
+    }
+  }
   check(status, fmt::format("cannot write image pixels of HDU {}", extname.empty() ? "PRIMARY" : extname));
 }
 
