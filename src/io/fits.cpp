@@ -516,13 +516,14 @@ Table Fits::read_table() {
     fits_get_eqcoltype(ff(f_), c, &typecode, &repeat, &width, &status);
     check(status, fmt::format("cannot read type of column {}", col.name));
     const LONGLONG n = nrows;
+    int anynul = 0;
     if (typecode == TSTRING) {
       col.type = Column::Type::String;
       col.repeat = repeat;
       std::vector<std::vector<char>> buf(static_cast<std::size_t>(nrows), std::vector<char>(static_cast<std::size_t>(repeat) + 1));
       std::vector<char*> ptrs;
       for (auto& b : buf) ptrs.push_back(b.data());
-      if (nrows) fits_read_col(ff(f_), TSTRING, c, 1, 1, n, nullptr, ptrs.data(), nullptr, &status);
+      if (nrows) fits_read_col(ff(f_), TSTRING, c, 1, 1, n, nullptr, ptrs.data(), &anynul, &status);
       for (auto& b : buf) {
         std::string s = b.data();
         auto e = s.find_last_not_of(' ');
@@ -531,19 +532,19 @@ Table Fits::read_table() {
     } else if (typecode == TLOGICAL) {
       col.type = Column::Type::Logical;
       std::vector<char> v(static_cast<std::size_t>(nrows));
-      if (nrows) fits_read_col(ff(f_), TLOGICAL, c, 1, 1, n, nullptr, v.data(), nullptr, &status);
+      if (nrows) fits_read_col(ff(f_), TLOGICAL, c, 1, 1, n, nullptr, v.data(), &anynul, &status);
       for (char x : v) col.logicals.push_back(x != 0);
     } else if (typecode == TFLOAT || typecode == TDOUBLE) {
       col.type = Column::Type::Double;
       col.repeat = repeat;
       col.doubles.resize(static_cast<std::size_t>(nrows * repeat));
       double nan = std::numeric_limits<double>::quiet_NaN();
-      if (nrows) fits_read_col(ff(f_), TDOUBLE, c, 1, 1, n * repeat, &nan, col.doubles.data(), nullptr, &status);
+      if (nrows) fits_read_col(ff(f_), TDOUBLE, c, 1, 1, n * repeat, &nan, col.doubles.data(), &anynul, &status);
     } else {
       col.type = Column::Type::Int;
       col.repeat = repeat;
       col.ints.resize(static_cast<std::size_t>(nrows * repeat));
-      if (nrows) fits_read_col(ff(f_), TLONGLONG, c, 1, 1, n * repeat, nullptr, col.ints.data(), nullptr, &status);
+      if (nrows) fits_read_col(ff(f_), TLONGLONG, c, 1, 1, n * repeat, nullptr, col.ints.data(), &anynul, &status);
     }
     check(status, fmt::format("cannot read column {}", col.name));
     t.columns.push_back(std::move(col));

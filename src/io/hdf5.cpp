@@ -366,6 +366,8 @@ void Group::write(const std::string& name, const T* data, const Dims& dims, bool
   if (exists(name)) check(H5Ldelete(id(), name.c_str(), H5P_DEFAULT), "delete existing dataset", file_, object);
   Handle space = make_space(dims, {}, file_, object);
   Handle dcpl = plist(H5P_DATASET_CREATE, file_, object);
+  // No object timestamps: the same content gives the same bytes (reproducible outputs).
+  check(H5Pset_obj_track_times(dcpl.id(), false), "disable time tracking", file_, object);
   // Filters in parallel files would need collective writes from every rank; whole-dataset
   // writes there are independent, so they stay unfiltered.
   if (compress && !dims.empty() && product(dims) > 0 && !parallel_) {
@@ -446,6 +448,8 @@ Dataset Group::create_dataset(const std::string& name, const Dims& dims, const D
     fail("create dataset", file_, object, "an extendible dataset needs chunk dimensions");
   Handle space = make_space(dims, maxdims, file_, object);
   Handle dcpl = plist(H5P_DATASET_CREATE, file_, object);
+  // No object timestamps: the same content gives the same bytes (reproducible outputs).
+  check(H5Pset_obj_track_times(dcpl.id(), false), "disable time tracking", file_, object);
   if (!chunk.empty())
     check(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()), "set chunking", file_, object);
   Handle lcpl = link_plist(file_, object);
