@@ -1,0 +1,164 @@
+#include "kspecdr/detector/calibrate.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+
+#include "kspecdr/core/error.hpp"
+#include "kspecdr/core/version.hpp"
+#include "kspecdr/detector/cosmic.hpp"
+#include "kspecdr/detector/raw.hpp"
+#include "kspecdr/io/fits.hpp"
+
+namespace kspecdr::detector {
+namespace fs = std::filesystem;
+
+namespace {
+
+void check_shape(const Image& product, const DetectorFrame& d, const char* what, const std::string& calhash) {
+  if (product.data.rows() != d.electrons.rows() || product.data.cols() != d.electrons.cols())
+    throw DataError(fmt::format("frame is {}x{} after trimming but the master {} (CALHASH {}) is {}x{}",
+                                d.electrons.rows(), d.electrons.cols(), what, calhash, product.data.rows(),
+                                product.data.cols()),
+                    ErrorContext{.file = d.file.string()});
+}
+
+}  // namespace
+
+Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile, const MasterBias* bias,
+                      const MasterFlat* flat, const DetectorConfig& cfg, const MasterDark* dark) {
+  const std::string name = raw_path.filename().string();
+  try {
+    DetectorFrame d = overscan_trim_gain(load_raw(raw_path, profile), profile, cfg);
+    const Eigen::Index ny = d.electrons.rows(), nx = d.electrons.cols();
+    const auto& amps = d.geometry.amps;
+    const bool use_bias = bias && cfg.use_bias, use_dark = dark && cfg.use_dark, use_flat = flat && cfg.use_flat;
+    if (use_bias) check_shape(bias->image, d, "bias", bias->calhash);
+    if (use_dark) check_shape(dark->rate, d, "dark", dark->calhash);
+    if (use_flat) check_shape(flat->pixel_flat, d, "flat", flat->calhash);
+    if (!use_bias)
+      spdlog::warn("{}: no master bias: overscan subtraction only (BIASCORR = 'OVERSCAN'); residual bias structure "
+                   "stays in the data",
+                   name);
+    if (!use_flat)
+      spdlog::warn("{}: no master flat: unit flat (FLATCORR = F); pixel-to-pixel sensitivity is not corrected", name);
+
+    // Read noise per amplifier: measured from the biases when there are some, else nominal.
+    std::vector<float> rn2(amps.size());
+    for (std::size_t a = 0; a < amps.size(); ++a) {
+      double r = amps[a].read_noise;
+      if (use_bias) {
+        if (a >= bias->amps.size() || bias->amps[a].name != amps[a].name)
+          throw DataError(fmt::format("master bias (CALHASH {}) has no amplifier {} at position {}", bias->calhash,
+                                      amps[a].name, a + 1),
+                          ErrorContext{.file = raw_path.string()});
+        r = bias->amps[a].read_noise_e;
+      }
+      if (!(r > 0))
+        spdlog::warn("{}: read noise of amplifier {} is unknown: the variance has no read-noise term", name,
+                     amps[a].name);
+      rn2[a] = static_cast<float>(r * r);
+    }
+    double exptime = 0.0;
+    if (use_dark) {
+      std::string key = profile.keyword("exptime");
+      if (key.empty()) key = "EXPTIME";
+      auto t = d.header.get_double(key);
+      if (!t)
+        throw DataError(fmt::format("no exposure time keyword {} to scale the master dark", key),
+                        ErrorContext{.file = raw_path.string(), .keyword = key});
+      exptime = *t;
+    }
+
+    Image im(ny, nx);
+    im.mask = d.mask;
+    const float t = static_cast<float>(exptime);
+    for (Eigen::Index i = 0; i < d.electrons.size(); ++i) {
+      float s = d.electrons(i);
+      if (!std::isfinite(s)) {
+        im.data(i) = 0.0f;
+        im.variance(i) = 0.0f;
+        im.mask(i) |= kMaskBad;
+        continue;
+      }
+      float v = rn2[d.amp(i)];
+      if (use_bias) {
+        s -= bias->image.data(i);
+        v += bias->image.variance(i);
+        im.mask(i) |= bias->image.mask(i);
+      }
+      if (use_dark) {
+        s -= dark->rate.data(i) * t;
+        v += dark->rate.variance(i) * t * t;
+        im.mask(i) |= dark->rate.mask(i);
+      }
+      v += std::max(s, 0.0f);
+      if (use_flat) {
+        const float f = flat->pixel_flat.data(i), vf = flat->pixel_flat.variance(i);
+        im.mask(i) |= flat->pixel_flat.mask(i);
+        if (f > 0) {
+          s /= f;
+          v = v / (f * f) + s * s * vf / (f * f);
+        }
+      }
+      im.data(i) = s;
+      im.variance(i) = v;
+    }
+
+    CosmicResult cr;
+    if (cfg.cosmic_enable) cr = detect_cosmics(im.data, im.variance, im.mask, cfg);
+
+    // Header: the raw header without its section keywords (they describe the raw layout).
+    Header& h = im.header;
+    h = d.header;
+    for (const auto& a : profile.amplifiers)
+      for (const auto& k : {a.datasec_key, a.biassec_key, a.detsec_key})
+        if (!k.empty()) h.erase(k);
+    for (const char* k : {"DATASEC", "BIASSEC", "TRIMSEC", "DETSEC", "CCDSEC"}) h.erase(k);
+    h.set("IMINPUT", raw_path.filename().string(), "raw frame this IM was made from");
+    h.set("KSPVER", version(), "kspecdr version");
+    h.set("KSPSHA", git_sha(), "kspecdr git commit");
+    h.set("DISPAXIS", 1, "dispersion runs along x (NAXIS1)");
+    h.set("RAWDAXIS", profile.dispersion_axis, "raw axis of dispersion (transposed if 2)");
+    h.set("RAWFLIPD", profile.flip_dispersion, "raw dispersion axis was flipped");
+    h.set("RAWFLIPS", profile.flip_spatial, "raw spatial axis was flipped");
+    h.set("OVERSCAN", d.overscan.empty() ? std::string("NONE") : d.overscan.front().method,
+          "overscan: median level or poly along readout");
+    for (std::size_t a = 0; a < amps.size(); ++a) {
+      const auto n = a + 1;
+      h.set(fmt::format("AMPNAM{}", n), amps[a].name, "amplifier name");
+      h.set(fmt::format("OVSCLV{}", n), d.overscan[a].level, "[DN] overscan level subtracted");
+      h.set(fmt::format("OVSCER{}", n), d.overscan[a].error, "[DN] uncertainty of OVSCLV");
+      h.set(fmt::format("GAIN{}", n), amps[a].gain, fmt::format("[e-/DN] gain applied ({})", amps[a].gain_source));
+      h.set(fmt::format("RDNOISE{}", n), std::sqrt(static_cast<double>(rn2[a])), "[e-] read noise in VARIANCE");
+      // A raw gain keyword of another name would tell a reader to multiply again.
+      const std::string& gk = profile.amplifiers[a].gain_key;
+      if (!gk.empty() && gk != fmt::format("GAIN{}", n) && h.has(gk))
+        h.set(gk, 1.0, "data already in electrons (gain applied: GAINn)");
+    }
+    h.set("SATURATE", d.saturation_dn, "[DN] raw level flagged SATURATED");
+    h.set("BIASCORR", use_bias ? std::string("MASTER") : std::string("OVERSCAN"), "bias: overscan + master bias?");
+    if (use_bias) h.set("BIASHASH", bias->calhash, "CALHASH of the master bias");
+    h.set("DARKCORR", use_dark, "master dark subtracted");
+    if (use_dark) h.set("DARKHASH", dark->calhash, "CALHASH of the master dark");
+    h.set("FLATCORR", use_flat, "divided by the pixel flat");
+    if (use_flat) h.set("FLATHASH", flat->calhash, "CALHASH of the master flat");
+    h.set("CRMASK", cfg.cosmic_enable, "cosmic rays flagged (L.A.Cosmic), data unchanged");
+    if (cfg.cosmic_enable) {
+      h.set("NCOSMIC", static_cast<long long>(cr.npix), "pixels flagged COSMIC");
+      h.set("CRSIGCLP", cfg.cosmic_sigclip, "L.A.Cosmic sigclip");
+      h.set("CROBJLIM", cfg.cosmic_objlim, "L.A.Cosmic objlim");
+    }
+    h.add_history(fmt::format("kspecdr {} detector: raw -> IM from {}", version(), name));
+    im.unit = "electron";
+    return im;
+  } catch (Error& e) {
+    e.add_context(ErrorContext{.file = raw_path.string(), .exposure = raw_path.stem().string()});
+    throw;
+  }
+}
+
+void write_im(const fs::path& path, const Image& im, bool overwrite) { fits::write_image_file(path, im, overwrite); }
+
+}  // namespace kspecdr::detector

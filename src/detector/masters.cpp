@@ -1,0 +1,613 @@
+#include "kspecdr/detector/masters.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kspecdr/core/error.hpp"
+#include "kspecdr/core/version.hpp"
+#include "kspecdr/detector/stats.hpp"
+#include "kspecdr/io/atomic.hpp"
+#include "kspecdr/io/fits.hpp"
+
+namespace kspecdr::detector {
+namespace fs = std::filesystem;
+
+// ------------------------------------------------------------------ provenance
+
+std::string calibration_hash(const std::vector<fs::path>& inputs, const std::string& config_text) {
+  // FNV-1a: stable across platforms and runs, which std::hash is not.
+  std::uint64_t h = 1469598103934665603ull;
+  auto feed = [&](const std::string& s) {
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+    h ^= 0xff;
+    h *= 1099511628211ull;
+  };
+  std::vector<std::string> items;
+  for (const auto& p : inputs) {
+    std::error_code ec;
+    auto size = fs::file_size(p, ec);
+    auto mtime = fs::last_write_time(p, ec);
+    items.push_back(fmt::format("{}|{}|{}", p.filename().string(), ec ? 0 : size,
+                                ec ? 0 : static_cast<long long>(mtime.time_since_epoch().count())));
+  }
+  std::sort(items.begin(), items.end());
+  for (const auto& s : items) feed(s);
+  feed(config_text);
+  return fmt::format("{:016x}", h);
+}
+
+std::string bias_config_text(const InstrumentProfile& p, const DetectorConfig& c) {
+  std::string s = fmt::format("instrument={};overscan={}/{};order={}/{};clip={};combine={};", p.name, p.overscan_method,
+                              c.overscan_method, p.overscan_order, c.overscan_order, c.overscan_clip_sigma,
+                              to_string(c.bias_combine));
+  for (const auto& a : p.amplifiers)
+    s += fmt::format("amp={},{},{},{},{},{},{},{};", a.name, a.datasec ? a.datasec->to_fits() : a.datasec_key,
+                     a.biassec ? a.biassec->to_fits() : a.biassec_key, a.detsec ? a.detsec->to_fits() : a.detsec_key,
+                     a.gain, a.gain_key, a.read_noise, a.read_noise_key);
+  s += fmt::format("axis={},{},{}", p.dispersion_axis, p.flip_dispersion, p.flip_spatial);
+  return s;
+}
+
+std::string flat_config_text(const InstrumentProfile& p, const DetectorConfig& c, const MasterBias* bias,
+                             const MasterDark* dark) {
+  return bias_config_text(p, c) + fmt::format(";flatcombine={};smooth={};illum={},{};low={};high={};bias={};dark={}",
+                                              to_string(c.flat_combine), c.flat_smooth_px, c.illumination_threshold,
+                                              c.illumination_halfwindow, c.low_flat_threshold, c.high_flat_threshold,
+                                              bias && c.use_bias ? bias->calhash : "none",
+                                              dark && c.use_dark ? dark->calhash : "none");
+}
+
+bool calibration_is_current(const fs::path& path, const std::string& expected) {
+  if (!fs::exists(path)) return false;
+  try {
+    fits::Fits f = fits::Fits::open(path);
+    f.move_to(0);
+    auto h = f.read_header().get_string("CALHASH");
+    return h && *h == expected;
+  } catch (const Error& e) {
+    spdlog::warn("calibration product {} is unreadable and will be rebuilt: {}", path.string(), e.what());
+    return false;
+  }
+}
+
+namespace {
+
+struct LoadedStack {
+  std::vector<ImageArray> frames;  ///< electrons, pipeline orientation, NaN where masked
+  std::vector<DetectorFrame> meta; ///< the rest of each frame (electrons moved out)
+  AmpIndexArray amp;
+  std::vector<std::string> names;
+};
+
+LoadedStack load_stack(const std::vector<fs::path>& files, const InstrumentProfile& profile,
+                       const DetectorConfig& cfg, const char* what) {
+  if (files.empty()) throw DataError(fmt::format("no {} frames to combine", what));
+  LoadedStack s;
+  for (const auto& f : files) {
+    try {
+      DetectorFrame d = overscan_trim_gain(load_raw(f, profile), profile, cfg);
+      // Saturated and bad pixels are left out of the combination.
+      for (Eigen::Index i = 0; i < d.electrons.size(); ++i)
+        if (d.mask(i) & (kMaskBad | kMaskSaturated)) d.electrons(i) = std::numeric_limits<float>::quiet_NaN();
+      if (!s.frames.empty() && (d.electrons.rows() != s.frames.front().rows() ||
+                                d.electrons.cols() != s.frames.front().cols()))
+        throw DataError(fmt::format("{} frame is {}x{} after trimming, the first {} frame {}x{}", what,
+                                    d.electrons.rows(), d.electrons.cols(), what, s.frames.front().rows(),
+                                    s.frames.front().cols()));
+      if (s.frames.empty()) s.amp = d.amp;
+      s.frames.push_back(std::move(d.electrons));
+      d.electrons = ImageArray();
+      s.meta.push_back(std::move(d));
+      s.names.push_back(f.filename().string());
+    } catch (Error& e) {
+      e.add_context(ErrorContext{.file = f.string(), .exposure = f.stem().string()});
+      throw;
+    }
+  }
+  return s;
+}
+
+std::vector<const ImageArray*> pointers(const std::vector<ImageArray>& v) {
+  std::vector<const ImageArray*> p;
+  for (const auto& a : v) p.push_back(&a);
+  return p;
+}
+
+void provenance(Header& h, const char* caltype, const std::string& calhash, int n, const std::vector<std::string>& inputs) {
+  h.set("CALTYPE", caltype, "kspecdr calibration product");
+  h.set("CALHASH", calhash, "hash of inputs (names, sizes, mtimes) and settings");
+  h.set("NCOMBINE", n, "number of frames combined");
+  h.set("KSPVER", version(), "kspecdr version");
+  h.set("KSPSHA", git_sha(), "kspecdr git commit");
+  for (std::size_t i = 0; i < inputs.size() && i < 999; ++i)
+    h.set(fmt::format("IMCMB{:03d}", i + 1), inputs[i], "input frame");
+}
+
+std::vector<std::string> read_inputs(const Header& h) {
+  std::vector<std::string> out;
+  for (int i = 1; i < 1000; ++i) {
+    auto v = h.get_string(fmt::format("IMCMB{:03d}", i));
+    if (!v) break;
+    out.push_back(*v);
+  }
+  return out;
+}
+
+/// Writes primary + VARIANCE + MASK (+ extra float HDUs) atomically.
+void write_product(const fs::path& path, const Image& im, const std::vector<std::pair<std::string, const ImageArray*>>& extra,
+                   bool overwrite) {
+  im.check_shapes(path.string());
+  io::AtomicOutput out(path, overwrite);
+  {
+    fits::Fits f = fits::Fits::create(out.temp_path());
+    Header h = im.header;
+    if (!im.unit.empty()) h.set("BUNIT", im.unit, "unit of the data");
+    f.write_image(im.data, h, "");
+    f.write_checksum();
+    Header hv;
+    hv.set("BUNIT", im.unit.empty() ? std::string("") : "(" + im.unit + ")**2", "variance of the primary data");
+    f.write_image(im.variance, hv, "VARIANCE");
+    f.write_checksum();
+    Header hm;
+    for (const auto& [bit, name] : mask_bit_names()) {
+      int b = 0;
+      while ((1u << b) != bit) ++b;
+      hm.set(fmt::format("MASKB{}", b), name, fmt::format("mask bit {} (value {})", b, bit));
+    }
+    f.write_image(im.mask, hm, "MASK");
+    f.write_checksum();
+    for (const auto& [name, arr] : extra) {
+      f.write_image(*arr, Header{}, name);
+      f.write_checksum();
+    }
+    f.close();
+  }
+  out.commit();
+}
+
+Image read_product(const fs::path& path, const char* caltype) {
+  Image im = fits::read_image_file(path);
+  auto t = im.header.get_string("CALTYPE");
+  if (!t || *t != caltype)
+    throw DataError(fmt::format("{} is not a kspecdr {} product (CALTYPE = '{}')", path.filename().string(), caltype,
+                                t.value_or("")),
+                    ErrorContext{.file = path.string(), .keyword = "CALTYPE"});
+  return im;
+}
+
+/// Running maximum over +-h rows of each column (edges use the rows that exist).
+ImageArray running_max_rows(const ImageArray& a, int h) {
+  const Eigen::Index ny = a.rows();
+  ImageArray out(ny, a.cols());
+  for (Eigen::Index y = 0; y < ny; ++y) {
+    const Eigen::Index y0 = std::max<Eigen::Index>(0, y - h), y1 = std::min<Eigen::Index>(ny, y + h + 1);
+    out.row(y) = a.row(y0);
+    for (Eigen::Index k = y0 + 1; k < y1; ++k) out.row(y) = out.row(y).max(a.row(k));
+  }
+  return out;
+}
+
+/// Median of the pixels of a frame that are above `fraction` of its 99th percentile: the level
+/// of the illuminated part, whatever fraction of the detector the fibers or slit cover.
+double illuminated_median(const ImageArray& a, double fraction) {
+  std::vector<double> v;
+  const Eigen::Index step = std::max<Eigen::Index>(1, a.size() / 200000);
+  for (Eigen::Index i = 0; i < a.size(); i += step)
+    if (std::isfinite(a(i))) v.push_back(a(i));
+  if (v.empty()) return std::numeric_limits<double>::quiet_NaN();
+  auto k = static_cast<std::ptrdiff_t>(0.99 * static_cast<double>(v.size() - 1));
+  std::nth_element(v.begin(), v.begin() + k, v.end());
+  const double cut = fraction * v[static_cast<std::size_t>(k)];
+  std::vector<double> lit;
+  for (Eigen::Index i = 0; i < a.size(); i += step)
+    if (std::isfinite(a(i)) && a(i) > cut) lit.push_back(a(i));
+  return median_inplace(lit);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ bias
+
+std::vector<std::pair<double, double>> read_noise_from_pairs(const std::vector<const ImageArray*>& frames,
+                                                             const AmpIndexArray& amp, std::size_t namps) {
+  std::vector<std::pair<double, double>> out(namps, {std::numeric_limits<double>::quiet_NaN(), 0.0});
+  const std::size_t npairs = frames.size() / 2;
+  if (npairs == 0) return out;
+  for (std::size_t a = 0; a < namps; ++a) {
+    double sum_rn = 0;
+    std::size_t n_total = 0, used_pairs = 0;
+    for (std::size_t p = 0; p < npairs; ++p) {
+      const ImageArray& f0 = *frames[2 * p];
+      const ImageArray& f1 = *frames[2 * p + 1];
+      std::vector<double> d;
+      d.reserve(static_cast<std::size_t>(f0.size() / static_cast<Eigen::Index>(namps) + 1));
+      for (Eigen::Index i = 0; i < f0.size(); ++i) {
+        if (amp(i) != a) continue;
+        const double v = static_cast<double>(f0(i)) - f1(i);
+        if (std::isfinite(v)) d.push_back(v);
+      }
+      // A clipped standard deviation rather than 1.4826 MAD: on integer DN the MAD is
+      // quantised to half-integers, a bias of several percent at a few DN of noise.
+      ClippedStats s = clipped_stats(std::move(d), 4.0);
+      if (s.n_used < 2) continue;
+      sum_rn += s.stddev / std::sqrt(2.0);
+      n_total += s.n_used;
+      ++used_pairs;
+    }
+    if (used_pairs == 0) continue;
+    const double rn = sum_rn / static_cast<double>(used_pairs);
+    // Standard error of a Gaussian sigma from n values: sigma / sqrt(2 n).
+    out[a] = {rn, rn / std::sqrt(2.0 * static_cast<double>(n_total))};
+  }
+  return out;
+}
+
+MasterBias build_master_bias(const std::vector<fs::path>& bias_files, const InstrumentProfile& profile,
+                             const DetectorConfig& cfg) {
+  LoadedStack s = load_stack(bias_files, profile, cfg, "bias");
+  const auto& geo = s.meta.front().geometry;
+  const std::size_t namps = geo.amps.size();
+  MasterBias mb;
+  mb.method = cfg.bias_combine;
+  mb.nframes = static_cast<int>(s.frames.size());
+  mb.inputs = s.names;
+  mb.calhash = calibration_hash(bias_files, bias_config_text(profile, cfg));
+
+  auto ptrs = pointers(s.frames);
+  auto rn = read_noise_from_pairs(ptrs, s.amp, namps);
+  for (std::size_t a = 0; a < namps; ++a) {
+    AmplifierBias ab;
+    ab.name = geo.amps[a].name;
+    ab.gain = geo.amps[a].gain;
+    double sl = 0, se2 = 0;
+    for (const auto& m : s.meta) {
+      sl += m.overscan[a].level;
+      se2 += m.overscan[a].error * m.overscan[a].error;
+    }
+    ab.bias_level_dn = sl / static_cast<double>(s.meta.size());
+    ab.bias_level_err_dn = std::sqrt(se2) / static_cast<double>(s.meta.size());
+    if (std::isfinite(rn[a].first)) {
+      ab.read_noise_e = rn[a].first;
+      ab.read_noise_err_e = rn[a].second;
+    } else {
+      ab.read_noise_e = geo.amps[a].read_noise;
+      spdlog::warn("master bias: {} bias frame(s) give no pair difference for amplifier {}; using the nominal read "
+                   "noise {} e-{}",
+                   s.frames.size(), ab.name, ab.read_noise_e, ab.read_noise_e > 0 ? "" : " (unknown: variance lacks it)");
+    }
+    spdlog::info("master bias: amplifier {}: overscan level {:.3f} +- {:.3f} DN, read noise {:.3f} +- {:.3f} e-",
+                 ab.name, ab.bias_level_dn, ab.bias_level_err_dn, ab.read_noise_e, ab.read_noise_err_e);
+    mb.amps.push_back(ab);
+  }
+
+  CombinedBand c = combine(ptrs, CombineOptions{cfg.bias_combine, cfg.combine_clip_sigma});
+  Image& im = mb.image;
+  im.data = std::move(c.value);
+  im.variance.resize(im.data.rows(), im.data.cols());
+  im.mask = MaskArray::Zero(im.data.rows(), im.data.cols());
+  std::vector<float> ratio(s.frames.size() + 1);
+  for (std::size_t n = 0; n < ratio.size(); ++n)
+    ratio[n] = n ? static_cast<float>(combined_variance_ratio(cfg.bias_combine, static_cast<int>(n))) : 0.0f;
+  for (Eigen::Index i = 0; i < im.data.size(); ++i) {
+    const auto u = c.used(i);
+    if (u == 0 || !std::isfinite(im.data(i))) {
+      im.data(i) = 0.0f;
+      im.variance(i) = 0.0f;
+      im.mask(i) = kMaskBad;
+      continue;
+    }
+    const double r = mb.amps[s.amp(i)].read_noise_e;
+    im.variance(i) = static_cast<float>(r * r) * ratio[u];
+  }
+  im.unit = "electron";
+  provenance(im.header, "BIAS", mb.calhash, mb.nframes, mb.inputs);
+  im.header.set("COMBINE", to_string(mb.method), "per-pixel combination");
+  im.header.set("NAMP", static_cast<int>(namps), "number of amplifiers");
+  for (std::size_t a = 0; a < namps; ++a) {
+    const auto& ab = mb.amps[a];
+    const auto n = a + 1;
+    im.header.set(fmt::format("AMPNAM{}", n), ab.name, "amplifier name");
+    im.header.set(fmt::format("GAIN{}", n), ab.gain, "[e-/DN] gain applied");
+    im.header.set(fmt::format("BIASLV{}", n), ab.bias_level_dn, "[DN] mean overscan level");
+    im.header.set(fmt::format("BIASER{}", n), ab.bias_level_err_dn, "[DN] uncertainty of BIASLV");
+    im.header.set(fmt::format("RDNOISE{}", n), ab.read_noise_e, "[e-] read noise from bias pair differences");
+    im.header.set(fmt::format("RDNERR{}", n), ab.read_noise_err_e, "[e-] uncertainty of RDNOISE");
+  }
+  return mb;
+}
+
+void write_master_bias(const fs::path& path, const MasterBias& mb, bool overwrite) {
+  write_product(path, mb.image, {}, overwrite);
+}
+
+MasterBias read_master_bias(const fs::path& path) {
+  MasterBias mb;
+  mb.image = read_product(path, "BIAS");
+  const Header& h = mb.image.header;
+  try {
+    mb.calhash = h.get_string("CALHASH").value_or("");
+    mb.nframes = static_cast<int>(h.get_int("NCOMBINE").value_or(0));
+    mb.method = combine_method_from_string(h.get_string("COMBINE").value_or("median"));
+    mb.inputs = read_inputs(h);
+    const auto namps = h.get_int("NAMP").value_or(0);
+    for (long long a = 1; a <= namps; ++a) {
+      AmplifierBias ab;
+      ab.name = h.require_string(fmt::format("AMPNAM{}", a));
+      ab.gain = h.require_double(fmt::format("GAIN{}", a));
+      ab.bias_level_dn = h.require_double(fmt::format("BIASLV{}", a));
+      ab.bias_level_err_dn = h.require_double(fmt::format("BIASER{}", a));
+      ab.read_noise_e = h.require_double(fmt::format("RDNOISE{}", a));
+      ab.read_noise_err_e = h.require_double(fmt::format("RDNERR{}", a));
+      mb.amps.push_back(ab);
+    }
+  } catch (Error& e) {
+    e.add_context(ErrorContext{.file = path.string()});
+    throw;
+  }
+  return mb;
+}
+
+// ------------------------------------------------------------------ dark
+
+namespace {
+double exposure_time(const DetectorFrame& d, const InstrumentProfile& profile) {
+  std::string key = profile.keyword("exptime");
+  if (key.empty()) key = "EXPTIME";
+  auto t = d.header.get_double(key);
+  if (!t)
+    throw DataError(fmt::format("no exposure time keyword {}", key),
+                    ErrorContext{.file = d.file.string(), .keyword = key});
+  return *t;
+}
+}  // namespace
+
+MasterDark build_master_dark(const std::vector<fs::path>& dark_files, const InstrumentProfile& profile,
+                             const MasterBias* bias, const DetectorConfig& cfg) {
+  LoadedStack s = load_stack(dark_files, profile, cfg, "dark");
+  const bool sub_bias = bias && cfg.use_bias;
+  double tsum = 0;
+  for (std::size_t k = 0; k < s.frames.size(); ++k) {
+    const double t = exposure_time(s.meta[k], profile);
+    if (!(t > 0))
+      throw DataError(fmt::format("dark frame has exposure time {} s", t),
+                      ErrorContext{.file = s.meta[k].file.string(), .keyword = profile.keyword("exptime")});
+    if (sub_bias) {
+      if (bias->image.data.rows() != s.frames[k].rows() || bias->image.data.cols() != s.frames[k].cols())
+        throw DataError("master bias and dark frames differ in shape", ErrorContext{.file = s.meta[k].file.string()});
+      s.frames[k] -= bias->image.data;
+    }
+    s.frames[k] /= static_cast<float>(t);
+    tsum += t;
+  }
+  const double tmean = tsum / static_cast<double>(s.frames.size());
+  CombinedBand c = combine(pointers(s.frames), CombineOptions{cfg.dark_combine, cfg.combine_clip_sigma});
+  MasterDark md;
+  md.nframes = static_cast<int>(s.frames.size());
+  md.inputs = s.names;
+  md.calhash = calibration_hash(dark_files, bias_config_text(profile, cfg) + ";dark;" + to_string(cfg.dark_combine) +
+                                                (sub_bias ? bias->calhash : std::string("none")));
+  Image& im = md.rate;
+  im.data = std::move(c.value);
+  im.variance.resize(im.data.rows(), im.data.cols());
+  im.mask = MaskArray::Zero(im.data.rows(), im.data.cols());
+  for (Eigen::Index i = 0; i < im.data.size(); ++i) {
+    if (c.used(i) == 0 || !std::isfinite(im.data(i))) {
+      im.data(i) = 0.0f;
+      im.variance(i) = 0.0f;
+      im.mask(i) = kMaskBad;
+      continue;
+    }
+    const std::uint8_t a = s.amp(i);
+    double rn = 0;
+    if (sub_bias && a < bias->amps.size()) rn = bias->amps[a].read_noise_e;
+    else if (a < s.meta.front().geometry.amps.size()) rn = s.meta.front().geometry.amps[a].read_noise;
+    const double var_e = rn * rn + std::max(0.0, static_cast<double>(im.data(i)) * tmean) +
+                         (sub_bias ? bias->image.variance(i) : 0.0f);
+    im.variance(i) = static_cast<float>(var_e / (tmean * tmean) * combined_variance_ratio(cfg.dark_combine, c.used(i)));
+  }
+  im.unit = "electron/s";
+  provenance(im.header, "DARK", md.calhash, md.nframes, md.inputs);
+  im.header.set("EXPTIME", tmean, "[s] mean exposure time of the darks");
+  return md;
+}
+
+void write_master_dark(const fs::path& path, const MasterDark& md, bool overwrite) {
+  write_product(path, md.rate, {}, overwrite);
+}
+
+MasterDark read_master_dark(const fs::path& path) {
+  MasterDark md;
+  md.rate = read_product(path, "DARK");
+  md.calhash = md.rate.header.get_string("CALHASH").value_or("");
+  md.nframes = static_cast<int>(md.rate.header.get_int("NCOMBINE").value_or(0));
+  md.inputs = read_inputs(md.rate.header);
+  return md;
+}
+
+// ------------------------------------------------------------------ flat
+
+ImageArray flat_large_scale_model(const ImageArray& combined, double bin_px) {
+  const Eigen::Index ny = combined.rows(), nx = combined.cols();
+  ImageArray model(ny, nx);
+  const Eigen::Index nb = std::max<Eigen::Index>(1, static_cast<Eigen::Index>(std::lround(static_cast<double>(nx) / std::max(2.0, bin_px))));
+  std::vector<double> xc, vc, vals;
+  for (Eigen::Index y = 0; y < ny; ++y) {
+    xc.clear();
+    vc.clear();
+    for (Eigen::Index b = 0; b < nb; ++b) {
+      const Eigen::Index x0 = b * nx / nb, x1 = (b + 1) * nx / nb;
+      vals.clear();
+      for (Eigen::Index x = x0; x < x1; ++x)
+        if (std::isfinite(combined(y, x))) vals.push_back(combined(y, x));
+      if (vals.size() < 3) continue;
+      ClippedStats st = clipped_stats(vals, 3.0, 5);
+      xc.push_back(0.5 * static_cast<double>(x0 + x1 - 1));
+      vc.push_back(st.mean);
+    }
+    const std::size_t k = xc.size();
+    if (k == 0) {
+      model.row(y).setZero();
+      continue;
+    }
+    if (k == 1) {
+      model.row(y).setConstant(static_cast<float>(vc[0]));
+      continue;
+    }
+    // Cubic Hermite with finite-difference (Catmull-Rom) tangents: local, no overshoot of
+    // the knots' trend on scales wider than a bin, linear beyond the end knots.
+    std::vector<double> m(k);
+    for (std::size_t j = 0; j < k; ++j) {
+      const std::size_t a = j == 0 ? 0 : j - 1, b = j + 1 == k ? j : j + 1;
+      m[j] = (vc[b] - vc[a]) / (xc[b] - xc[a]);
+    }
+    std::size_t j = 0;
+    for (Eigen::Index x = 0; x < nx; ++x) {
+      const double xd = static_cast<double>(x);
+      double v;
+      if (xd <= xc.front()) {
+        v = vc.front() + m.front() * (xd - xc.front());
+      } else if (xd >= xc.back()) {
+        v = vc.back() + m.back() * (xd - xc.back());
+      } else {
+        while (xc[j + 1] < xd) ++j;
+        const double hgt = xc[j + 1] - xc[j], t = (xd - xc[j]) / hgt;
+        const double t2 = t * t, t3 = t2 * t;
+        v = (2 * t3 - 3 * t2 + 1) * vc[j] + (t3 - 2 * t2 + t) * hgt * m[j] + (-2 * t3 + 3 * t2) * vc[j + 1] +
+            (t3 - t2) * hgt * m[j + 1];
+      }
+      model(y, x) = static_cast<float>(v);
+    }
+  }
+  return model;
+}
+
+MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const InstrumentProfile& profile,
+                             const MasterBias* bias, const MasterDark* dark, const DetectorConfig& cfg) {
+  LoadedStack s = load_stack(flat_files, profile, cfg, "flat");
+  const bool sub_bias = bias && cfg.use_bias, sub_dark = dark && cfg.use_dark;
+  const std::size_t nf = s.frames.size();
+  std::vector<double> norm(nf), texp(nf, 0.0);
+  for (std::size_t k = 0; k < nf; ++k) {
+    ImageArray& f = s.frames[k];
+    const std::string file = s.meta[k].file.string();
+    if (sub_bias) {
+      if (bias->image.data.rows() != f.rows() || bias->image.data.cols() != f.cols())
+        throw DataError("master bias and flat frame differ in shape", ErrorContext{.file = file});
+      f -= bias->image.data;
+    }
+    if (sub_dark) {
+      texp[k] = exposure_time(s.meta[k], profile);
+      f -= dark->rate.data * static_cast<float>(texp[k]);
+    }
+    norm[k] = illuminated_median(f, cfg.illumination_threshold);
+    if (!(norm[k] > 0))
+      throw DataError(fmt::format("flat frame has no illuminated pixels (median level {})", norm[k]),
+                      ErrorContext{.file = file, .exposure = s.meta[k].file.stem().string()});
+    f /= static_cast<float>(norm[k]);
+  }
+  CombinedBand c = combine(pointers(s.frames), CombineOptions{cfg.flat_combine, cfg.combine_clip_sigma});
+  const ImageArray& comb = c.value;
+  const Eigen::Index ny = comb.rows(), nx = comb.cols();
+
+  // Per-pixel variance of the combined normalised flat: each frame's electrons variance
+  // (Poisson of the combined level scaled back, read noise, master bias/dark) over norm^2.
+  std::vector<double> rn(s.meta.front().geometry.amps.size());
+  for (std::size_t a = 0; a < rn.size(); ++a)
+    rn[a] = sub_bias && a < bias->amps.size() ? bias->amps[a].read_noise_e : s.meta.front().geometry.amps[a].read_noise;
+  ImageArray var_comb(ny, nx);
+  for (Eigen::Index i = 0; i < comb.size(); ++i) {
+    const double cv = comb(i);
+    if (c.used(i) == 0 || !std::isfinite(cv)) {
+      var_comb(i) = 0.0f;
+      continue;
+    }
+    const double extra = (sub_bias ? bias->image.variance(i) : 0.0) + rn[s.amp(i)] * rn[s.amp(i)];
+    double sum = 0;
+    for (std::size_t k = 0; k < nf; ++k) {
+      double v = std::max(0.0, cv * norm[k]) + extra;
+      if (sub_dark) v += dark->rate.variance(i) * texp[k] * texp[k];
+      sum += v / (norm[k] * norm[k]);
+    }
+    var_comb(i) = static_cast<float>(sum / static_cast<double>(nf) *
+                                      combined_variance_ratio(cfg.flat_combine, c.used(i)));
+  }
+
+  MasterFlat mf;
+  mf.nframes = static_cast<int>(nf);
+  mf.inputs = s.names;
+  mf.calhash = calibration_hash(flat_files, flat_config_text(profile, cfg, bias, dark));
+  mf.illumination = flat_large_scale_model(comb, cfg.flat_smooth_px);
+  const ImageArray local_max = running_max_rows(mf.illumination, cfg.illumination_halfwindow);
+  Image& pf = mf.pixel_flat;
+  pf.data.resize(ny, nx);
+  pf.variance.resize(ny, nx);
+  pf.mask = MaskArray::Zero(ny, nx);
+  long nlit = 0, nlow = 0, nhigh = 0;
+  for (Eigen::Index i = 0; i < comb.size(); ++i) {
+    const double mdl = mf.illumination(i);
+    const bool lit = std::isfinite(mdl) && mdl > 0 && mdl > cfg.illumination_threshold * local_max(i);
+    if (!lit) {
+      pf.data(i) = 1.0f;
+      pf.variance(i) = 0.0f;
+      pf.mask(i) = kMaskUnilluminated;
+      continue;
+    }
+    ++nlit;
+    if (c.used(i) == 0 || !std::isfinite(comb(i))) {
+      pf.data(i) = 1.0f;
+      pf.variance(i) = 0.0f;
+      pf.mask(i) = kMaskBad;
+      continue;
+    }
+    const double p = comb(i) / mdl;
+    pf.data(i) = static_cast<float>(p);
+    pf.variance(i) = static_cast<float>(var_comb(i) / (mdl * mdl));
+    if (p < cfg.low_flat_threshold) {
+      pf.mask(i) |= kMaskLowFlat;
+      ++nlow;
+    } else if (p > cfg.high_flat_threshold) {
+      pf.mask(i) |= kMaskBad;
+      ++nhigh;
+    }
+  }
+  spdlog::info("master flat: {} frames, {:.1f} % of pixels illuminated, {} low and {} high pixel-flat values", nf,
+               100.0 * static_cast<double>(nlit) / static_cast<double>(comb.size()), nlow, nhigh);
+  pf.unit = "";
+  provenance(pf.header, "FLAT", mf.calhash, mf.nframes, mf.inputs);
+  pf.header.set("COMBINE", to_string(cfg.flat_combine), "per-pixel combination");
+  pf.header.set("FLATSMTH", cfg.flat_smooth_px, "[px] bin width of the large-scale model along x");
+  pf.header.set("ILLUMTHR", cfg.illumination_threshold, "illuminated: model above this fraction of local max");
+  pf.header.set("LOWFLAT", cfg.low_flat_threshold, "pixel flat below this: LOWFLAT mask bit");
+  pf.header.set("BIASCORR", sub_bias ? std::string("MASTER") : std::string("OVERSCAN"), "bias used for the flats");
+  if (sub_bias) pf.header.set("BIASHASH", bias->calhash, "CALHASH of the master bias used");
+  for (std::size_t k = 0; k < nf && k < 999; ++k)
+    pf.header.set(fmt::format("FLTNRM{:02d}", k + 1), norm[k], "[e-] normalisation of input flat");
+  return mf;
+}
+
+void write_master_flat(const fs::path& path, const MasterFlat& mf, bool overwrite) {
+  write_product(path, mf.pixel_flat, {{"ILLUM", &mf.illumination}}, overwrite);
+}
+
+MasterFlat read_master_flat(const fs::path& path) {
+  MasterFlat mf;
+  mf.pixel_flat = read_product(path, "FLAT");
+  mf.calhash = mf.pixel_flat.header.get_string("CALHASH").value_or("");
+  mf.nframes = static_cast<int>(mf.pixel_flat.header.get_int("NCOMBINE").value_or(0));
+  mf.inputs = read_inputs(mf.pixel_flat.header);
+  fits::Fits f = fits::Fits::open(path);
+  f.move_to("ILLUM");
+  mf.illumination = f.read_image_float();
+  if (mf.illumination.rows() != mf.pixel_flat.data.rows() || mf.illumination.cols() != mf.pixel_flat.data.cols())
+    throw DataError("ILLUM and the pixel flat differ in shape", ErrorContext{.file = path.string(), .hdu = "ILLUM"});
+  return mf;
+}
+
+}  // namespace kspecdr::detector

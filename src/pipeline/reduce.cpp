@@ -1,0 +1,240 @@
+#include "kspecdr/pipeline/reduce.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <optional>
+#include <sstream>
+
+#include "kspecdr/core/error.hpp"
+#include "kspecdr/core/log.hpp"
+#include "kspecdr/detector/calibrate.hpp"
+#include "kspecdr/detector/masters.hpp"
+#include "kspecdr/io/atomic.hpp"
+#include "kspecdr/io/instrument.hpp"
+#include "kspecdr/pipeline/obslog.hpp"
+
+namespace kspecdr {
+namespace fs = std::filesystem;
+
+std::string setup_slug(const std::string& setup) {
+  std::string s;
+  for (char c : setup) s += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-') ? c : '_';
+  return s.empty() ? "default" : s;
+}
+
+namespace {
+
+/// One unit of work of the plan, as broadcast from rank 0.
+struct PlannedFrame {
+  std::string name, file, setup;
+  FrameClass frame_class = FrameClass::Unknown;
+};
+
+std::string serialize(const std::vector<PlannedFrame>& plan) {
+  std::ostringstream os;
+  for (const auto& p : plan) os << to_string(p.frame_class) << '\t' << p.setup << '\t' << p.name << '\t' << p.file << '\n';
+  return os.str();
+}
+
+std::vector<PlannedFrame> deserialize(const std::string& text) {
+  std::vector<PlannedFrame> plan;
+  std::istringstream is(text);
+  std::string line;
+  while (std::getline(is, line)) {
+    std::vector<std::string> f;
+    std::size_t pos = 0;
+    for (int i = 0; i < 3; ++i) {
+      auto tab = line.find('\t', pos);
+      f.push_back(line.substr(pos, tab - pos));
+      pos = tab + 1;
+    }
+    f.push_back(line.substr(pos));
+    plan.push_back({f[2], f[3], f[1], frame_class_from_string(f[0])});
+  }
+  return plan;
+}
+
+/// Runs `work` on rank 0 only and makes its outcome known everywhere: an error becomes the same
+/// ConfigError/Error on every rank, so no rank waits in a collective that another has left.
+void on_root(const mpi::Comm& comm, const std::function<void()>& work) {
+  std::string error;
+  long long is_config = 0;
+  if (comm.is_root()) {
+    try {
+      work();
+    } catch (const ConfigError& e) {
+      error = e.what();
+      is_config = 1;
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  comm.bcast(error);
+  comm.bcast(is_config);
+  if (!error.empty()) {
+    if (is_config) throw ConfigError(error);
+    throw Error(error);
+  }
+}
+
+std::vector<fs::path> files_of(const std::vector<PlannedFrame>& plan, const std::string& setup, FrameClass c) {
+  std::vector<fs::path> out;
+  for (const auto& p : plan)
+    if (p.setup == setup && p.frame_class == c) out.emplace_back(p.file);
+  return out;
+}
+
+}  // namespace
+
+ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
+  ReduceSummary summary;
+  // Every rank loads the profile (a small file): identical and cheap, and a bad profile fails
+  // alike everywhere before any collective.
+  InstrumentProfile profile = load_instrument(cfg.instrument);
+  const fs::path calib = cfg.out_dir / "calib", imdir = cfg.out_dir / "im";
+
+  std::string plan_text;
+  on_root(comm, [&] {
+    ObservingLog log = build_observing_log(cfg.raw_dir, profile);
+    if (log.frames.empty())
+      throw ConfigError(fmt::format("no readable FITS frames in {} ({} unreadable)", cfg.raw_dir.string(),
+                                    log.unreadable.size()),
+                        ErrorContext{.file = cfg.raw_dir.string()});
+    fs::create_directories(calib);
+    fs::create_directories(imdir);
+    io::write_text_atomic(cfg.out_dir / "config-used.ini", cfg.resolved_config, true);
+    write_log_ecsv(log, cfg.out_dir / "log.ecsv", true);
+    write_log_csv(log, cfg.out_dir / "log.csv", true);
+    std::vector<PlannedFrame> plan;
+    for (const auto& f : log.frames) plan.push_back({f.name, f.file.string(), f.setup, f.frame_class});
+    for (const auto& u : log.unreadable)
+      plan.push_back({fs::path(u.file).filename().string(), u.file.string(), "", FrameClass::Unknown});
+    plan_text = serialize(plan);
+    for (const auto& [setup, set] : log.sets)
+      spdlog::info("setup '{}': {} bias, {} dark, {} flat, {} arc, {} science, {} imaging, {} unknown", setup,
+                   set.bias.size(), set.dark.size(), set.flat.size(), set.arc.size(), set.science.size(),
+                   set.imaging.size(), set.unknown.size());
+  });
+  comm.bcast(plan_text);
+  const std::vector<PlannedFrame> plan = deserialize(plan_text);
+
+  // Unreadable files are failed exposures of the night, named with their reason.
+  std::vector<std::string> setups;
+  for (const auto& p : plan) {
+    if (p.setup.empty()) {
+      summary.failures.push_back({p.name, p.file, "unreadable (see the log's unreadable list)"});
+      continue;
+    }
+    if (std::find(setups.begin(), setups.end(), p.setup) == setups.end()) setups.push_back(p.setup);
+  }
+
+  for (const auto& setup : setups) {
+    const std::string slug = setup_slug(setup);
+    const fs::path bias_path = calib / fmt::format("master_bias_{}.fits", slug);
+    const fs::path flat_path = calib / fmt::format("master_flat_{}.fits", slug);
+    const auto bias_files = files_of(plan, setup, FrameClass::Bias);
+    const auto flat_files = files_of(plan, setup, FrameClass::Flat);
+
+    // Calibration products: built once (rank 0), reused when inputs and settings match.
+    bool have_bias = false, have_flat = false;
+    on_root(comm, [&] {
+      if (!bias_files.empty()) {
+        std::string hash = detector::calibration_hash(bias_files, detector::bias_config_text(profile, cfg.detector));
+        if (detector::calibration_is_current(bias_path, hash)) {
+          spdlog::info("reusing {} (CALHASH {})", bias_path.string(), hash);
+        } else {
+          spdlog::info("building master bias for setup '{}' from {} frames", setup, bias_files.size());
+          detector::write_master_bias(bias_path, detector::build_master_bias(bias_files, profile, cfg.detector), true);
+        }
+      } else {
+        spdlog::warn("setup '{}': no bias frames: IM frames get overscan subtraction only (BIASCORR = 'OVERSCAN')",
+                     setup);
+      }
+    });
+    have_bias = !bias_files.empty();
+    std::optional<detector::MasterBias> bias;
+    if (have_bias) bias = detector::read_master_bias(bias_path);
+
+    on_root(comm, [&] {
+      if (!flat_files.empty()) {
+        std::string hash = detector::calibration_hash(
+            flat_files, detector::flat_config_text(profile, cfg.detector, bias ? &*bias : nullptr, nullptr));
+        if (detector::calibration_is_current(flat_path, hash)) {
+          spdlog::info("reusing {} (CALHASH {})", flat_path.string(), hash);
+        } else {
+          spdlog::info("building master flat for setup '{}' from {} frames", setup, flat_files.size());
+          detector::write_master_flat(
+              flat_path,
+              detector::build_master_flat(flat_files, profile, bias ? &*bias : nullptr, nullptr, cfg.detector), true);
+        }
+      } else {
+        spdlog::warn("setup '{}': no flat frames: IM frames use a unit flat (FLATCORR = F); pixel-to-pixel "
+                     "sensitivity is not corrected",
+                     setup);
+      }
+    });
+    have_flat = !flat_files.empty();
+    std::optional<detector::MasterFlat> flat;
+    if (have_flat) flat = detector::read_master_flat(flat_path);
+
+    // Exposures that become IM files, dealt round-robin to ranks (frames of one setup share a size).
+    std::vector<const PlannedFrame*> work;
+    for (const auto& p : plan)
+      if (p.setup == setup && (p.frame_class == FrameClass::Science || p.frame_class == FrameClass::Arc ||
+                               p.frame_class == FrameClass::Imaging))
+        work.push_back(&p);
+    summary.exposures += work.size();
+    for (std::size_t i = static_cast<std::size_t>(comm.rank()); i < work.size(); i += static_cast<std::size_t>(comm.size())) {
+      const PlannedFrame& p = *work[i];
+      const fs::path out = imdir / (p.name + ".im.fits");
+      if (fs::exists(out) && !cfg.overwrite) {
+        spdlog::info("{}: {} exists; kept (pass --overwrite to redo it)", p.name, out.string());
+        ++summary.skipped;
+        continue;
+      }
+      try {
+        Image im = detector::calibrate_frame(p.file, profile, bias ? &*bias : nullptr, flat ? &*flat : nullptr,
+                                             cfg.detector);
+        im.header.set("EXPNAME", p.name, "exposure name");
+        im.header.set("FRAMECLS", to_string(p.frame_class), "frame class from the instrument profile");
+        im.header.set("INSTPROF", profile.name, "kspecdr instrument profile");
+        im.header.set("SETUP", setup, "setup key");
+        detector::write_im(out, im, cfg.overwrite);
+        ++summary.done;
+        spdlog::info("{} -> {}", p.name, out.string());
+      } catch (const std::exception& e) {
+        spdlog::error("{} failed: {}", p.name, e.what());
+        summary.failures.push_back({p.name, p.file, e.what()});
+      }
+    }
+  }
+
+  // Gather every rank's counts and failures so rank 0 can report the whole night.
+  summary.done = static_cast<std::size_t>(comm.sum(static_cast<long long>(summary.done)));
+  summary.skipped = static_cast<std::size_t>(comm.sum(static_cast<long long>(summary.skipped)));
+  std::string mine;
+  for (const auto& f : summary.failures)
+    if (comm.is_root() || f.reason.rfind("unreadable", 0) != 0) mine += f.exposure + '\t' + f.file + '\t' + f.reason + '\n';
+  std::vector<ExposureFailure> all;
+  for (const auto& text : comm.allgather(mine)) {
+    std::istringstream is(text);
+    std::string line;
+    while (std::getline(is, line)) {
+      auto a = line.find('\t'), b = line.find('\t', a + 1);
+      all.push_back({line.substr(0, a), line.substr(a + 1, b - a - 1), line.substr(b + 1)});
+    }
+  }
+  summary.failures = all;
+  if (comm.is_root()) {
+    spdlog::info("night done: {} exposures planned, {} written, {} kept from earlier runs, {} failed", summary.exposures,
+                 summary.done, summary.skipped, summary.failures.size());
+    for (const auto& f : summary.failures) spdlog::error("failed exposure {} ({}): {}", f.exposure, f.file, f.reason);
+  }
+  return summary;
+}
+
+}  // namespace kspecdr
