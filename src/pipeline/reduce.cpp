@@ -4,6 +4,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <ctime>
 #include <functional>
 #include <map>
 #include <optional>
@@ -81,6 +83,25 @@ void on_root(const mpi::Comm& comm, const std::function<void()>& work) {
   }
 }
 
+/// FNV-1a 64-bit of a text, as 16 hex digits: a stable identifier of a configuration.
+std::string fnv1a_hex(const std::string& text) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : text) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return fmt::format("{:016x}", h);
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  return buf;
+}
+
 std::vector<fs::path> files_of(const std::vector<PlannedFrame>& plan, const std::string& setup, FrameClass c) {
   std::vector<fs::path> out;
   for (const auto& p : plan)
@@ -92,6 +113,7 @@ std::vector<fs::path> files_of(const std::vector<PlannedFrame>& plan, const std:
 
 ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   ReduceSummary summary;
+  const std::string config_hash = fnv1a_hex(cfg.resolved_config);
   // Every rank loads the profile (a small file): identical and cheap, and a bad profile fails
   // alike everywhere before any collective.
   InstrumentProfile profile = load_instrument(cfg.instrument);
@@ -188,28 +210,45 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
                                p.frame_class == FrameClass::Imaging))
         work.push_back(&p);
     summary.exposures += work.size();
-    for (std::size_t i = static_cast<std::size_t>(comm.rank()); i < work.size(); i += static_cast<std::size_t>(comm.size())) {
-      const PlannedFrame& p = *work[i];
-      const fs::path out = imdir / (p.name + ".im.fits");
-      if (fs::exists(out) && !cfg.overwrite) {
-        spdlog::info("{}: {} exists; kept (pass --overwrite to redo it)", p.name, out.string());
-        ++summary.skipped;
-        continue;
+    // Rounds of one exposure per rank: after each round the ranks add up what is done, so rank 0
+    // can show the progress of the whole setup (every rank takes part in every round's sum).
+    const std::size_t nranks = static_cast<std::size_t>(comm.size());
+    const std::size_t rounds = (work.size() + nranks - 1) / nranks;
+    Progress progress(fmt::format("IM frames of setup '{}'", setup), work.size(), comm.is_root());
+    long long done_setup = 0, failed_setup = 0;
+    for (std::size_t round = 0; round < rounds; ++round) {
+      const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
+      long long did = 0, failed = 0;
+      if (i < work.size()) {
+        const PlannedFrame& p = *work[i];
+        const fs::path out = imdir / (p.name + ".im.fits");
+        did = 1;
+        if (fs::exists(out) && !cfg.overwrite) {
+          spdlog::info("{}: {} exists; kept (pass --overwrite to redo it)", p.name, out.string());
+          ++summary.skipped;
+        } else {
+          try {
+            Image im = detector::calibrate_frame(p.file, profile, bias ? &*bias : nullptr, flat ? &*flat : nullptr,
+                                                 cfg.detector);
+            im.header.set("EXPNAME", p.name, "exposure name");
+            im.header.set("FRAMECLS", to_string(p.frame_class), "frame class from the instrument profile");
+            im.header.set("INSTPROF", profile.name, "kspecdr instrument profile");
+            im.header.set("SETUP", setup, "setup key");
+            im.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+            im.header.set("DATE", utc_now(), "UTC time this file was written");
+            detector::write_im(out, im, cfg.overwrite);
+            ++summary.done;
+            spdlog::debug("{} -> {}", p.name, out.string());
+          } catch (const std::exception& e) {
+            spdlog::error("{} failed: {}", p.name, e.what());
+            summary.failures.push_back({p.name, p.file, e.what()});
+            failed = 1;
+          }
+        }
       }
-      try {
-        Image im = detector::calibrate_frame(p.file, profile, bias ? &*bias : nullptr, flat ? &*flat : nullptr,
-                                             cfg.detector);
-        im.header.set("EXPNAME", p.name, "exposure name");
-        im.header.set("FRAMECLS", to_string(p.frame_class), "frame class from the instrument profile");
-        im.header.set("INSTPROF", profile.name, "kspecdr instrument profile");
-        im.header.set("SETUP", setup, "setup key");
-        detector::write_im(out, im, cfg.overwrite);
-        ++summary.done;
-        spdlog::info("{} -> {}", p.name, out.string());
-      } catch (const std::exception& e) {
-        spdlog::error("{} failed: {}", p.name, e.what());
-        summary.failures.push_back({p.name, p.file, e.what()});
-      }
+      done_setup += comm.sum(did);
+      failed_setup += comm.sum(failed);
+      progress.set(static_cast<std::size_t>(done_setup), static_cast<std::size_t>(failed_setup));
     }
   }
 
