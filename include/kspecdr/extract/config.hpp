@@ -1,0 +1,109 @@
+#pragma once
+// Every knob of the sky and extraction stage (IM → EX) in plain structs with
+// documented defaults. cli/ fills them; extract code never looks options up
+// anywhere else. Lengths are detector pixels (px), counts electrons (e-).
+#include <string>
+#include <vector>
+
+#include "kspecdr/core/image.hpp"
+
+namespace kspecdr::extract {
+
+/// Read noise per pixel (e-): one value for the detector, or a map with the image shape (e.g. built from
+/// the RDNOISEn keywords of the IM header and the amplifier sections).
+struct ReadNoise {
+  double value_e = 0.0;  ///< used where `map_e` is empty
+  ImageArray map_e;      ///< per-pixel read noise; empty = `value_e` everywhere
+  /// Read-noise variance (e-²) of pixel (row y, column x).
+  double variance(Eigen::Index y, Eigen::Index x) const {
+    const double r = map_e.size() ? static_cast<double>(map_e(y, x)) : value_e;
+    return r * r;
+  }
+  /// Throws ConfigError when the map does not have the image shape.
+  void check(Eigen::Index ny, Eigen::Index nx) const;
+};
+
+/// How the sky is estimated in each column from the pixels of the sky windows.
+enum class SkyMethod {
+  None,         ///< no local sky (fiber mode, where the master sky is subtracted after wavelength alignment)
+  Median,       ///< the median of the window pixels: one level per column, robust to stars and cosmics
+  ClippedPoly,  ///< an iteratively clipped polynomial in y: follows gradients and tilted sky lines
+};
+std::string to_string(SkyMethod m);
+/// "none", "median" or "poly"; throws ConfigError naming the text otherwise.
+SkyMethod sky_method_from_string(const std::string& s);
+
+/// A sky region along the slit, [from_px, to_px) in y relative to the trace centre (negative = below).
+struct SkyRegion {
+  double from_px = 0.0;
+  double to_px = 0.0;
+};
+
+struct SkyConfig {
+  SkyMethod method = SkyMethod::Median;
+  /// Distance (px) from the trace centre to the inner edge of each window; ≤ 0 = `distance_sigma` × σ(x).
+  double distance_px = 0.0;
+  /// Inner-edge distance in units of the local trace σ when `distance_px` ≤ 0; beyond the boxcar aperture.
+  double distance_sigma = 6.0;
+  /// Width (px) of the window on each side of the trace.
+  double width_px = 12.0;
+  /// Explicit regions (relative to the trace centre); when not empty they replace the two windows.
+  std::vector<SkyRegion> regions;
+  /// Rows within this many σ of another trace's centre are excluded from the windows.
+  double exclusion_sigma = 5.0;
+  /// Polynomial order in y of ClippedPoly (0 = a clipped mean).
+  int poly_order = 1;
+  /// ClippedPoly rejects pixels beyond this many standard deviations of the model.
+  double clip_sigma = 4.0;
+  /// ClippedPoly: at most this many fit-reject rounds.
+  int clip_iterations = 5;
+  /// A column needs at least this many good window pixels; below it the column's sky is NODATA.
+  int min_pixels = 4;
+};
+
+/// How the extraction weights the pixels of a column.
+enum class ExtractMethod {
+  Boxcar,   ///< sum over a box of ±halfwidth around the centre, fractional pixels at the edges
+  Optimal,  ///< Horne (1986) profile-weighted extraction with model variance and outlier rejection
+};
+std::string to_string(ExtractMethod m);
+ExtractMethod extract_method_from_string(const std::string& s);  ///< "boxcar" | "optimal"
+
+/// Where the spatial profile of optimal extraction comes from.
+enum class ProfileSource {
+  Gaussian,  ///< a pixel-integrated Gaussian with the trace centre and width
+  Data,      ///< the data themselves, smoothed along dispersion, positive and normalised per column
+};
+std::string to_string(ProfileSource p);
+ProfileSource profile_source_from_string(const std::string& s);  ///< "gaussian" | "data"
+
+struct ExtractConfig {
+  ExtractMethod method = ExtractMethod::Optimal;
+  /// Boxcar half-width (px); ≤ 0 = `boxcar_halfwidth_sigma` × σ(x).
+  double boxcar_halfwidth_px = 0.0;
+  /// Boxcar half-width in units of the local σ when `boxcar_halfwidth_px` ≤ 0. Four σ lose 6e-5 of a
+  /// Gaussian's light, far below the noise of any star-frame.
+  double boxcar_halfwidth_sigma = 4.0;
+  /// Half-width of the optimal-extraction aperture in units of σ (the profile outside carries no weight).
+  double optimal_halfwidth_sigma = 5.0;
+  ProfileSource profile = ProfileSource::Gaussian;
+  /// Data profile: window (columns) of the local quadratic smoothing along dispersion, per row. Wider
+  /// windows average more noise out of the profile; the quadratic follows curved traces across the window.
+  int profile_smooth_px = 81;
+  /// Pixels deviating from the profile model by more than this many σ are rejected, worst first.
+  double reject_sigma = 5.0;
+  /// At most this many pixels per column are rejected.
+  int max_reject = 3;
+  /// Fit-and-variance rounds of optimal extraction (the variance depends on the fitted flux).
+  int variance_iterations = 3;
+  /// A column whose good pixels hold less than this fraction of the profile is NODATA. The profile fit
+  /// stays unbiased with part of the profile masked (its variance grows accordingly), so this only stops
+  /// fluxes that rest on the far wings.
+  double min_good_fraction = 0.25;
+  /// Read noise of the pixels (the IM variance minus its Poisson part).
+  ReadNoise read_noise;
+  /// Mask bits of the input image that exclude a pixel.
+  MaskPixel exclude_bits = kMaskBad | kMaskSaturated | kMaskCosmic | kMaskNoData | kMaskLowFlat;
+};
+
+}  // namespace kspecdr::extract

@@ -1,0 +1,39 @@
+#pragma once
+// How many photons come from the star? Boxcar and optimal (Horne 1986)
+// extraction along each trace, column by column, with the variance built from
+// the model (sky + profile × flux + read noise²) rather than from the noisy
+// data, and split by source so the components add up to the total.
+#include <string>
+#include <vector>
+
+#include "kspecdr/core/image.hpp"
+#include "kspecdr/core/spectrum.hpp"
+#include "kspecdr/core/trace.hpp"
+#include "kspecdr/extract/config.hpp"
+#include "kspecdr/extract/sky.hpp"
+
+namespace kspecdr::extract {
+
+/// Extracts every trace of `traces` from `image` (e-), subtracting `sky` when it is given (slit mode;
+/// nullptr = no local sky). Per-aperture problems — an unusable trace, a trace off the detector, a fully
+/// masked aperture, an empty sky window — never stop the others: the affected pixels are NODATA with
+/// infinite variance, and the aperture's diagnostics status carries the DataError message (aperture and
+/// exposure named). Throws DataError only when the image, traces and sky do not fit together.
+SpectrumSet extract_spectra(const Image& image, const TraceSet& traces, const SkyModel* sky,
+                            const ExtractConfig& config, const std::string& exposure = "");
+
+/// Copies per-exposure trace shifts (trace::measure_trace_shifts) into the diagnostics.
+void record_trace_shifts(SpectrumSet& spectra, const std::vector<TraceShift>& shifts);
+
+/// The data profile of optimal extraction for one trace: for each column x and each row of the band
+/// [row0, row0 + rows), the normalised, non-negative profile (0 outside the aperture). Exposed for tests
+/// and plots.
+struct DataProfile {
+  long row0 = 0, rows = 0, nx = 0;
+  std::vector<float> p;  ///< rows × nx, row-major
+  float at(long row, long x) const { return p[static_cast<std::size_t>((row - row0) * nx + x)]; }
+};
+DataProfile build_data_profile(const Image& image, const Trace& trace, const ApertureSky* sky,
+                               const ExtractConfig& config);
+
+}  // namespace kspecdr::extract

@@ -1,0 +1,227 @@
+#include "kspecdr/extract/ex_file.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kspecdr/core/error.hpp"
+#include "kspecdr/io/atomic.hpp"
+#include "kspecdr/io/fits.hpp"
+
+namespace kspecdr::extract {
+
+namespace {
+
+using K = FormatItem::Kind;
+
+/// The float image HDUs, in file order; the primary first.
+struct ImageHdu {
+  const char* extname;
+  ImageArray SpectrumSet::*member;
+  const char* unit;
+  const char* description;
+};
+const ImageHdu kImages[] = {
+    {"PRIMARY", &SpectrumSet::flux, "electron", "extracted flux per detector column, sky subtracted (NAPER x NPIX)"},
+    {"VARIANCE", &SpectrumSet::variance, "electron2", "total variance of the flux = VAR_STAR + VAR_SKY + VAR_READ; +inf where NODATA"},
+    {"VAR_STAR", &SpectrumSet::var_star, "electron2", "variance from the star's photons (profile model x flux)"},
+    {"VAR_SKY", &SpectrumSet::var_sky, "electron2", "variance from sky photons and from the error of the sky estimate"},
+    {"VAR_READ", &SpectrumSet::var_read, "electron2", "variance from read noise"},
+    {"SKY", &SpectrumSet::sky, "electron", "sky subtracted from the flux, with the flux's weights"},
+    {"OFFSET", &SpectrumSet::offset, "pixel", "light centroid minus trace centre in the aperture"},
+    {"WIDTH", &SpectrumSet::width, "pixel", "Gaussian sigma of the spatial profile used"},
+    {"PEAK", &SpectrumSet::peak, "electron", "highest good pixel value inside the aperture (sky included)"},
+    {"MASKFRAC", &SpectrumSet::masked_fraction, "", "fraction of the profile on masked or rejected pixels"},
+    {"REJECTED", &SpectrumSet::rejected, "", "pixels rejected as outliers against the profile model"},
+};
+
+struct DiagColumn {
+  const char* name;
+  double ApertureDiagnostics::*member;
+  const char* unit;
+  const char* description;
+};
+const DiagColumn kDiagDoubles[] = {
+    {"TRACE_OFFSET", &ApertureDiagnostics::trace_offset_px, "pixel", "median light centroid minus trace centre"},
+    {"SHIFT", &ApertureDiagnostics::shift_px, "pixel", "trace shift of this exposure against the master trace"},
+    {"SHIFT_ERR", &ApertureDiagnostics::shift_err_px, "pixel", "uncertainty of SHIFT"},
+    {"WIDTH_SCALE", &ApertureDiagnostics::width_scale, "", "profile sigma of this exposure over the master's"},
+    {"WIDTH", &ApertureDiagnostics::width_px, "pixel", "median profile sigma"},
+    {"PEAK", &ApertureDiagnostics::peak_e, "electron", "highest good pixel in the aperture"},
+    {"MASKED_FRAC", &ApertureDiagnostics::masked_fraction, "", "mean fraction of the profile masked"},
+    {"SNR", &ApertureDiagnostics::snr_median, "", "median per-pixel flux / sqrt(variance)"},
+    {"SKY", &ApertureDiagnostics::sky_median_e, "electron", "median sky under the aperture per column"},
+};
+
+const char* kMagPrefix = "MAG_";
+
+std::vector<FormatItem> build_format() {
+  std::vector<FormatItem> f;
+  for (const auto& im : kImages)
+    f.push_back({im.extname, K::Image, im.extname, "float32", im.unit, im.description});
+  f.push_back({"MASK", K::Image, "MASK", "uint16", "", "mask bits per aperture and pixel (MASKBn keywords name them); 0 = good"});
+  f.push_back({"PRIMARY", K::Keyword, "BUNIT", "string", "", "unit of the flux: electron"});
+  f.push_back({"PRIMARY", K::Keyword, "NAPER", "int64", "", "number of apertures (rows)"});
+  f.push_back({"PRIMARY", K::Keyword, "EXTMETH", "string", "", "extraction method: boxcar | optimal"});
+  f.push_back({"PRIMARY", K::Keyword, "EXTPROF", "string", "", "spatial profile of the optimal weights: gaussian | data"});
+  f.push_back({"PRIMARY", K::Keyword, "SKYMETH", "string", "", "local sky method: none | median | poly"});
+  f.push_back({"MASK", K::Keyword, "MASKBn", "string", "", "name of mask bit n"});
+  f.push_back({"FIBRES", K::Column, "NAME", "string", "", "aperture (fiber or star) name"});
+  f.push_back({"FIBRES", K::Column, "TYPE", "string", "", "P program, S sky, C calibration standard, F guide, N unused"});
+  f.push_back({"FIBRES", K::Column, "RA", "float64", "deg", "right ascension (NaN when unknown)"});
+  f.push_back({"FIBRES", K::Column, "DEC", "float64", "deg", "declination (NaN when unknown)"});
+  f.push_back({"FIBRES", K::Column, "MAG_*", "float64", "mag", "catalogue magnitudes, one column per band known"});
+  f.push_back({"DIAGNOSTICS", K::Column, "NAME", "string", "", "aperture name (same order as FIBRES)"});
+  for (const auto& c : kDiagDoubles) f.push_back({"DIAGNOSTICS", K::Column, c.name, "float64", c.unit, c.description});
+  f.push_back({"DIAGNOSTICS", K::Column, "REJECTED", "int64", "", "pixels rejected against the profile model"});
+  f.push_back({"DIAGNOSTICS", K::Column, "BAD_COLS", "int64", "", "columns flagged NODATA"});
+  f.push_back({"DIAGNOSTICS", K::Column, "STATUS", "string", "", "'ok' or why the aperture is flagged"});
+  return f;
+}
+
+}  // namespace
+
+const std::vector<FormatItem>& ex_format() {
+  static const std::vector<FormatItem> f = build_format();
+  return f;
+}
+
+void write_ex_file(const std::filesystem::path& path, const SpectrumSet& sp, bool overwrite) {
+  sp.check_shapes(path.string());
+  io::AtomicOutput out(path, overwrite);
+  {
+    auto f = fits::Fits::create(out.temp_path());
+    for (const auto& im : kImages) {
+      const bool primary = std::string(im.extname) == "PRIMARY";
+      Header h;
+      if (primary) {
+        h = sp.header;
+        h.set("NAPER", static_cast<long long>(sp.naper()), "number of apertures");
+      }
+      if (*im.unit) h.set("BUNIT", im.unit, "unit of the values");
+      f.write_image(sp.*(im.member), h, primary ? "" : im.extname);
+      f.write_checksum();
+    }
+    Header hm;
+    for (const auto& [bit, name] : mask_bit_names()) {
+      int b = 0;
+      while ((1u << b) != bit) ++b;
+      hm.set(fmt::format("MASKB{}", b), name, fmt::format("mask bit {} (value {})", b, bit));
+    }
+    f.write_image(sp.mask, hm, "MASK");
+    f.write_checksum();
+
+    // FIBRES: identity of each aperture, one MAG_* column per band that any aperture knows.
+    std::vector<std::string> bands;
+    for (const auto& a : sp.apertures)
+      for (const auto& [band, v] : a.mags) {
+        const std::string col = band.rfind(kMagPrefix, 0) == 0 ? band : kMagPrefix + band;
+        if (std::find(bands.begin(), bands.end(), col) == bands.end()) bands.push_back(col);
+      }
+    fits::Table ft;
+    std::vector<std::string> names, types;
+    std::vector<double> ra, dec;
+    for (const auto& a : sp.apertures) {
+      names.push_back(a.name);
+      types.push_back(std::string(1, a.type));
+      ra.push_back(a.ra_deg);
+      dec.push_back(a.dec_deg);
+    }
+    ft.add_string("NAME", names);
+    ft.add_string("TYPE", types);
+    ft.add_double("RA", ra, "deg");
+    ft.add_double("DEC", dec, "deg");
+    for (const auto& col : bands) {
+      std::vector<double> v;
+      for (const auto& a : sp.apertures) {
+        double m = std::numeric_limits<double>::quiet_NaN();
+        for (const auto& [band, val] : a.mags)
+          if (band == col || kMagPrefix + band == col) m = val;
+        v.push_back(m);
+      }
+      ft.add_double(col, v, "mag");
+    }
+    f.write_table(ft, Header{}, "FIBRES");
+    f.write_checksum();
+
+    fits::Table dt;
+    dt.add_string("NAME", names);
+    for (const auto& c : kDiagDoubles) {
+      std::vector<double> v;
+      for (const auto& d : sp.diagnostics) v.push_back(d.*(c.member));
+      dt.add_double(c.name, v, c.unit);
+    }
+    std::vector<long long> rej, bad;
+    std::vector<std::string> status;
+    for (const auto& d : sp.diagnostics) {
+      rej.push_back(d.rejected);
+      bad.push_back(d.bad_columns);
+      status.push_back(d.status);
+    }
+    dt.add_int("REJECTED", rej);
+    dt.add_int("BAD_COLS", bad);
+    dt.add_string("STATUS", status);
+    f.write_table(dt, Header{}, "DIAGNOSTICS");
+    f.write_checksum();
+    f.close();
+  }
+  out.commit();
+}
+
+SpectrumSet read_ex_file(const std::filesystem::path& path) {
+  auto f = fits::Fits::open(path);
+  SpectrumSet sp;
+  for (const auto& im : kImages) {
+    const bool primary = std::string(im.extname) == "PRIMARY";
+    if (primary) f.move_to(0);
+    else f.move_to(im.extname);
+    if (primary) sp.header = f.read_header();
+    sp.*(im.member) = f.read_image_float();
+  }
+  f.move_to("MASK");
+  sp.mask = f.read_image_mask();
+  // CFITSIO reads IEEE infinity as an undefined value (NaN); NODATA variances are written as +inf.
+  const float inf = std::numeric_limits<float>::infinity();
+  for (auto* v : {&sp.variance, &sp.var_star, &sp.var_sky, &sp.var_read}) {
+    if (v->rows() != sp.mask.rows() || v->cols() != sp.mask.cols()) continue;
+    for (Eigen::Index i = 0; i < v->size(); ++i)
+      if (std::isnan(v->data()[i]) && (sp.mask.data()[i] & kMaskNoData)) v->data()[i] = inf;
+  }
+  const auto naper = static_cast<std::size_t>(sp.flux.rows());
+
+  f.move_to("FIBRES");
+  const fits::Table ft = f.read_table();
+  if (ft.nrows() != naper)
+    throw DataError(fmt::format("FIBRES has {} rows for {} spectra", ft.nrows(), naper),
+                    ErrorContext{.file = path.string(), .hdu = "FIBRES"});
+  sp.apertures.resize(naper);
+  for (std::size_t a = 0; a < naper; ++a) {
+    auto& ap = sp.apertures[a];
+    ap.name = ft.column("NAME").strings[a];
+    const auto& t = ft.column("TYPE").strings[a];
+    ap.type = t.empty() ? aperture_type::kProgram : t[0];
+    ap.ra_deg = ft.column("RA").number(a);
+    ap.dec_deg = ft.column("DEC").number(a);
+    for (const auto& c : ft.columns)
+      if (c.name.rfind(kMagPrefix, 0) == 0) ap.mags.emplace_back(c.name, c.number(a));
+  }
+  f.move_to("DIAGNOSTICS");
+  const fits::Table dt = f.read_table();
+  if (dt.nrows() != naper)
+    throw DataError(fmt::format("DIAGNOSTICS has {} rows for {} spectra", dt.nrows(), naper),
+                    ErrorContext{.file = path.string(), .hdu = "DIAGNOSTICS"});
+  sp.diagnostics.resize(naper);
+  for (std::size_t a = 0; a < naper; ++a) {
+    auto& d = sp.diagnostics[a];
+    for (const auto& c : kDiagDoubles) d.*(c.member) = dt.column(c.name).number(a);
+    d.rejected = static_cast<long>(dt.column("REJECTED").number(a));
+    d.bad_columns = static_cast<long>(dt.column("BAD_COLS").number(a));
+    d.status = dt.column("STATUS").strings[a];
+  }
+  sp.check_shapes(path.string());
+  return sp;
+}
+
+}  // namespace kspecdr::extract
