@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "kspecdr/core/error.hpp"
@@ -125,6 +126,7 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
     h.set("RAWFLIPS", profile.flip_spatial, "raw spatial axis was flipped");
     h.set("OVERSCAN", d.overscan.empty() ? std::string("NONE") : d.overscan.front().method,
           "overscan: median level or poly along readout");
+    h.set("NAMP", static_cast<long long>(amps.size()), "number of amplifiers (AMPNAMn, AMPSECn, RDNOISEn)");
     for (std::size_t a = 0; a < amps.size(); ++a) {
       const auto n = a + 1;
       h.set(fmt::format("AMPNAM{}", n), amps[a].name, "amplifier name");
@@ -132,6 +134,23 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
       h.set(fmt::format("OVSCER{}", n), d.overscan[a].error, "[DN] uncertainty of OVSCLV");
       h.set(fmt::format("GAIN{}", n), amps[a].gain, fmt::format("[e-/DN] gain applied ({})", amps[a].gain_source));
       h.set(fmt::format("RDNOISE{}", n), std::sqrt(static_cast<double>(rn2[a])), "[e-] read noise in VARIANCE");
+      // Where this amplifier's pixels are in the IM (pipeline orientation), so that later stages
+      // can rebuild the per-pixel read noise from the header alone.
+      {
+        Eigen::Index y0 = ny, y1 = -1, x0 = nx, x1 = -1;
+        for (Eigen::Index y = 0; y < ny; ++y)
+          for (Eigen::Index x = 0; x < nx; ++x)
+            if (static_cast<std::size_t>(d.amp(y, x)) == a) {
+              y0 = std::min(y0, y);
+              y1 = std::max(y1, y);
+              x0 = std::min(x0, x);
+              x1 = std::max(x1, x);
+            }
+        if (y1 >= 0) {
+          Section s{static_cast<long>(x0), static_cast<long>(x1 + 1), static_cast<long>(y0), static_cast<long>(y1 + 1)};
+          h.set(fmt::format("AMPSEC{}", n), s.to_fits(), "amplifier's pixels in this image (FITS section)");
+        }
+      }
       // A raw gain keyword of another name would tell a reader to multiply again.
       const std::string& gk = profile.amplifiers[a].gain_key;
       if (!gk.empty() && gk != fmt::format("GAIN{}", n) && h.has(gk))

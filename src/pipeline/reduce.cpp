@@ -15,6 +15,8 @@
 #include "kspecdr/core/log.hpp"
 #include "kspecdr/detector/calibrate.hpp"
 #include "kspecdr/detector/masters.hpp"
+#include "kspecdr/extract/ex_file.hpp"
+#include "kspecdr/io/fits.hpp"
 #include "kspecdr/io/atomic.hpp"
 #include "kspecdr/io/instrument.hpp"
 #include "kspecdr/pipeline/obslog.hpp"
@@ -109,6 +111,85 @@ std::vector<fs::path> files_of(const std::vector<PlannedFrame>& plan, const std:
   return out;
 }
 
+/// IM → EX for one setup: master traces (every rank computes them from the same files, so they agree
+/// without being sent), then exposures dealt to ranks in rounds like the IM step.
+void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const std::string& setup,
+                   const std::vector<const PlannedFrame*>& work, const detector::MasterFlat* flat,
+                   const fs::path& imdir, const fs::path& exdir, const mpi::Comm& comm, ReduceSummary& summary,
+                   const std::string& config_hash) {
+  auto im_path = [&](const PlannedFrame& p) { return imdir / (p.name + ".im.fits"); };
+  std::vector<const PlannedFrame*> usable;
+  for (const auto* p : work)
+    if (fs::exists(im_path(*p))) usable.push_back(p);
+
+  TraceSet master;
+  std::string trace_error;
+  try {
+    std::vector<Image> science;
+    std::vector<ApertureInfo> fibres;
+    Image flat_image;
+    if (profile.mode == SpectroMode::Slit) {
+      for (const auto* p : usable)
+        if (p->frame_class == FrameClass::Science) science.push_back(fits::read_image_file(im_path(*p)));
+    } else {
+      if (!usable.empty()) fibres = read_fibre_table(usable.front()->file, profile);
+      if (flat) {
+        flat_image = flat->pixel_flat;
+        flat_image.data = flat->pixel_flat.data * flat->illumination;
+      }
+    }
+    master = build_master_traces(profile, science, flat ? &flat_image : nullptr, fibres, cfg.ex);
+    if (comm.is_root())
+      for (const auto& t : master.traces)
+        spdlog::info("setup '{}': trace {} ({}) {}", setup, t.info.name, t.info.type,
+                     t.usable() ? fmt::format("centre rms {:.3f} px, width rms {:.3f} px", t.centre_rms_px, t.sigma_rms_px)
+                                : t.message);
+  } catch (const std::exception& e) {
+    trace_error = e.what();
+  }
+  if (!trace_error.empty()) {
+    // Without traces no exposure of this setup can be extracted: each is a failure with the reason.
+    if (comm.is_root()) spdlog::error("setup '{}': no master traces: {}", setup, trace_error);
+    for (std::size_t i = static_cast<std::size_t>(comm.rank()); i < usable.size(); i += static_cast<std::size_t>(comm.size()))
+      summary.failures.push_back({usable[i]->name, usable[i]->file, "no master traces: " + trace_error});
+    return;
+  }
+
+  const std::size_t nranks = static_cast<std::size_t>(comm.size());
+  const std::size_t rounds = (usable.size() + nranks - 1) / nranks;
+  Progress progress(fmt::format("EX spectra of setup '{}'", setup), usable.size(), comm.is_root());
+  long long done_total = 0, failed_total = 0;
+  for (std::size_t round = 0; round < rounds; ++round) {
+    const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
+    long long did = 0, failed = 0;
+    if (i < usable.size()) {
+      const PlannedFrame& p = *usable[i];
+      const fs::path out = exdir / (p.name + ".ex.fits");
+      did = 1;
+      if (fs::exists(out) && !cfg.overwrite) {
+        ++summary.skipped;
+      } else {
+        try {
+          Image im = fits::read_image_file(im_path(p));
+          SpectrumSet s = extract_exposure(im, master, profile, cfg.ex, p.name,
+                                           p.frame_class == FrameClass::Science, im_path(p).string());
+          s.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+          s.header.set("DATE", utc_now(), "UTC time this file was written");
+          extract::write_ex_file(out, s, cfg.overwrite);
+          ++summary.done;
+        } catch (const std::exception& e) {
+          spdlog::error("{} extraction failed: {}", p.name, e.what());
+          summary.failures.push_back({p.name, p.file, e.what()});
+          failed = 1;
+        }
+      }
+    }
+    done_total += comm.sum(did);
+    failed_total += comm.sum(failed);
+    progress.set(static_cast<std::size_t>(done_total), static_cast<std::size_t>(failed_total));
+  }
+}
+
 }  // namespace
 
 ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
@@ -117,7 +198,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   // Every rank loads the profile (a small file): identical and cheap, and a bad profile fails
   // alike everywhere before any collective.
   InstrumentProfile profile = load_instrument(cfg.instrument);
-  const fs::path calib = cfg.out_dir / "calib", imdir = cfg.out_dir / "im";
+  const fs::path calib = cfg.out_dir / "calib", imdir = cfg.out_dir / "im", exdir = cfg.out_dir / "ex";
 
   std::string plan_text;
   on_root(comm, [&] {
@@ -128,6 +209,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
                         ErrorContext{.file = cfg.raw_dir.string()});
     fs::create_directories(calib);
     fs::create_directories(imdir);
+    if (cfg.stage == ReduceStage::Ex) fs::create_directories(exdir);
     io::write_text_atomic(cfg.out_dir / "config-used.ini", cfg.resolved_config, true);
     write_log_ecsv(log, cfg.out_dir / "log.ecsv", true);
     write_log_csv(log, cfg.out_dir / "log.csv", true);
@@ -250,6 +332,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       failed_setup += comm.sum(failed);
       progress.set(static_cast<std::size_t>(done_setup), static_cast<std::size_t>(failed_setup));
     }
+    if (cfg.stage == ReduceStage::Ex)
+      extract_setup(cfg, profile, setup, work, flat ? &*flat : nullptr, imdir, exdir, comm, summary, config_hash);
   }
 
   // Gather every rank's counts and failures so rank 0 can report the whole night.

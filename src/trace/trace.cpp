@@ -156,7 +156,24 @@ std::vector<std::pair<double, double>> find_slit_references(const Image& im, con
   std::vector<double> diffs;
   for (std::size_t i = 1; i < prof.size(); ++i) diffs.push_back(std::abs(prof[i] - prof[i - 1]));
   const double noise = 1.4826 * median_inplace(diffs) / std::sqrt(2.0);
-  const auto peaks = find_peaks(prof, 5.0 * noise, c.min_separation_px);
+  auto peaks = find_peaks(prof, 5.0 * noise, c.min_separation_px);
+  if (c.n_stars <= 0) {
+    // Every star: peaks above 5 sigma that are also at least 2 % of the brightest, so that
+    // faint structure at the slit ends or in the sky does not become a "star".
+    double top = 0.0;
+    for (const auto& p : peaks) top = std::max(top, p.height);
+    std::vector<Peak> kept;
+    for (const auto& p : peaks)
+      if (p.height >= 0.02 * top) kept.push_back(p);
+    if (kept.empty())
+      throw DataError(fmt::format("no star on the collapsed frame stands 5 sigma ({:.3g} e-) above the noise; give "
+                                  "the reference points (trace.reference) explicitly",
+                                  5.0 * noise));
+    std::vector<std::pair<double, double>> refs;
+    for (const auto& p : kept) refs.emplace_back(0.5 * static_cast<double>(nx - 1), p.y);
+    std::sort(refs.begin(), refs.end(), [](auto& a, auto& b) { return a.second < b.second; });
+    return refs;
+  }
   if (static_cast<int>(peaks.size()) < c.n_stars)
     throw DataError(fmt::format("asked for {} stars on the collapsed frame but found {} peaks above 5 sigma "
                                 "({:.3g} e-); give the reference points (trace.references) explicitly",

@@ -24,14 +24,14 @@ TempDir::~TempDir() {
 
 std::optional<fs::path> shared_dir() {
   const char* env = std::getenv("KSPECDR_SHARED_DIR");
-  fs::path p = env ? env : "../shared";
+  fs::path p = env ? env : KSPECDR_TEST_SHARED_DIR;
   if (fs::exists(p / "data")) return fs::canonical(p);
   return std::nullopt;
 }
 
 fs::path kspecdr_bin() {
   const char* env = std::getenv("KSPECDR_BIN");
-  return env ? env : "kspecdr";
+  return env ? env : KSPECDR_TEST_BIN;
 }
 
 PullStats pull_stats(const std::vector<double>& pulls) {

@@ -9,11 +9,13 @@
 #include <vector>
 
 #include "kspecdr/detector/config.hpp"
+#include "kspecdr/pipeline/extract_stage.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 
 namespace kspecdr {
 
-enum class ReduceStage { Im };
+/// The last stage a run goes to: IM (detector calibration) or EX (traces, sky, extraction).
+enum class ReduceStage { Im, Ex };
 
 struct ReduceConfig {
   std::filesystem::path raw_dir;
@@ -22,6 +24,7 @@ struct ReduceConfig {
   ReduceStage stage = ReduceStage::Im;
   bool overwrite = false;          ///< replace existing IM files (otherwise they are kept and skipped)
   detector::DetectorConfig detector;
+  ExStageConfig ex;
   std::string resolved_config;     ///< INI text of every option used (written to config-used.ini)
 };
 

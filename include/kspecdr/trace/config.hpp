@@ -22,7 +22,7 @@ struct TraceConfig {
   /// Reference points (x, y) in px, one per star; empty = find `n_stars` automatically.
   std::vector<std::pair<double, double>> references;
   /// Stars to find when `references` is empty: the N brightest peaks of the collapsed frame.
-  int n_stars = 1;
+  int n_stars = 0;  ///< 0 = every star standing 5 sigma above the noise and at least 2 % of the brightest
   /// Minimum distance (px) between two automatically found stars.
   double min_separation_px = 5.0;
 

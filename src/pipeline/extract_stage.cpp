@@ -1,0 +1,127 @@
+#include "kspecdr/pipeline/extract_stage.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cctype>
+
+#include "kspecdr/core/error.hpp"
+#include "kspecdr/core/section.hpp"
+#include "kspecdr/extract/extract.hpp"
+#include "kspecdr/extract/sky.hpp"
+#include "kspecdr/io/fits.hpp"
+#include "kspecdr/trace/trace.hpp"
+
+namespace kspecdr {
+namespace fs = std::filesystem;
+
+extract::ReadNoise read_noise_from_header(const Image& im, const std::string& file) {
+  auto namp = im.header.get_int("NAMP");
+  if (!namp || *namp < 1)
+    throw DataError("IM header has no NAMP keyword: the per-pixel read noise cannot be rebuilt (was the file made "
+                    "by kspecdr's detector stage?)",
+                    ErrorContext{.file = file, .keyword = "NAMP"});
+  extract::ReadNoise rn;
+  rn.map_e = ImageArray::Constant(im.ny(), im.nx(), std::numeric_limits<float>::quiet_NaN());
+  for (long long a = 1; a <= *namp; ++a) {
+    const std::string ks = fmt::format("AMPSEC{}", a), kr = fmt::format("RDNOISE{}", a);
+    auto sec = im.header.get_string(ks);
+    auto r = im.header.get_double(kr);
+    if (!sec || !r)
+      throw DataError(fmt::format("IM header lacks {} or {}", ks, kr), ErrorContext{.file = file, .keyword = ks});
+    Section s = parse_fits_section(*sec);
+    if (!s.inside(static_cast<long>(im.nx()), static_cast<long>(im.ny())))
+      throw DataError(fmt::format("{} = {} lies outside the {}x{} image", ks, *sec, im.ny(), im.nx()),
+                      ErrorContext{.file = file, .keyword = ks});
+    rn.map_e.block(s.y0, s.x0, s.ny(), s.nx()).setConstant(static_cast<float>(*r));
+  }
+  // Pixels no amplifier claims (none in a well-formed IM) get the largest read noise: conservative.
+  const float worst = rn.map_e.isNaN().select(0.0f, rn.map_e).maxCoeff();
+  rn.map_e = rn.map_e.isNaN().select(worst, rn.map_e);
+  return rn;
+}
+
+std::vector<ApertureInfo> read_fibre_table(const fs::path& raw, const InstrumentProfile& profile) {
+  fits::Fits f = fits::Fits::open(raw);
+  if (!f.has_hdu(profile.fibre_table_hdu))
+    throw DataError(fmt::format("fiber-mode frame has no {} table HDU (the profile's fibre_table_hdu)",
+                                profile.fibre_table_hdu),
+                    ErrorContext{.file = raw.string(), .hdu = profile.fibre_table_hdu});
+  f.move_to(profile.fibre_table_hdu);
+  fits::Table t = f.read_table();
+  std::vector<ApertureInfo> out;
+  const auto& name = t.column("NAME");
+  const auto& type = t.column("TYPE");
+  for (std::size_t r = 0; r < t.nrows(); ++r) {
+    ApertureInfo a;
+    a.name = name.strings.at(r);
+    const std::string ty = type.strings.at(r);
+    a.type = ty.empty() ? 'P' : static_cast<char>(std::toupper(static_cast<unsigned char>(ty[0])));
+    if (t.has("RA")) a.ra_deg = t.column("RA").number(r);
+    if (t.has("DEC")) a.dec_deg = t.column("DEC").number(r);
+    for (const auto& c : t.columns)
+      if (c.name.rfind("MAG", 0) == 0 && c.type != fits::Column::Type::String) a.mags.emplace_back(c.name, c.number(r));
+    out.push_back(std::move(a));
+  }
+  if (out.empty())
+    throw DataError("the fiber table is empty", ErrorContext{.file = raw.string(), .hdu = profile.fibre_table_hdu});
+  return out;
+}
+
+TraceSet build_master_traces(const InstrumentProfile& profile, const std::vector<Image>& science,
+                             const Image* flat_image, const std::vector<ApertureInfo>& fibres,
+                             const ExStageConfig& cfg) {
+  if (profile.mode == SpectroMode::Fiber) {
+    if (!flat_image)
+      throw DataError("fiber mode needs a master flat to find the fibers; the night has no flat frames");
+    return trace::trace_fibers(*flat_image, fibres, cfg.trace);
+  }
+  if (science.empty()) throw DataError("slit mode needs at least one science frame to find the stars");
+  Image mean(science.front().ny(), science.front().nx());
+  ImageArray weight = ImageArray::Zero(mean.ny(), mean.nx());
+  for (const auto& im : science) {
+    if (im.ny() != mean.ny() || im.nx() != mean.nx())
+      throw DataError(fmt::format("science frames differ in shape ({}x{} vs {}x{})", im.ny(), im.nx(), mean.ny(),
+                                  mean.nx()));
+    auto good = (im.mask == 0).cast<float>();
+    mean.data += im.data * good;
+    mean.variance += im.variance * good;
+    weight += good;
+  }
+  mean.data = (weight > 0).select(mean.data / weight.max(1.0f), 0.0f);
+  mean.variance = (weight > 0).select(mean.variance / (weight * weight).max(1.0f), 0.0f);
+  mean.mask = (weight > 0).select(MaskArray::Zero(mean.ny(), mean.nx()),
+                                  MaskArray::Constant(mean.ny(), mean.nx(), kMaskNoData));
+  return trace::trace_slit(mean, cfg.trace);
+}
+
+SpectrumSet extract_exposure(const Image& im, const TraceSet& master, const InstrumentProfile& profile,
+                             const ExStageConfig& cfg, const std::string& exposure, bool is_science,
+                             const std::string& file) {
+  extract::ExtractConfig ecfg = cfg.extract;
+  ecfg.read_noise = read_noise_from_header(im, file);
+  TraceSet traces = master;
+  std::vector<TraceShift> shifts;
+  if (is_science && cfg.measure_shifts) {
+    shifts = trace::measure_trace_shifts(im, master, cfg.trace);
+    traces = trace::apply_trace_shifts(master, shifts);
+  }
+  SpectrumSet s;
+  if (profile.mode == SpectroMode::Slit && cfg.sky.method != extract::SkyMethod::None) {
+    extract::SkyModel sky = extract::fit_slit_sky(im, traces, cfg.sky, ecfg.read_noise, exposure);
+    s = extract::extract_spectra(im, traces, &sky, ecfg, exposure);
+  } else {
+    s = extract::extract_spectra(im, traces, nullptr, ecfg, exposure);
+  }
+  if (!shifts.empty()) extract::record_trace_shifts(s, shifts);
+  // Carry the IM's identity and provenance; the stage's own settings follow.
+  for (const auto& c : im.header.cards())
+    if (!s.header.has(c.key)) s.header.set_raw(c.key, c.value, c.comment);
+  s.header.set("EXTMETH", extract::to_string(ecfg.method), "extraction method");
+  s.header.set("SKYMETH", profile.mode == SpectroMode::Slit ? extract::to_string(cfg.sky.method) : std::string("none"),
+               "local sky method (fiber mode: master sky after wavelength alignment)");
+  s.header.set("TRMEAS", trace::to_string(cfg.trace.measure), "trace centroid/width measure");
+  return s;
+}
+
+}  // namespace kspecdr
