@@ -22,7 +22,7 @@ for mode in slit fiber; do
   "$BIN" simulate --mode "$mode" --out "$OUT/sim-$mode" --seed 1
   echo "== reduce it on $NP ranks"
   "${MPIRUN[@]}" "$BIN" reduce --raw "$OUT/sim-$mode/raw" --instrument "sim-$mode" \
-      --out "$OUT/reduced-$mode" --stage im --overwrite
+      --out "$OUT/reduced-$mode" --stage ex --overwrite
 done
 
 echo "== figures"

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <ctime>
 #include <functional>
+#include <limits>
+#include <cmath>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -36,11 +38,15 @@ namespace {
 struct PlannedFrame {
   std::string name, file, setup;
   FrameClass frame_class = FrameClass::Unknown;
+  std::string object;  ///< tabs and newlines replaced by blanks
+  double mjd = 0.0;    ///< MJD (UTC) at mid-exposure
 };
 
 std::string serialize(const std::vector<PlannedFrame>& plan) {
   std::ostringstream os;
-  for (const auto& p : plan) os << to_string(p.frame_class) << '\t' << p.setup << '\t' << p.name << '\t' << p.file << '\n';
+  for (const auto& p : plan)
+    os << to_string(p.frame_class) << '\t' << p.setup << '\t' << p.name << '\t' << fmt::format("{:.10f}", p.mjd)
+       << '\t' << p.object << '\t' << p.file << '\n';
   return os.str();
 }
 
@@ -51,13 +57,13 @@ std::vector<PlannedFrame> deserialize(const std::string& text) {
   while (std::getline(is, line)) {
     std::vector<std::string> f;
     std::size_t pos = 0;
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 5; ++i) {
       auto tab = line.find('\t', pos);
       f.push_back(line.substr(pos, tab - pos));
       pos = tab + 1;
     }
-    f.push_back(line.substr(pos));
-    plan.push_back({f[2], f[3], f[1], frame_class_from_string(f[0])});
+    f.push_back(line.substr(pos));  // the file name last: it may hold any character but a newline
+    plan.push_back({f[2], f[5], f[1], frame_class_from_string(f[0]), f[4], std::stod(f[3])});
   }
   return plan;
 }
@@ -122,38 +128,77 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
   for (const auto* p : work)
     if (fs::exists(im_path(*p))) usable.push_back(p);
 
-  TraceSet master;
-  std::string trace_error;
-  try {
-    std::vector<Image> science;
-    std::vector<ApertureInfo> fibres;
-    Image flat_image;
-    if (profile.mode == SpectroMode::Slit) {
-      for (const auto* p : usable)
-        if (p->frame_class == FrameClass::Science) science.push_back(fits::read_image_file(im_path(*p)));
-    } else {
-      if (!usable.empty()) fibres = read_fibre_table(usable.front()->file, profile);
-      if (flat) {
-        flat_image = flat->pixel_flat;
-        flat_image.data = flat->pixel_flat.data * flat->illumination;
+  // Master traces: fiber mode one set from the flat; slit mode one set per object (the stars of one
+  // pointing), and frames of an object without science frames (e.g. arcs named after the lamp) take
+  // the set of the science group nearest in time.
+  std::map<std::string, TraceSet> masters;
+  std::map<std::string, std::string> trace_errors;
+  std::vector<std::pair<double, std::string>> science_times;  // (mjd, object) of science frames
+  auto build = [&](const std::string& key, const std::vector<const PlannedFrame*>& science_frames) {
+    try {
+      std::vector<Image> science;
+      std::vector<ApertureInfo> fibres;
+      Image flat_image;
+      if (profile.mode == SpectroMode::Slit) {
+        for (const auto* p : science_frames) science.push_back(fits::read_image_file(im_path(*p)));
+      } else {
+        if (!usable.empty()) fibres = read_fibre_table(usable.front()->file, profile);
+        if (flat) {
+          flat_image = flat->pixel_flat;
+          flat_image.data = flat->pixel_flat.data * flat->illumination;
+        }
       }
+      masters[key] = build_master_traces(profile, science, flat ? &flat_image : nullptr, fibres, cfg.ex);
+      if (comm.is_root() && masters[key].traces.size() > 8) {
+        std::size_t ok = 0;
+        std::vector<double> rms;
+        for (const auto& t : masters[key].traces)
+          if (t.usable()) {
+            ++ok;
+            rms.push_back(t.centre_rms_px);
+          }
+        std::sort(rms.begin(), rms.end());
+        spdlog::info("setup '{}': {} traces, {} measured along dispersion (median centre rms {:.3f} px), {} dead or "
+                     "not found (positions interpolated)",
+                     setup, masters[key].traces.size(), ok, rms.empty() ? 0.0 : rms[rms.size() / 2],
+                     masters[key].traces.size() - ok);
+      }
+      if (comm.is_root() && masters[key].traces.size() <= 8)
+        for (const auto& t : masters[key].traces)
+          spdlog::info("setup '{}'{}: trace {} ({}) {}", setup, key.empty() ? "" : ", object '" + key + "'",
+                       t.info.name, t.info.type,
+                       t.usable() ? fmt::format("centre rms {:.3f} px, width rms {:.3f} px", t.centre_rms_px,
+                                                t.sigma_rms_px)
+                                  : t.message);
+    } catch (const std::exception& e) {
+      trace_errors[key] = e.what();
+      if (comm.is_root()) spdlog::error("setup '{}': no master traces for '{}': {}", setup, key, e.what());
     }
-    master = build_master_traces(profile, science, flat ? &flat_image : nullptr, fibres, cfg.ex);
-    if (comm.is_root())
-      for (const auto& t : master.traces)
-        spdlog::info("setup '{}': trace {} ({}) {}", setup, t.info.name, t.info.type,
-                     t.usable() ? fmt::format("centre rms {:.3f} px, width rms {:.3f} px", t.centre_rms_px, t.sigma_rms_px)
-                                : t.message);
-  } catch (const std::exception& e) {
-    trace_error = e.what();
+  };
+  if (profile.mode == SpectroMode::Fiber) {
+    build("", {});
+  } else {
+    std::map<std::string, std::vector<const PlannedFrame*>> by_object;
+    for (const auto* p : usable)
+      if (p->frame_class == FrameClass::Science) {
+        by_object[p->object].push_back(p);
+        science_times.emplace_back(p->mjd, p->object);
+      }
+    for (const auto& [object, frames] : by_object) build(object, frames);
+    if (by_object.empty()) trace_errors[""] = "slit mode needs science frames to find the stars; this setup has none";
   }
-  if (!trace_error.empty()) {
-    // Without traces no exposure of this setup can be extracted: each is a failure with the reason.
-    if (comm.is_root()) spdlog::error("setup '{}': no master traces: {}", setup, trace_error);
-    for (std::size_t i = static_cast<std::size_t>(comm.rank()); i < usable.size(); i += static_cast<std::size_t>(comm.size()))
-      summary.failures.push_back({usable[i]->name, usable[i]->file, "no master traces: " + trace_error});
-    return;
-  }
+  auto traces_for = [&](const PlannedFrame& p) -> std::string {
+    if (profile.mode == SpectroMode::Fiber) return "";
+    if (masters.count(p.object) || trace_errors.count(p.object)) return p.object;
+    std::string best;
+    double dt = std::numeric_limits<double>::infinity();
+    for (const auto& [t, object] : science_times)
+      if (std::abs(t - p.mjd) < dt) {
+        dt = std::abs(t - p.mjd);
+        best = object;
+      }
+    return best;
+  };
 
   const std::size_t nranks = static_cast<std::size_t>(comm.size());
   const std::size_t rounds = (usable.size() + nranks - 1) / nranks;
@@ -170,8 +215,10 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
         ++summary.skipped;
       } else {
         try {
+          const std::string key = traces_for(p);
+          if (trace_errors.count(key)) throw DataError("no master traces: " + trace_errors.at(key));
           Image im = fits::read_image_file(im_path(p));
-          SpectrumSet s = extract_exposure(im, master, profile, cfg.ex, p.name,
+          SpectrumSet s = extract_exposure(im, masters.at(key), profile, cfg.ex, p.name,
                                            p.frame_class == FrameClass::Science, im_path(p).string());
           s.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
           s.header.set("DATE", utc_now(), "UTC time this file was written");
@@ -214,9 +261,15 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     write_log_ecsv(log, cfg.out_dir / "log.ecsv", true);
     write_log_csv(log, cfg.out_dir / "log.csv", true);
     std::vector<PlannedFrame> plan;
-    for (const auto& f : log.frames) plan.push_back({f.name, f.file.string(), f.setup, f.frame_class});
+    auto clean = [](std::string s) {
+      for (auto& ch : s)
+        if (ch == '\t' || ch == '\n') ch = ' ';
+      return s;
+    };
+    for (const auto& f : log.frames)
+      plan.push_back({f.name, f.file.string(), clean(f.setup), f.frame_class, clean(f.object), f.mjd_mid});
     for (const auto& u : log.unreadable)
-      plan.push_back({fs::path(u.file).filename().string(), u.file.string(), "", FrameClass::Unknown});
+      plan.push_back({fs::path(u.file).filename().string(), u.file.string(), "", FrameClass::Unknown, "", 0.0});
     plan_text = serialize(plan);
     for (const auto& [setup, set] : log.sets)
       spdlog::info("setup '{}': {} bias, {} dark, {} flat, {} arc, {} science, {} imaging, {} unknown", setup,
@@ -353,7 +406,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   }
   summary.failures = all;
   if (comm.is_root()) {
-    spdlog::info("night done: {} exposures planned, {} written, {} kept from earlier runs, {} failed", summary.exposures,
+    spdlog::info("night done: {} exposures planned, {} files written, {} kept from earlier runs, {} failed", summary.exposures,
                  summary.done, summary.skipped, summary.failures.size());
     for (const auto& f : summary.failures) spdlog::error("failed exposure {} ({}): {}", f.exposure, f.file, f.reason);
   }

@@ -296,17 +296,33 @@ Trace trace_aperture(const Image& im, double x_ref, double y_ref, const TraceCon
 TraceSet trace_slit(const Image& im, const TraceConfig& c, const std::vector<std::string>& names) {
   im.check_shapes("trace image");
   auto refs = c.references;
+  // Found automatically, every candidate must also trace along the dispersion axis: a peak of the
+  // collapsed frame that does not (slit-illumination structure, a hot row) is not a star.
+  const bool validate = refs.empty() && c.n_stars <= 0;
   if (refs.empty()) refs = find_slit_references(im, c);
   TraceSet ts;
   ts.nx = im.nx();
   ts.ny = im.ny();
+  std::size_t dropped = 0;
   for (std::size_t i = 0; i < refs.size(); ++i) {
+    const std::size_t k = ts.traces.size();
     ApertureInfo info;
-    info.name = i < names.size() ? names[i] : fmt::format("star{}", i + 1);
+    info.name = k < names.size() ? names[k] : fmt::format("star{}", k + 1);
     Trace t = trace_aperture(im, refs[i].first, refs[i].second, c, std::move(info));
-    if (!t.usable()) spdlog::warn("trace {}: {}", t.info.name, t.message);
+    if (!t.usable()) {
+      if (validate) {
+        spdlog::info("candidate at y = {:.1f} px is not a star: {}", refs[i].second, t.message);
+        ++dropped;
+        continue;
+      }
+      spdlog::warn("trace {}: {}", t.info.name, t.message);
+    }
     ts.traces.push_back(std::move(t));
   }
+  if (validate && ts.traces.empty())
+    throw DataError(fmt::format("none of the {} candidate stars of the collapsed frame could be traced along the "
+                                "dispersion axis; give the reference points (trace.reference) explicitly",
+                                dropped));
   return ts;
 }
 
