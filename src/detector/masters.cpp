@@ -143,33 +143,7 @@ std::vector<std::string> read_inputs(const Header& h) {
 /// Writes primary + VARIANCE + MASK (+ extra float HDUs) atomically.
 void write_product(const fs::path& path, const Image& im, const std::vector<std::pair<std::string, const ImageArray*>>& extra,
                    bool overwrite) {
-  im.check_shapes(path.string());
-  io::AtomicOutput out(path, overwrite);
-  {
-    fits::Fits f = fits::Fits::create(out.temp_path());
-    Header h = im.header;
-    if (!im.unit.empty()) h.set("BUNIT", im.unit, "unit of the data");
-    f.write_image(im.data, h, "");
-    f.write_checksum();
-    Header hv;
-    hv.set("BUNIT", im.unit.empty() ? std::string("") : "(" + im.unit + ")**2", "variance of the primary data");
-    f.write_image(im.variance, hv, "VARIANCE");
-    f.write_checksum();
-    Header hm;
-    for (const auto& [bit, name] : mask_bit_names()) {
-      int b = 0;
-      while ((1u << b) != bit) ++b;
-      hm.set(fmt::format("MASKB{}", b), name, fmt::format("mask bit {} (value {})", b, bit));
-    }
-    f.write_image(im.mask, hm, "MASK");
-    f.write_checksum();
-    for (const auto& [name, arr] : extra) {
-      f.write_image(*arr, Header{}, name);
-      f.write_checksum();
-    }
-    f.close();
-  }
-  out.commit();
+  fits::write_image_file(path, im, overwrite, extra);
 }
 
 Image read_product(const fs::path& path, const char* caltype) {

@@ -658,27 +658,40 @@ Image read_image_file(const fs::path& path) {
   return im;
 }
 
-void write_image_file(const fs::path& path, const Image& im, bool overwrite) {
+Header mask_header() {
+  Header hm;
+  for (const auto& [bit, name] : mask_bit_names()) {
+    int b = 0;
+    while ((1u << b) != bit) ++b;
+    hm.set(fmt::format("MASKB{}", b), name, fmt::format("mask bit {} (value {})", b, bit));
+  }
+  return hm;
+}
+
+void write_image_hdus(Fits& f, const Image& im) {
+  Header h = im.header;
+  if (!im.unit.empty()) h.set("BUNIT", im.unit, "unit of the data");
+  f.write_image(im.data, h, "");
+  f.write_checksum();
+  Header hv;
+  hv.set("BUNIT", im.unit.empty() ? std::string("") : "(" + im.unit + ")**2", "variance of the primary data");
+  f.write_image(im.variance, hv, "VARIANCE");
+  f.write_checksum();
+  f.write_image(im.mask, mask_header(), "MASK");
+  f.write_checksum();
+}
+
+void write_image_file(const fs::path& path, const Image& im, bool overwrite,
+                      const std::vector<std::pair<std::string, const ImageArray*>>& extra) {
   im.check_shapes(path.string());
   io::AtomicOutput out(path, overwrite);
   {
     Fits f = Fits::create(out.temp_path());
-    Header h = im.header;
-    if (!im.unit.empty()) h.set("BUNIT", im.unit, "unit of the data");
-    f.write_image(im.data, h, "");
-    f.write_checksum();
-    Header hv;
-    hv.set("BUNIT", im.unit.empty() ? std::string("") : "(" + im.unit + ")**2", "variance of the primary data");
-    f.write_image(im.variance, hv, "VARIANCE");
-    f.write_checksum();
-    Header hm;
-    for (const auto& [bit, name] : mask_bit_names()) {
-      int b = 0;
-      while ((1u << b) != bit) ++b;
-      hm.set(fmt::format("MASKB{}", b), name, fmt::format("mask bit {} (value {})", b, bit));
+    write_image_hdus(f, im);
+    for (const auto& [name, arr] : extra) {
+      f.write_image(*arr, Header{}, name);
+      f.write_checksum();
     }
-    f.write_image(im.mask, hm, "MASK");
-    f.write_checksum();
     f.close();
   }
   out.commit();

@@ -126,7 +126,13 @@ class Fits {
 /// Reads an IM-style file: primary (or first image HDU) data, and VARIANCE and MASK when present.
 /// The header is the primary header merged with the image HDU's.
 Image read_image_file(const std::filesystem::path& path);
-/// Writes data (FLOAT), VARIANCE (FLOAT) and MASK (uint16, with MASKBn names) atomically.
-void write_image_file(const std::filesystem::path& path, const Image& im, bool overwrite);
+/// Header of a MASK HDU: the name of every mask bit as MASKBn keywords.
+Header mask_header();
+/// Appends data (primary, with BUNIT), VARIANCE and MASK HDUs of `im` to an open file, each with CHECKSUM.
+void write_image_hdus(Fits& f, const Image& im);
+/// Writes data (FLOAT), VARIANCE (FLOAT) and MASK (uint16, with MASKBn names) atomically, then any
+/// `extra` float images as further named HDUs.
+void write_image_file(const std::filesystem::path& path, const Image& im, bool overwrite,
+                      const std::vector<std::pair<std::string, const ImageArray*>>& extra = {});
 
 }  // namespace kspecdr::fits
