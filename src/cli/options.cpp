@@ -81,6 +81,7 @@ const std::vector<Command>& commands() {
       {"simulate", "write a simulated night of raw frames and its truth (going backward)", run_simulate},
       {"log", "classify raw frames from their headers into an observing table", run_log},
       {"reduce", "reduce a night: raw -> IM (detector calibration) and later stages", run_reduce},
+      {"extract", "one IM frame -> EX: trace its stars, fit the sky, extract (timed)", run_extract},
   };
   return list;
 }

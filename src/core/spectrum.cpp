@@ -14,6 +14,7 @@ SpectrumSet::SpectrumSet(Eigen::Index naper, Eigen::Index npix)
       var_star(ImageArray::Zero(naper, npix)),
       var_sky(ImageArray::Zero(naper, npix)),
       var_read(ImageArray::Zero(naper, npix)),
+      var_cal(ImageArray::Zero(naper, npix)),
       sky(ImageArray::Zero(naper, npix)),
       mask(MaskArray::Zero(naper, npix)),
       offset(ImageArray::Zero(naper, npix)),
@@ -26,7 +27,7 @@ SpectrumSet::SpectrumSet(Eigen::Index naper, Eigen::Index npix)
 
 void SpectrumSet::check_shapes(const std::string& what) const {
   const auto same = [&](const auto& a) { return a.rows() == flux.rows() && a.cols() == flux.cols(); };
-  if (!same(variance) || !same(var_star) || !same(var_sky) || !same(var_read) || !same(sky) || !same(mask) ||
+  if (!same(variance) || !same(var_star) || !same(var_sky) || !same(var_read) || !same(var_cal) || !same(sky) || !same(mask) ||
       !same(offset) || !same(width) || !same(peak) || !same(masked_fraction) || !same(rejected))
     throw DataError(fmt::format("{}: the per-pixel arrays do not all have the flux shape {}x{}", what,
                                 flux.rows(), flux.cols()));
@@ -45,6 +46,7 @@ void SpectrumSet::set_no_data(Eigen::Index a, Eigen::Index p) {
   var_star(a, p) = inf;
   var_sky(a, p) = inf;
   var_read(a, p) = inf;
+  var_cal(a, p) = inf;
   sky(a, p) = 0.0f;
   mask(a, p) = static_cast<MaskPixel>(mask(a, p) | kMaskNoData);
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kspecdr/core/error.hpp"
@@ -13,18 +14,45 @@ namespace kspecdr::detector {
 
 namespace {
 
-// Sorting networks on a fixed-size array: fully unrolled min/max, which the compiler turns
-// into SIMD across the pixels of a row.
-template <int K>
-inline float median_of(std::array<float, K>& v) {
-  for (int i = 0; i < K; ++i)
-    for (int j = 0; j + 1 < K - i; ++j) {
-      const float lo = std::min(v[j], v[j + 1]);
-      const float hi = std::max(v[j], v[j + 1]);
-      v[j] = lo;
-      v[j + 1] = hi;
-    }
-  return v[K / 2];
+// Median selection networks (Devillard, "Fast median search", 1998): straight-line min/max on
+// scalars, which the compiler turns into SIMD across the pixels of a row. Checked against every
+// permutation and every 0/1 input.
+inline void ce(float& a, float& b) {
+  const float lo = std::min(a, b);
+  b = std::max(a, b);
+  a = lo;
+}
+inline float median3(float a, float b, float c) {
+  ce(a, b);
+  ce(b, c);
+  ce(a, b);
+  return b;
+}
+inline float median5(float a, float b, float c, float d, float e) {
+  ce(a, b), ce(d, e), ce(a, d), ce(b, e), ce(b, c), ce(c, d), ce(b, c);
+  return c;
+}
+inline float median7(float p0, float p1, float p2, float p3, float p4, float p5, float p6) {
+  ce(p0, p5), ce(p0, p3), ce(p1, p6), ce(p2, p4), ce(p0, p1), ce(p3, p5), ce(p2, p6);
+  ce(p2, p3), ce(p3, p6), ce(p4, p5), ce(p1, p4), ce(p1, p3), ce(p3, p4);
+  return p3;
+}
+
+/// Median of K values read through `at(k)`, k = 0..K-1.
+template <int K, typename At>
+inline float median_k(At&& at) {
+  static_assert(K == 3 || K == 5 || K == 7);
+  if constexpr (K == 3)
+    return median3(at(0), at(1), at(2));
+  else if constexpr (K == 5)
+    return median5(at(0), at(1), at(2), at(3), at(4));
+  else
+    return median7(at(0), at(1), at(2), at(3), at(4), at(5), at(6));
+}
+
+/// Median of four values (mean of the middle two), branch-free.
+inline float median4(float a, float b, float c, float d) {
+  return 0.5f * (std::max(std::min(a, b), std::min(c, d)) + std::min(std::max(a, b), std::max(c, d)));
 }
 
 template <int K>
@@ -34,23 +62,13 @@ void median_rows(const ImageArray& in, ImageArray& out) {
   for (Eigen::Index y = 0; y < ny; ++y) {
     const float* src = in.data() + y * nx;
     float* dst = out.data() + y * nx;
-    auto at = [&](Eigen::Index x) { return src[std::clamp<Eigen::Index>(x, 0, nx - 1)]; };
+    auto edge = [&](Eigen::Index x) {
+      return median_k<K>([&](int k) { return src[std::clamp<Eigen::Index>(x + k - h, 0, nx - 1)]; });
+    };
     const Eigen::Index lo = std::min<Eigen::Index>(h, nx), hi = std::max<Eigen::Index>(lo, nx - h);
-    for (Eigen::Index x = 0; x < lo; ++x) {
-      std::array<float, K> v;
-      for (int k = 0; k < K; ++k) v[k] = at(x + k - h);
-      dst[x] = median_of<K>(v);
-    }
-    for (Eigen::Index x = lo; x < hi; ++x) {
-      std::array<float, K> v;
-      for (int k = 0; k < K; ++k) v[k] = src[x + k - h];
-      dst[x] = median_of<K>(v);
-    }
-    for (Eigen::Index x = hi; x < nx; ++x) {
-      std::array<float, K> v;
-      for (int k = 0; k < K; ++k) v[k] = at(x + k - h);
-      dst[x] = median_of<K>(v);
-    }
+    for (Eigen::Index x = 0; x < lo; ++x) dst[x] = edge(x);
+    for (Eigen::Index x = lo; x < hi; ++x) dst[x] = median_k<K>([&](int k) { return src[x + k - h]; });
+    for (Eigen::Index x = hi; x < nx; ++x) dst[x] = edge(x);
   }
 }
 
@@ -62,11 +80,39 @@ void median_cols(const ImageArray& in, ImageArray& out) {
   for (Eigen::Index y = 0; y < ny; ++y) {
     for (int k = 0; k < K; ++k) p[k] = in.data() + std::clamp<Eigen::Index>(y + k - h, 0, ny - 1) * nx;
     float* dst = out.data() + y * nx;
-    for (Eigen::Index x = 0; x < nx; ++x) {
-      std::array<float, K> v;
-      for (int k = 0; k < K; ++k) v[k] = p[k][x];
-      dst[x] = median_of<K>(v);
-    }
+    for (Eigen::Index x = 0; x < nx; ++x) dst[x] = median_k<K>([&](int k) { return p[k][x]; });
+  }
+}
+
+/// The neighbour at offset d of position i along an axis of n pixels; beyond an edge, the one on
+/// the other side (a replicated edge would make the pixel its own neighbour).
+inline Eigen::Index neighbour(Eigen::Index i, Eigen::Index d, Eigen::Index n) {
+  const Eigen::Index j = (i + d < 0 || i + d >= n) ? i - d : i + d;
+  return std::clamp<Eigen::Index>(j, 0, n - 1);
+}
+
+/// Median of the four neighbours at distance 1 and 2 along x.
+void neighbour_median_x(const ImageArray& in, ImageArray& out) {
+  const Eigen::Index ny = in.rows(), nx = in.cols();
+  for (Eigen::Index y = 0; y < ny; ++y) {
+    const float* s = in.data() + y * nx;
+    float* o = out.data() + y * nx;
+    auto at = [&](Eigen::Index x, Eigen::Index d) { return s[neighbour(x, d, nx)]; };
+    const Eigen::Index lo = std::min<Eigen::Index>(2, nx), hi = std::max<Eigen::Index>(lo, nx - 2);
+    for (Eigen::Index x = 0; x < lo; ++x) o[x] = median4(at(x, -2), at(x, -1), at(x, 1), at(x, 2));
+    for (Eigen::Index x = lo; x < hi; ++x) o[x] = median4(s[x - 2], s[x - 1], s[x + 1], s[x + 2]);
+    for (Eigen::Index x = hi; x < nx; ++x) o[x] = median4(at(x, -2), at(x, -1), at(x, 1), at(x, 2));
+  }
+}
+
+/// Median of the four neighbours at distance 1 and 2 along y.
+void neighbour_median_y(const ImageArray& in, ImageArray& out) {
+  const Eigen::Index ny = in.rows(), nx = in.cols();
+  for (Eigen::Index y = 0; y < ny; ++y) {
+    auto row = [&](Eigen::Index d) { return in.data() + neighbour(y, d, ny) * nx; };
+    const float *a = row(-2), *b = row(-1), *c = row(1), *d = row(2);
+    float* o = out.data() + y * nx;
+    for (Eigen::Index x = 0; x < nx; ++x) o[x] = median4(a[x], b[x], c[x], d[x]);
   }
 }
 
@@ -95,27 +141,6 @@ void laplacian_plus(const ImageArray& w, ImageArray& lp) {
     }
     if (nx > 1) edge(nx - 1);
   }
-}
-
-/// 3x3 dilation of `in` (0/1), ANDed with `allow`.
-void dilate_and(const std::vector<std::uint8_t>& in, const std::vector<std::uint8_t>& allow, Eigen::Index ny,
-                Eigen::Index nx, std::vector<std::uint8_t>& out) {
-  out.assign(in.size(), 0);
-  for (Eigen::Index y = 0; y < ny; ++y)
-    for (Eigen::Index x = 0; x < nx; ++x) {
-      const auto i = static_cast<std::size_t>(y * nx + x);
-      if (!in[i]) continue;
-      for (Eigen::Index dy = -1; dy <= 1; ++dy) {
-        const Eigen::Index yy = y + dy;
-        if (yy < 0 || yy >= ny) continue;
-        for (Eigen::Index dx = -1; dx <= 1; ++dx) {
-          const Eigen::Index xx = x + dx;
-          if (xx < 0 || xx >= nx) continue;
-          const auto j = static_cast<std::size_t>(yy * nx + xx);
-          out[j] = static_cast<std::uint8_t>(out[j] | allow[j]);
-        }
-      }
-    }
 }
 
 /// Replaces the flagged pixels of `w` (working copy only) by the median of the unflagged pixels
@@ -180,21 +205,14 @@ float point_sharpness(const ImageArray& w, float var, Eigen::Index y, Eigen::Ind
 /// image), computed only where a candidate needs it.
 float median7_at(const ImageArray& m3, Eigen::Index y, Eigen::Index x) {
   const Eigen::Index ny = m3.rows(), nx = m3.cols();
-  std::array<float, 7> col;
-  for (int j = 0; j < 7; ++j) {
-    const Eigen::Index yy = std::clamp<Eigen::Index>(y + j - 3, 0, ny - 1);
-    std::array<float, 7> row;
-    for (int k = 0; k < 7; ++k) row[static_cast<std::size_t>(k)] = m3(yy, std::clamp<Eigen::Index>(x + k - 3, 0, nx - 1));
-    col[static_cast<std::size_t>(j)] = median_of<7>(row);
-  }
-  return median_of<7>(col);
+  std::array<Eigen::Index, 7> xs;
+  for (int k = 0; k < 7; ++k) xs[static_cast<std::size_t>(k)] = std::clamp<Eigen::Index>(x + k - 3, 0, nx - 1);
+  return median_k<7>([&](int j) {
+    const float* row = m3.data() + std::clamp<Eigen::Index>(y + j - 3, 0, ny - 1) * nx;
+    return median_k<7>([&](int k) { return row[xs[static_cast<std::size_t>(k)]]; });
+  });
 }
 
-}  // namespace
-
-namespace {
-/// separable_median into caller-owned buffers: the detection loop reuses them on every pass
-/// instead of faulting in fresh 64 MB arrays for a 4k x 4k frame.
 void separable_median_into(const ImageArray& in, int k, ImageArray& tmp, ImageArray& out) {
   tmp.resize(in.rows(), in.cols());
   out.resize(in.rows(), in.cols());
@@ -205,6 +223,234 @@ void separable_median_into(const ImageArray& in, int k, ImageArray& tmp, ImageAr
     default: throw DataError(fmt::format("separable median of size {} (3, 5 or 7 supported)", k));
   }
 }
+
+// Noise of the residuals of the profile models, in units of the pixel's own noise: a median of
+// four neighbours has about 0.3 of one pixel's variance, so v - m has 1.3 (1.14 sigma). The
+// two-axis residual v - mx - my + mxy would have 1.7 for equal neighbours; on the wings of lines
+// and traces the medians follow single pixels, and 1.5 sigma keeps the false rate there as low
+// as on the continuum.
+constexpr float kAxisResidualNoise = 1.14f;
+constexpr float kCrossResidualNoise = 1.5f;
+
+// Floor of the fine-structure contrast F (in noise units); at the floor the contrast test says
+// nothing, and a candidate must also stand out of the profile models by this many sigma.
+constexpr float kMinFine = 0.01f;
+constexpr float kVoidContrastZ = 2.0f;
+
+// Every decision about a pixel depends on the working image within this many pixels (the 7x7
+// median of the 3x3 median, evaluated for neighbours of neighbours during growth). Blocks are
+// processed with this halo, so that a block's result equals that of the whole frame.
+constexpr Eigen::Index kHalo = 8;
+
+// A pixel flagged on its own evidence seeds growth into its neighbours in later passes; one
+// flagged only for standing out beside such a hit does not, so that growth cannot creep outwards
+// pass after pass on noise.
+constexpr std::uint8_t kHitConfirmed = 1, kHitGrown = 2;
+
+/// The frame-wide inputs of one detection pass.
+struct PassInput {
+  const ImageArray& w;            ///< working image (previous hits cleaned)
+  const ImageArray& var;          ///< variance as given (non-finite and negative values allowed)
+  const std::vector<std::uint8_t>& eligible;
+  const std::vector<std::uint8_t>& cosmic;  ///< hits of earlier passes (kHitConfirmed or kHitGrown)
+  float sigclip, sigcliplow, objlim;
+};
+
+/// Scratch arrays for one block (core rectangle plus halo), reused from block to block.
+struct BlockBuffers {
+  ImageArray w, v, lp, sarr, tmp, sp, m3, mx, my, mxy;
+  ImageArray z;      ///< profile-model significance as z |z|
+  ImageArray noise;  ///< sqrt of the 5x5 median of the variance
+  std::vector<std::uint8_t> above, state;
+  std::vector<Eigen::Index> cand, grow1;
+};
+
+/// One detection pass on the rectangle [cy0, cy1) x [cx0, cx1) of the frame; appends the frame
+/// indices of new hits in it to `fresh` (own evidence) or `grown` (beside a confirmed hit).
+void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen::Index cx0, Eigen::Index cx1,
+                  BlockBuffers& b, std::vector<std::size_t>& fresh, std::vector<std::size_t>& grown) {
+  const Eigen::Index ny = in.w.rows(), nx = in.w.cols();
+  const Eigen::Index y0 = std::max<Eigen::Index>(0, cy0 - kHalo), y1 = std::min(ny, cy1 + kHalo);
+  const Eigen::Index x0 = std::max<Eigen::Index>(0, cx0 - kHalo), x1 = std::min(nx, cx1 + kHalo);
+  const Eigen::Index h = y1 - y0, wd = x1 - x0;
+  // At a frame edge the block edge is the frame edge, so the replicated edges of the block
+  // filters are those of the frame; inside the frame the halo absorbs the block-edge effects.
+  b.w = in.w.block(y0, x0, h, wd);
+  for (auto* a : {&b.lp, &b.sarr, &b.tmp, &b.sp, &b.m3, &b.mx, &b.my, &b.mxy, &b.z, &b.noise}) a->resize(h, wd);
+  // Non-finite and negative variances count as 0 (written so that it vectorises: NaN fails both).
+  b.v = in.var.block(y0, x0, h, wd);
+  float* vp = b.v.data();
+  for (Eigen::Index i = 0, m = b.v.size(); i < m; ++i) {
+    const float v = vp[i];
+    vp[i] = (v >= 0.0f && v <= std::numeric_limits<float>::max()) ? v : 0.0f;
+  }
+  // Noise per pixel from the variance, median-filtered so that a hit's own Poisson term does not
+  // hide it; floored so that empty (zero-variance) regions do not divide by zero. Computed per
+  // block: it is needed within kHalo - 2 of the core only.
+  median_rows<5>(b.v, b.tmp);
+  median_cols<5>(b.tmp, b.noise);
+  b.noise = b.noise.sqrt().max(1e-3f);
+
+  laplacian_plus(b.w, b.lp);
+  b.sarr = b.lp / (2.0f * b.noise);
+  median_rows<5>(b.sarr, b.tmp);
+  median_cols<5>(b.tmp, b.sp);
+  b.sp = b.sarr - b.sp;
+  median_rows<3>(b.w, b.tmp);
+  median_cols<3>(b.tmp, b.m3);
+
+  // Profile-model significance. Along y a line is the same from row to row and along x a
+  // trace is the same from column to column, so a pixel is predicted by the median of its
+  // neighbours along y (lines) or along x (traces), and by the two-axis additive model
+  // mx + my - mxy, which also holds where a line crosses a trace. The significance is the excess
+  // over the additive model, capped by the excess over the better one-axis model, over the noise
+  // of the pixel predicted by the same additive model of the variance. On the steep wing of a
+  // line the model along x is meaningless (negative), so the cap takes the better of the two.
+  // The variance medians reuse the lp/tmp/sarr buffers, which are free at this point.
+  neighbour_median_x(b.w, b.mx);
+  neighbour_median_y(b.w, b.my);
+  neighbour_median_x(b.my, b.mxy);
+  neighbour_median_x(b.v, b.lp);
+  neighbour_median_y(b.v, b.tmp);
+  neighbour_median_x(b.tmp, b.sarr);
+  {
+    // Plain pointers: through the Eigen members the compiler assumes aliasing and stays scalar.
+    // z is kept as a signed square (z |z|) and compared with squared thresholds: a square root
+    // per pixel does not vectorise without relaxing errno semantics.
+    const float *wp = b.w.data(), *mx = b.mx.data(), *my = b.my.data(), *mxy = b.mxy.data();
+    const float *vx = b.lp.data(), *vy = b.tmp.data(), *vxy = b.sarr.data();
+    float* zp = b.z.data();
+    const Eigen::Index size = b.z.size();
+    constexpr float kx = 1.0f / kAxisResidualNoise, kr = 1.0f / kCrossResidualNoise;
+    for (Eigen::Index i = 0; i < size; ++i) {
+      const float v = wp[i];
+      const float ex = (v - mx[i]) * kx;
+      const float ey = (v - my[i]) * kx;
+      const float er = (v - mx[i] - my[i] + mxy[i]) * kr;
+      // Where the additive model of the variance fails (it can cancel to ~0), the smaller of the
+      // two one-axis predictions is used instead.
+      const float vm = std::max(std::max(vx[i] + vy[i] - vxy[i], std::min(vx[i], vy[i])), 1e-6f);
+      const float e = std::max(std::min(ex, er), std::min(ey, er));
+      zp[i] = e * std::abs(e) / vm;
+    }
+  }
+
+  const auto n = static_cast<std::size_t>(h * wd);
+  b.above.assign(n, 0);
+  b.state.assign(n, 0);
+  b.cand.clear();
+  b.grow1.clear();
+  auto frame_index = [&](Eigen::Index li) {
+    return static_cast<std::size_t>((y0 + li / wd) * nx + x0 + li % wd);
+  };
+  // Sharp against the fine structure (L.A.Cosmic), a point sharp along both axes, or standing
+  // out of the profile models: the last two find hits on top of bright lines and traces whose
+  // own fine structure hides them. The point-sharpness floors (1 and 0.3 sigma) keep the wings
+  // of lines and traces, where the fine-structure image is ~0 and the contrast test is void,
+  // from passing on noise; where the contrast test is void (F at its floor) the profile models
+  // must agree a little too. The costly terms are evaluated only where a threshold needs them.
+  auto sharpness = [&](Eigen::Index li) { return point_sharpness(b.w, b.v(li), li / wd, li % wd); };
+  auto contrast = [&](Eigen::Index li) {
+    const Eigen::Index ly = li / wd, lx = li % wd;
+    const float f = std::max(kMinFine, (b.m3(li) - median7_at(b.m3, ly, lx)) / b.noise(li));
+    return b.sp(li) / f;
+  };
+  const float void_contrast = in.objlim / kMinFine;
+  const float sigclip2 = in.sigclip * in.sigclip, sigcliplow2 = in.sigcliplow * in.sigcliplow;
+  // Decisions are needed on the core plus 3 (candidates), 2 (first growth) and 1 (second growth)
+  // pixels; `inside(li, m)` tells whether a block pixel lies in the core grown by m.
+  const Eigen::Index cly0 = cy0 - y0, cly1 = cy1 - y0, clx0 = cx0 - x0, clx1 = cx1 - x0;
+  auto inside = [&](Eigen::Index li, Eigen::Index m) {
+    const Eigen::Index ly = li / wd, lx = li % wd;
+    return ly >= cly0 - m && ly < cly1 + m && lx >= clx0 - m && lx < clx1 + m;
+  };
+  const Eigen::Index ylo = std::max<Eigen::Index>(0, cly0 - 3), yhi = std::min(h, cly1 + 3);
+  const Eigen::Index xlo = std::max<Eigen::Index>(0, clx0 - 3), xhi = std::min(wd, clx1 + 3);
+  const float* zp = b.z.data();
+  const float* spp = b.sp.data();
+  for (Eigen::Index ly = ylo; ly < yhi; ++ly)
+    for (Eigen::Index lx = xlo; lx < xhi; ++lx) {
+      const Eigen::Index li = ly * wd + lx;
+      const float z2 = zp[li], s = spp[li];
+      if (!(z2 > sigclip2) && !(s > in.sigclip)) continue;
+      if (!in.eligible[frame_index(li)]) continue;
+      const float p = sharpness(li);
+      const float r = contrast(li);
+      // A hit stands out of the profile models and is sharper than the line or trace profile
+      // along both axes (a model broken by a hit two pixels away does not give a point), and
+      // sharper than the fine structure: a line segment inside a fiber trace is a resolved spot,
+      // which the profile models do not describe but the fine-structure image does.
+      bool c = z2 > sigclip2 && p > 1.0f && r > 1.0f;
+      if (s > in.sigclip) {
+        c = c || (r > in.objlim && p > 1.0f && (r < void_contrast || z2 > kVoidContrastZ * kVoidContrastZ)) ||
+            p > in.sigclip;
+        b.above[static_cast<std::size_t>(li)] = (r > 1.0f && p > 0.3f) || p > in.sigcliplow;
+      }
+      if (c) b.cand.push_back(li);
+    }
+  // Growth to neighbours above sigclip-level evidence, then down to sigfrac * sigclip; then
+  // neighbours of any confirmed hit (this pass or an earlier one) whose excess over the profile
+  // models exceeds sigfrac * sigclip of the local noise and that are not flatter than the line
+  // or trace profile (point sharpness > 0): charge shared with the next pixel. Each step visits
+  // only the neighbours of what the step before found.
+  enum : std::uint8_t { kNone = 0, kGrow1 = 1, kGrow2 = 2, kTested = 3, kDone = 4 };
+  auto for_neighbours = [&](Eigen::Index li, auto&& f) {
+    const Eigen::Index ly = li / wd, lx = li % wd;
+    for (Eigen::Index yy = std::max<Eigen::Index>(0, ly - 1); yy <= std::min(h - 1, ly + 1); ++yy)
+      for (Eigen::Index xx = std::max<Eigen::Index>(0, lx - 1); xx <= std::min(wd - 1, lx + 1); ++xx) f(yy * wd + xx);
+  };
+  auto st = [&](Eigen::Index li) -> std::uint8_t& { return b.state[static_cast<std::size_t>(li)]; };
+  for (Eigen::Index c : b.cand)
+    if (inside(c, 2) && st(c) != kGrow1) {
+      st(c) = kGrow1;
+      b.grow1.push_back(c);
+    }
+  for (Eigen::Index c : b.cand)
+    for_neighbours(c, [&](Eigen::Index q) {
+      if (st(q) != kGrow1 && b.above[static_cast<std::size_t>(q)] && inside(q, 2)) {
+        st(q) = kGrow1;
+        b.grow1.push_back(q);
+      }
+    });
+  for (Eigen::Index g : b.grow1)
+    for_neighbours(g, [&](Eigen::Index q) {
+      if (st(q) != kNone || !inside(q, 1)) return;
+      st(q) = kTested;
+      if (!(b.sp(q) > in.sigcliplow) || !in.eligible[frame_index(q)]) return;
+      const float p = sharpness(q);
+      if (p > in.sigcliplow || (p > 0.3f && contrast(q) > 1.0f)) st(q) = kGrow2;
+    });
+  // Output, core pixels only, each once.
+  auto emit = [&](Eigen::Index li, bool own) {
+    const std::size_t fi = frame_index(li);
+    if (in.cosmic[fi] || !in.eligible[fi]) return;
+    (own ? fresh : grown).push_back(fi);
+  };
+  for (Eigen::Index g : b.grow1) {
+    if (inside(g, 0)) emit(g, true);
+    for_neighbours(g, [&](Eigen::Index q) {
+      if (st(q) == kGrow2 && inside(q, 0)) {
+        st(q) = kDone;
+        emit(q, false);
+      }
+    });
+  }
+  auto grow_beside = [&](Eigen::Index seed) {
+    for_neighbours(seed, [&](Eigen::Index q) {
+      if (!inside(q, 0) || st(q) == kGrow1 || st(q) == kDone) return;
+      st(q) = kDone;
+      if (zp[q] > sigcliplow2 && sharpness(q) > 0.0f) emit(q, false);
+    });
+  };
+  for (Eigen::Index g : b.grow1)
+    if (inside(g, 1)) grow_beside(g);
+  for (Eigen::Index ly = std::max<Eigen::Index>(0, cly0 - 1); ly < std::min(h, cly1 + 1); ++ly) {
+    const std::uint8_t* row = in.cosmic.data() + (y0 + ly) * nx + x0;
+    for (Eigen::Index lx = std::max<Eigen::Index>(0, clx0 - 1); lx < std::min(wd, clx1 + 1); ++lx)
+      if (row[lx] == kHitConfirmed) grow_beside(ly * wd + lx);
+  }
+}
+
 }  // namespace
 
 ImageArray separable_median(const ImageArray& in, int k) {
@@ -224,90 +470,73 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   const MaskPixel unusable = kMaskBad | kMaskNoData;
   const MaskPixel never = unusable | kMaskSaturated;
 
-  std::vector<std::uint8_t> cosmic(n, 0), eligible(n, 0), dead(n, 0);
+  std::vector<std::uint8_t> cosmic(n, 0), eligible(n, 0), flagged(n, 0);
   std::vector<std::size_t> dead_list;
   ImageArray w = data;
   for (std::size_t i = 0; i < n; ++i) {
     const auto ii = static_cast<Eigen::Index>(i);
     eligible[i] = (mask(ii) & never) ? 0 : 1;
     if ((mask(ii) & unusable) || !std::isfinite(w(ii))) {
-      dead[i] = 1;
+      flagged[i] = 1;
       dead_list.push_back(i);
     }
   }
   if (!dead_list.empty()) {
     for (std::size_t i : dead_list) w(static_cast<Eigen::Index>(i)) = 0.0f;
-    clean_flagged(w, dead, dead_list);
+    clean_flagged(w, flagged, dead_list);
   }
 
-  // Noise per pixel from the variance image, median-filtered so that a hit's own Poisson term
-  // does not hide it; floored so that empty (zero-variance) regions do not divide by zero.
-  ImageArray var = variance;
-  for (Eigen::Index i = 0; i < var.size(); ++i)
-    if (!std::isfinite(var(i)) || var(i) < 0) var(i) = 0.0f;
-  ImageArray noise = separable_median(var, 5).sqrt().max(1e-3f);
-
-  const float sigclip = static_cast<float>(cfg.cosmic_sigclip);
-  const float sigcliplow = static_cast<float>(cfg.cosmic_sigfrac * cfg.cosmic_sigclip);
-  const float objlim = static_cast<float>(cfg.cosmic_objlim);
-  ImageArray lp(ny, nx), sarr(ny, nx), sp(ny, nx), m3(ny, nx), scratch(ny, nx);
-  std::vector<std::uint8_t> flagged(n);
-  std::vector<std::uint8_t> cand(n), above(n), grow1, grow2;
-  std::vector<std::size_t> fresh;
+  const PassInput in{w,
+                     variance,
+                     eligible,
+                     cosmic,
+                     static_cast<float>(cfg.cosmic_sigclip),
+                     static_cast<float>(cfg.cosmic_sigfrac * cfg.cosmic_sigclip),
+                     static_cast<float>(cfg.cosmic_objlim)};
+  BlockBuffers buf;
+  std::vector<std::size_t> fresh, grown;
+  // The first pass covers the frame in bands of rows that stay in cache. A later pass can only
+  // change its verdict within kHalo of a pixel cleaned by the pass before, so it visits only the
+  // tiles there; the result is the same as a full pass.
+  constexpr Eigen::Index kBand = 32, kTile = 32;
+  const Eigen::Index nty = (ny + kTile - 1) / kTile, ntx = (nx + kTile - 1) / kTile;
+  std::vector<std::uint8_t> dirty;
   for (int it = 0; it < cfg.cosmic_niter; ++it) {
     res.iterations = it + 1;
-    laplacian_plus(w, lp);
-    sarr = lp / (2.0f * noise);
-    separable_median_into(sarr, 5, scratch, sp);
-    sp = sarr - sp;
-    separable_median_into(w, 3, scratch, m3);
-    // Sharp against the fine structure (L.A.Cosmic), or a point sharp along both axes, which
-    // finds hits on top of bright lines and traces whose own fine structure hides them. The
-    // point-sharpness floors (1 and 0.3 sigma) keep the wings of lines and traces, where the
-    // fine-structure image is ~0 and the contrast test is void, from passing on noise. The costly
-    // terms are evaluated only where S' passes the threshold that the decision needs.
-    auto contrast = [&](Eigen::Index ii, float& p) {
-      const Eigen::Index y = ii / nx, x = ii % nx;
-      p = point_sharpness(w, var(ii), y, x);
-      const float f = std::max(0.01f, (m3(ii) - median7_at(m3, y, x)) / noise(ii));
-      return sp(ii) / f;
-    };
-    for (std::size_t i = 0; i < n; ++i) {
-      const auto ii = static_cast<Eigen::Index>(i);
-      cand[i] = above[i] = 0;
-      if (!eligible[i] || !(sp(ii) > sigclip)) continue;
-      float p = 0;
-      const float r = contrast(ii, p);
-      cand[i] = (r > objlim && p > 1.0f) || p > sigclip;
-      above[i] = (r > 1.0f && p > 0.3f) || p > sigcliplow;
-    }
-    dilate_and(cand, above, ny, nx, grow1);
-    for (std::size_t i = 0; i < n; ++i) grow1[i] |= cand[i];
-    // Second growth, down to sigfrac * sigclip, only around what the first one found.
-    grow2.assign(n, 0);
-    for (std::size_t i = 0; i < n; ++i) {
-      if (!grow1[i]) continue;
-      grow2[i] = 1;
-      const Eigen::Index y = static_cast<Eigen::Index>(i) / nx, x = static_cast<Eigen::Index>(i) % nx;
-      for (Eigen::Index yy = std::max<Eigen::Index>(0, y - 1); yy <= std::min(ny - 1, y + 1); ++yy)
-        for (Eigen::Index xx = std::max<Eigen::Index>(0, x - 1); xx <= std::min(nx - 1, x + 1); ++xx) {
-          const auto j = static_cast<std::size_t>(yy * nx + xx);
-          if (grow2[j] || grow1[j] || !eligible[j] || !(sp(yy, xx) > sigcliplow)) continue;
-          float p = 0;
-          const float r = contrast(static_cast<Eigen::Index>(j), p);
-          grow2[j] = (r > 1.0f && p > 0.3f) || p > sigcliplow;
+    fresh.clear();
+    grown.clear();
+    if (it == 0) {
+      for (Eigen::Index y = 0; y < ny; y += kBand) detect_block(in, y, std::min(ny, y + kBand), 0, nx, buf, fresh, grown);
+    } else {
+      for (Eigen::Index ty = 0; ty < nty; ++ty)
+        for (Eigen::Index tx = 0; tx < ntx;) {
+          if (!dirty[static_cast<std::size_t>(ty * ntx + tx)]) {
+            ++tx;
+            continue;
+          }
+          Eigen::Index te = tx + 1;
+          while (te < ntx && dirty[static_cast<std::size_t>(ty * ntx + te)]) ++te;
+          detect_block(in, ty * kTile, std::min(ny, (ty + 1) * kTile), tx * kTile, std::min(nx, te * kTile), buf,
+                       fresh, grown);
+          tx = te;
         }
     }
-    fresh.clear();
-    for (std::size_t i = 0; i < n; ++i)
-      if ((grow2[i] || grow1[i]) && !cosmic[i]) {
-        cosmic[i] = 1;
-        fresh.push_back(i);
-      }
-    if (fresh.empty()) break;
-    res.npix += fresh.size();
-    for (std::size_t i = 0; i < n; ++i) flagged[i] = cosmic[i] | dead[i];
+    if (fresh.empty() && grown.empty()) break;
+    res.npix += fresh.size() + grown.size();
+    for (std::size_t i : fresh) cosmic[i] = kHitConfirmed;
+    for (std::size_t i : grown) cosmic[i] = kHitGrown;
+    fresh.insert(fresh.end(), grown.begin(), grown.end());
+    for (std::size_t i : fresh) flagged[i] = 1;
+    if (it + 1 == cfg.cosmic_niter) break;
     clean_flagged(w, flagged, fresh);
+    dirty.assign(static_cast<std::size_t>(nty * ntx), 0);
+    for (std::size_t i : fresh) {
+      const Eigen::Index y = static_cast<Eigen::Index>(i) / nx, x = static_cast<Eigen::Index>(i) % nx;
+      for (Eigen::Index ty = std::max<Eigen::Index>(0, y - kHalo) / kTile; ty <= std::min(ny - 1, y + kHalo) / kTile; ++ty)
+        for (Eigen::Index tx = std::max<Eigen::Index>(0, x - kHalo) / kTile; tx <= std::min(nx - 1, x + kHalo) / kTile;
+             ++tx)
+          dirty[static_cast<std::size_t>(ty * ntx + tx)] = 1;
+    }
   }
   for (std::size_t i = 0; i < n; ++i)
     if (cosmic[i]) mask(static_cast<Eigen::Index>(i)) |= kMaskCosmic;

@@ -25,10 +25,11 @@ struct ImageHdu {
 };
 const ImageHdu kImages[] = {
     {"PRIMARY", &SpectrumSet::flux, "electron", "extracted flux per detector column, sky subtracted (NAPER x NPIX)"},
-    {"VARIANCE", &SpectrumSet::variance, "electron2", "total variance of the flux = VAR_STAR + VAR_SKY + VAR_READ; +inf where NODATA"},
+    {"VARIANCE", &SpectrumSet::variance, "electron2", "total variance of the flux = VAR_STAR + VAR_SKY + VAR_READ + VAR_CAL; +inf where NODATA"},
     {"VAR_STAR", &SpectrumSet::var_star, "electron2", "variance from the star's photons (profile model x flux)"},
     {"VAR_SKY", &SpectrumSet::var_sky, "electron2", "variance from sky photons and from the error of the sky estimate"},
     {"VAR_READ", &SpectrumSet::var_read, "electron2", "variance from read noise"},
+    {"VAR_CAL", &SpectrumSet::var_cal, "electron2", "variance from the noise of the master bias and flat (calibration)"},
     {"SKY", &SpectrumSet::sky, "electron", "sky subtracted from the flux, with the flux's weights"},
     {"OFFSET", &SpectrumSet::offset, "pixel", "light centroid minus trace centre in the aperture"},
     {"WIDTH", &SpectrumSet::width, "pixel", "Gaussian sigma of the spatial profile used"},
@@ -56,6 +57,18 @@ const DiagColumn kDiagDoubles[] = {
 };
 
 const char* kMagPrefix = "MAG_";
+
+}  // namespace
+
+const ExtraImageFormat kSkyImages[] = {
+    {kSkyModelHdu, "electron", "optional (--sky.write-image): 2D sky model per pixel between the outer edges of "
+                               "each aperture's sky windows, 0 elsewhere (NY x NX of the IM)"},
+    {kSkyModelVarHdu, "electron2", "optional: variance of SKYMODEL (the error of the sky estimate)"},
+    {kSkyWindowsHdu, "", "optional: sky windows, 1 = pixel used by a sky fit, 2 = in a window but excluded "
+                         "(masked, near another trace, or rejected), 0 = outside"},
+};
+
+namespace {
 
 std::vector<FormatItem> build_format() {
   std::vector<FormatItem> f;
@@ -90,6 +103,15 @@ const std::vector<FormatItem>& ex_format() {
 
 void write_ex_file(const std::filesystem::path& path, const SpectrumSet& sp, bool overwrite) {
   sp.check_shapes(path.string());
+  for (std::size_t i = 0; i < sp.extra_images.size(); ++i) {
+    const std::string& name = sp.extra_images[i].name;
+    bool clash = name.empty() || name == "MASK" || name == "FIBRES" || name == "DIAGNOSTICS";
+    for (const auto& im : kImages) clash = clash || name == im.extname;
+    for (std::size_t j = 0; j < i; ++j) clash = clash || name == sp.extra_images[j].name;
+    if (clash)
+      throw DataError(fmt::format("extra image name '{}' is empty, repeated or an EX file HDU of its own", name),
+                      ErrorContext{.file = path.string(), .hdu = name});
+  }
   io::AtomicOutput out(path, overwrite);
   {
     auto f = fits::Fits::create(out.temp_path());
@@ -165,6 +187,14 @@ void write_ex_file(const std::filesystem::path& path, const SpectrumSet& sp, boo
     dt.add_string("STATUS", status);
     f.write_table(dt, Header{}, "DIAGNOSTICS");
     f.write_checksum();
+
+    for (const auto& e : sp.extra_images) {
+      Header he;
+      if (!e.unit.empty()) he.set("BUNIT", e.unit, "unit of the values");
+      if (!e.description.empty()) he.set("EXTDESC", e.description, "what this image holds");
+      f.write_image(e.data, he, e.name);
+      f.write_checksum();
+    }
     f.close();
   }
   out.commit();
@@ -175,6 +205,12 @@ SpectrumSet read_ex_file(const std::filesystem::path& path) {
   SpectrumSet sp;
   for (const auto& im : kImages) {
     const bool primary = std::string(im.extname) == "PRIMARY";
+    // EX files written before the calibration component existed have no VAR_CAL: their variance has no
+    // calibration part, so the component is zero.
+    if (&SpectrumSet::var_cal == im.member && !f.has_hdu(im.extname)) {
+      sp.var_cal = ImageArray::Zero(sp.flux.rows(), sp.flux.cols());
+      continue;
+    }
     if (primary) f.move_to(0);
     else f.move_to(im.extname);
     if (primary) sp.header = f.read_header();
@@ -184,7 +220,7 @@ SpectrumSet read_ex_file(const std::filesystem::path& path) {
   sp.mask = f.read_image_mask();
   // CFITSIO reads IEEE infinity as an undefined value (NaN); NODATA variances are written as +inf.
   const float inf = std::numeric_limits<float>::infinity();
-  for (auto* v : {&sp.variance, &sp.var_star, &sp.var_sky, &sp.var_read}) {
+  for (auto* v : {&sp.variance, &sp.var_star, &sp.var_sky, &sp.var_read, &sp.var_cal}) {
     if (v->rows() != sp.mask.rows() || v->cols() != sp.mask.cols()) continue;
     for (Eigen::Index i = 0; i < v->size(); ++i)
       if (std::isnan(v->data()[i]) && (sp.mask.data()[i] & kMaskNoData)) v->data()[i] = inf;
@@ -219,6 +255,19 @@ SpectrumSet read_ex_file(const std::filesystem::path& path) {
     d.rejected = static_cast<long>(dt.column("REJECTED").number(a));
     d.bad_columns = static_cast<long>(dt.column("BAD_COLS").number(a));
     d.status = dt.column("STATUS").strings[a];
+  }
+  // Every image HDU after the tables is an optional extra image.
+  const int nhdu = f.num_hdus();
+  for (int i = f.current_hdu() + 1; i < nhdu; ++i) {
+    f.move_to(i);
+    if (f.hdu_type() != fits::HduType::Image) continue;
+    const Header h = f.read_header();
+    ExtraImage e;
+    e.name = f.extname();
+    e.unit = h.get_string("BUNIT").value_or("");
+    e.description = h.get_string("EXTDESC").value_or("");
+    e.data = f.read_image_float();
+    sp.extra_images.push_back(std::move(e));
   }
   sp.check_shapes(path.string());
   return sp;

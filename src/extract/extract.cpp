@@ -36,16 +36,16 @@ enum class ColumnFail { None, OffDetector, Masked, NoSky, NoProfile };
 
 /// Per-column scratch space, sized once per aperture: the extraction allocates nothing per pixel.
 struct ColumnWork {
-  std::vector<double> d, s, rn2, p, cov, v, w, wopt, t, u;
+  std::vector<double> d, s, rn2, bv, fr, p, cov, v, w, wopt, t, u;
   std::vector<unsigned char> good, rej, on;
   void resize(std::size_t n) {
-    for (auto* a : {&d, &s, &rn2, &p, &cov, &v, &w, &wopt, &t, &u}) a->assign(n, 0.0);
+    for (auto* a : {&d, &s, &rn2, &bv, &fr, &p, &cov, &v, &w, &wopt, &t, &u}) a->assign(n, 0.0);
     good.assign(n, 0), rej.assign(n, 0), on.assign(n, 0);
   }
 };
 
 struct ColumnResult {
-  double flux = 0, var_star = 0, var_sky = 0, var_read = 0, sky = 0;
+  double flux = 0, var_star = 0, var_sky = 0, var_read = 0, var_cal = 0, sky = 0;
   double offset = kNaN, width = kNaN, peak = kNaN, masked = 0;
   int rejected = 0;
   long row0 = 0;  ///< row of work-buffer entry 0 (w.rej etc.)
@@ -87,6 +87,8 @@ ColumnResult extract_column(const Image& im, long x, double yc, double sg, const
   out.row0 = r0;
   out.nrows = n;
   const bool have_sky = sky != nullptr && !sky->ok.empty();
+  const bool have_bv = cfg.calibration_noise.bias_var.size() > 0;
+  const bool have_fr = cfg.calibration_noise.flat_relvar.size() > 0;
   const int ncoef = have_sky ? sky->ncoef : 0;
   if (have_sky && !sky->ok[static_cast<std::size_t>(x)]) {
     out.fail = ColumnFail::NoSky;
@@ -112,6 +114,8 @@ ColumnResult extract_column(const Image& im, long x, double yc, double sg, const
     w.u[i] = t / ApertureSky::kSkyScalePx;
     w.d[i] = dv - w.s[i];
     w.rn2[i] = cfg.read_noise.variance(r, x);
+    w.bv[i] = have_bv ? static_cast<double>(cfg.calibration_noise.bias_var(r, x)) : 0.0;
+    w.fr[i] = have_fr ? static_cast<double>(cfg.calibration_noise.flat_relvar(r, x)) : 0.0;
     if (w.good[i]) {
       pgood += w.p[i];
       if (w.cov[i] > 0) peak = std::max(peak, static_cast<double>(dv));
@@ -137,6 +141,15 @@ ColumnResult extract_column(const Image& im, long x, double yc, double sg, const
   // ---- profile fit: flux from the profile-weighted sum with the model variance (Horne 1986), iterated
   // because the variance depends on the flux; then the worst outlier is rejected and the fit redone.
   auto usable = [&](std::size_t i) { return w.good[i] && !w.rej[i]; };
+  // Model variance of pixel i for flux f, by source: the master bias and flat noise of the IM (the flat's
+  // grows with the square of the expected signal), read noise, sky and star photons.
+  auto cal_var = [&](std::size_t i, double f) {
+    const double signal = std::max(w.s[i] + f * w.p[i], 0.0);
+    return w.bv[i] + signal * signal * w.fr[i];
+  };
+  auto model_var = [&](std::size_t i, double f) {
+    return std::max(w.rn2[i] + std::max(w.s[i], 0.0) + std::max(f * w.p[i], 0.0) + cal_var(i, f), 1e-6);
+  };
   double sd = 0, sp = 0;
   for (std::size_t i = 0; i < n; ++i)
     if (usable(i) && w.p[i] > 0) sd += w.d[i], sp += w.p[i];
@@ -148,7 +161,7 @@ ColumnResult extract_column(const Image& im, long x, double yc, double sg, const
       den = 0;
       for (std::size_t i = 0; i < n; ++i) {
         if (!usable(i)) continue;
-        w.v[i] = std::max(w.rn2[i] + std::max(w.s[i], 0.0) + std::max(f * w.p[i], 0.0), 1e-6);
+        w.v[i] = model_var(i, f);
         num += w.p[i] * w.d[i] / w.v[i];
         den += w.p[i] * w.p[i] / w.v[i];
       }
@@ -166,7 +179,7 @@ ColumnResult extract_column(const Image& im, long x, double yc, double sg, const
     std::size_t iw = n;
     for (std::size_t i = 0; i < n; ++i) {
       if (!usable(i) || (w.p[i] <= 0 && w.cov[i] <= 0)) continue;
-      const double v = std::max(w.rn2[i] + std::max(w.s[i], 0.0) + std::max(f * w.p[i], 0.0), 1e-6);
+      const double v = model_var(i, f);
       const double z = std::abs(w.d[i] - f * w.p[i]) / std::sqrt(v);
       if (z > worst) worst = z, iw = i;
     }
@@ -182,7 +195,7 @@ ColumnResult extract_column(const Image& im, long x, double yc, double sg, const
   den = 0;
   for (std::size_t i = 0; i < n; ++i) {
     if (!usable(i)) continue;
-    w.v[i] = std::max(w.rn2[i] + std::max(w.s[i], 0.0) + std::max(f * w.p[i], 0.0), 1e-6);
+    w.v[i] = model_var(i, f);
     den += w.p[i] * w.p[i] / w.v[i];
   }
   if (!(den > 0)) {
@@ -215,6 +228,7 @@ ColumnResult extract_column(const Image& im, long x, double yc, double sg, const
     out.var_star += wi * wi * std::max(f * w.p[i], 0.0);
     out.var_sky += wi * wi * std::max(w.s[i], 0.0);
     out.var_read += wi * wi * w.rn2[i];
+    out.var_cal += wi * wi * cal_var(i, f);
     double pw = 1.0;
     for (int k = 0; k < ncoef; ++k) g[k] += wi * pw, pw *= w.u[i];
     // Light centroid and width from the box pixels, for the diagnostics.
@@ -233,8 +247,10 @@ ColumnResult extract_column(const Image& im, long x, double yc, double sg, const
       for (int l = 0; l < ncoef; ++l) q += g[k] * c[k * ncoef + l] * g[l];
     q = std::max(q, 0.0);
     const double rf = sky->read_fraction[static_cast<std::size_t>(x)];
-    out.var_sky += (1.0 - rf) * q;
+    const double cf = sky->cal_fraction.empty() ? 0.0 : sky->cal_fraction[static_cast<std::size_t>(x)];
+    out.var_sky += std::max(1.0 - rf - cf, 0.0) * q;
     out.var_read += rf * q;
+    out.var_cal += cf * q;
   }
   out.offset = s1 > 0 ? std::clamp(st / s1, -half_box, half_box) : kNaN;
   out.width = sdp > 0 ? std::sqrt(std::max(sdt / sdp - 1.0 / 12.0, 0.0)) : kNaN;
@@ -373,6 +389,7 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
                             const std::string& exposure) {
   im.check_shapes(exposure.empty() ? "image" : exposure);
   cfg.read_noise.check(im.ny(), im.nx());
+  cfg.calibration_noise.check(im.ny(), im.nx());
   if (traces.nx != im.nx() || traces.ny != im.ny())
     throw DataError(fmt::format("image is {}x{} but the traces were measured on {}x{}", im.ny(), im.nx(), traces.ny,
                                 traces.nx),
@@ -453,7 +470,8 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
       out.var_star(a, x) = static_cast<float>(c.var_star);
       out.var_sky(a, x) = static_cast<float>(c.var_sky);
       out.var_read(a, x) = static_cast<float>(c.var_read);
-      out.variance(a, x) = static_cast<float>(c.var_star + c.var_sky + c.var_read);
+      out.var_cal(a, x) = static_cast<float>(c.var_cal);
+      out.variance(a, x) = static_cast<float>(c.var_star + c.var_sky + c.var_read + c.var_cal);
       out.sky(a, x) = static_cast<float>(c.sky);
       out.offset(a, x) = static_cast<float>(c.offset);
       out.width(a, x) = static_cast<float>(data_profile ? c.width : sg);
@@ -465,7 +483,7 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
       if (std::isfinite(c.peak)) peak_max = std::max(peak_max, c.peak);
       if (std::isfinite(c.offset)) tmp_off.push_back(c.offset);
       tmp_w.push_back(data_profile ? c.width : sg);
-      const double var = c.var_star + c.var_sky + c.var_read;
+      const double var = c.var_star + c.var_sky + c.var_read + c.var_cal;
       if (var > 0) tmp_snr.push_back(c.flux / std::sqrt(var));
       tmp_sky.push_back(c.sky);
     }

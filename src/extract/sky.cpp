@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <numbers>
+#include <utility>
 
 #include "kspecdr/core/error.hpp"
 
@@ -67,6 +68,16 @@ void ReadNoise::check(Eigen::Index ny, Eigen::Index nx) const {
     throw ConfigError(fmt::format("read noise {} e- is not a non-negative number", value_e));
 }
 
+void CalibrationNoise::check(Eigen::Index ny, Eigen::Index nx) const {
+  for (const auto& [name, m] : {std::pair{"flat relative variance", &flat_relvar}, std::pair{"bias variance", &bias_var}}) {
+    if (!m->size()) continue;
+    if (m->rows() != ny || m->cols() != nx)
+      throw ConfigError(fmt::format("{} map is {}x{} but the image is {}x{}", name, m->rows(), m->cols(), ny, nx));
+    if (!m->isFinite().all() || (*m < 0.0f).any())
+      throw ConfigError(fmt::format("{} map holds negative or non-finite values", name));
+  }
+}
+
 double ApertureSky::value(long x, double t) const {
   if (x < 0 || static_cast<std::size_t>(x) >= ok.size() || !ok[static_cast<std::size_t>(x)]) return kNaN;
   double b[kMaxCoef];
@@ -89,9 +100,10 @@ double ApertureSky::variance(long x, double t) const {
 }
 
 SkyModel fit_slit_sky(const Image& im, const TraceSet& traces, const SkyConfig& cfg, const ReadNoise& rn,
-                      const std::string& exposure) {
+                      const CalibrationNoise& cal, const std::string& exposure) {
   im.check_shapes("sky image");
   rn.check(im.ny(), im.nx());
+  cal.check(im.ny(), im.nx());
   if (traces.nx != im.nx() || traces.ny != im.ny())
     throw DataError(fmt::format("image is {}x{} but the traces were measured on {}x{}", im.ny(), im.nx(), traces.ny,
                                 traces.nx),
@@ -114,6 +126,9 @@ SkyModel fit_slit_sky(const Image& im, const TraceSet& traces, const SkyConfig& 
   std::vector<double> us, ds, rn2s, vs, tmp;
   std::vector<unsigned char> keep;
   std::vector<long> rows;
+  // Variance of window pixel i for a model sky level m: photons, read noise, master bias and flat noise.
+  auto calvar = [&](std::size_t i, long x, double m) { return cal.variance(rows[i], x, m); };
+  auto pixvar = [&](std::size_t i, long x, double m) { return std::max(m, 0.0) + rn2s[i] + calvar(i, x, m); };
   for (std::size_t a = 0; a < traces.size(); ++a) {
     const Trace& tr = traces[a];
     ApertureSky& as = model.apertures[a];
@@ -122,6 +137,7 @@ SkyModel fit_slit_sky(const Image& im, const TraceSet& traces, const SkyConfig& 
     as.cov.assign(static_cast<std::size_t>(nx) * ncoef * ncoef, 0.0);
     as.ok.assign(static_cast<std::size_t>(nx), 0);
     as.read_fraction.assign(static_cast<std::size_t>(nx), 0.0f);
+    as.cal_fraction.assign(static_cast<std::size_t>(nx), 0.0f);
     if (!tr.usable()) {
       as.message = fmt::format("no sky: the trace is {} ({})", to_string(tr.status), tr.message);
       continue;
@@ -178,13 +194,13 @@ SkyModel fit_slit_sky(const Image& im, const TraceSet& traces, const SkyConfig& 
       if (cfg.method == SkyMethod::Median) {
         // The sky photons follow the model level, not each pixel's noisy value.
         double vmean = 0;
-        for (std::size_t i = 0; i < n; ++i) vmean += std::max(med, 0.0) + rn2s[i];
+        for (std::size_t i = 0; i < n; ++i) vmean += pixvar(i, x, med);
         vmean /= static_cast<double>(n);
         coef[0] = med;
         cov[0] = vmean * median_variance_factor(n);
       } else {
         vs.assign(n, 0.0);
-        for (std::size_t i = 0; i < n; ++i) vs[i] = std::max(std::max(med, 0.0) + rn2s[i], 1e-6);
+        for (std::size_t i = 0; i < n; ++i) vs[i] = std::max(pixvar(i, x, med), 1e-6);
         SmallMat ata(ncoef, ncoef);
         SmallVec atb(ncoef), c(ncoef);
         double bas[kMaxCoef];
@@ -210,7 +226,7 @@ SkyModel fit_slit_sky(const Image& im, const TraceSet& traces, const SkyConfig& 
             powers(us[i], ncoef, bas);
             double m = 0;
             for (int k = 0; k < ncoef; ++k) m += c(k) * bas[k];
-            vs[i] = std::max(std::max(m, 0.0) + rn2s[i], 1e-6);
+            vs[i] = std::max(pixvar(i, x, m), 1e-6);
             if (keep[i]) worst = std::max(worst, std::abs(ds[i] - m) / std::sqrt(vs[i]));
           }
           bool changed = false;
@@ -248,13 +264,16 @@ SkyModel fit_slit_sky(const Image& im, const TraceSet& traces, const SkyConfig& 
       }
       as.ok[static_cast<std::size_t>(x)] = 1;
       {
-        double srn = 0, sv = 0;
+        double srn = 0, scal = 0, sv = 0;
         for (std::size_t i = 0; i < n; ++i) {
           if (!keep[i]) continue;
+          const double m = as.value(x, us[i] * ApertureSky::kSkyScalePx);
           srn += rn2s[i];
-          sv += rn2s[i] + std::max(as.value(x, us[i] * ApertureSky::kSkyScalePx), 0.0);
+          scal += calvar(i, x, m);
+          sv += pixvar(i, x, m);
         }
         as.read_fraction[static_cast<std::size_t>(x)] = sv > 0 ? static_cast<float>(srn / sv) : 0.0f;
+        as.cal_fraction[static_cast<std::size_t>(x)] = sv > 0 ? static_cast<float>(scal / sv) : 0.0f;
       }
       for (std::size_t i = 0; i < n; ++i) model.windows(rows[i], x) = keep[i] ? 1 : 2;
       // The 2D model over the whole zone the windows span.

@@ -4,9 +4,12 @@
 #include <spdlog/spdlog.h>
 
 #include <cctype>
+#include <cmath>
 
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/core/section.hpp"
+#include "kspecdr/detector/masters.hpp"
+#include "kspecdr/extract/ex_file.hpp"
 #include "kspecdr/extract/extract.hpp"
 #include "kspecdr/extract/sky.hpp"
 #include "kspecdr/io/fits.hpp"
@@ -95,21 +98,80 @@ TraceSet build_master_traces(const InstrumentProfile& profile, const std::vector
   return trace::trace_slit(mean, cfg.trace);
 }
 
+extract::CalibrationNoise calibration_noise_for(const Image& im, const detector::MasterFlat* flat,
+                                                const detector::MasterBias* bias, const std::string& file) {
+  extract::CalibrationNoise cal;
+  const std::string what = file.empty() ? std::string("IM") : file;
+  auto same_shape = [&](const Image& m, const char* name) {
+    if (m.ny() != im.ny() || m.nx() != im.nx())
+      throw DataError(fmt::format("master {} is {}x{} but the image is {}x{}", name, m.ny(), m.nx(), im.ny(), im.nx()),
+                      ErrorContext{.file = file});
+  };
+  // Only the master the IM was made with says what noise its pixels carry.
+  auto applied = [&](bool corrected, const char* hash_key, const std::string& calhash, const char* name) {
+    if (!corrected) return false;
+    const auto hash = im.header.get_string(hash_key);
+    if (hash && *hash == calhash) return true;
+    spdlog::warn("{}: made with master {} {} = '{}', not this one ('{}'): its noise is left out of the model variance",
+                 what, name, hash_key, hash.value_or(""), calhash);
+    return false;
+  };
+  const bool use_flat =
+      flat && applied(im.header.get_bool("FLATCORR").value_or(false), "FLATHASH", flat->calhash, "flat");
+  const bool use_bias =
+      bias && applied(im.header.get_string("BIASCORR").value_or("") == "MASTER", "BIASHASH", bias->calhash, "bias");
+  if (use_flat) same_shape(flat->pixel_flat, "flat");
+  if (use_bias) same_shape(bias->image, "bias");
+  // The detector stage divides by f only where f > 0 (the other pixels are masked): the same here.
+  auto f2 = [&](Eigen::Index i) {
+    const float f = use_flat ? flat->pixel_flat.data(i) : 1.0f;
+    return f > 0 && std::isfinite(f) ? f * f : 1.0f;
+  };
+  auto clean = [](float v) { return std::isfinite(v) && v > 0 ? v : 0.0f; };
+  if (use_flat) {
+    cal.flat_relvar.resize(im.ny(), im.nx());
+    for (Eigen::Index i = 0; i < cal.flat_relvar.size(); ++i) {
+      const float f = flat->pixel_flat.data(i);
+      cal.flat_relvar(i) = f > 0 && std::isfinite(f) ? clean(flat->pixel_flat.variance(i)) / f2(i) : 0.0f;
+    }
+  }
+  if (use_bias) {
+    cal.bias_var.resize(im.ny(), im.nx());
+    for (Eigen::Index i = 0; i < cal.bias_var.size(); ++i) cal.bias_var(i) = clean(bias->image.variance(i)) / f2(i);
+  }
+  return cal;
+}
+
 SpectrumSet extract_exposure(const Image& im, const TraceSet& master, const InstrumentProfile& profile,
                              const ExStageConfig& cfg, const std::string& exposure, bool is_science,
-                             const std::string& file) {
+                             const std::string& file, const detector::MasterFlat* flat,
+                             const detector::MasterBias* bias) {
   extract::ExtractConfig ecfg = cfg.extract;
   ecfg.read_noise = read_noise_from_header(im, file);
+  ecfg.calibration_noise = calibration_noise_for(im, flat, bias, file);
   TraceSet traces = master;
   std::vector<TraceShift> shifts;
+  const bool fiber = profile.mode == SpectroMode::Fiber;
   if (is_science && cfg.measure_shifts) {
     shifts = trace::measure_trace_shifts(im, master, cfg.trace);
+    // A fiber's output profile is set by the fiber and the spectrograph, not by the seeing: the flat's
+    // widths hold for every exposure. A width measured here with a free background absorbs the
+    // neighbouring fibers' wings and comes out too narrow, which would bias faint fibers' fluxes low.
+    if (fiber)
+      for (auto& sh : shifts) sh.width_scale = 1.0, sh.width_scale_err = 0.0;
     traces = trace::apply_trace_shifts(master, shifts);
   }
   SpectrumSet s;
   if (profile.mode == SpectroMode::Slit && cfg.sky.method != extract::SkyMethod::None) {
-    extract::SkyModel sky = extract::fit_slit_sky(im, traces, cfg.sky, ecfg.read_noise, exposure);
+    extract::SkyModel sky =
+        extract::fit_slit_sky(im, traces, cfg.sky, ecfg.read_noise, ecfg.calibration_noise, exposure);
     s = extract::extract_spectra(im, traces, &sky, ecfg, exposure);
+    if (cfg.write_sky_image) {
+      const auto& f = extract::kSkyImages;
+      s.extra_images.push_back({f[0].extname, std::move(sky.sky), f[0].unit, f[0].description});
+      s.extra_images.push_back({f[1].extname, std::move(sky.variance), f[1].unit, f[1].description});
+      s.extra_images.push_back({f[2].extname, sky.windows.cast<float>(), f[2].unit, f[2].description});
+    }
   } else {
     s = extract::extract_spectra(im, traces, nullptr, ecfg, exposure);
   }
@@ -121,6 +183,14 @@ SpectrumSet extract_exposure(const Image& im, const TraceSet& master, const Inst
   s.header.set("SKYMETH", profile.mode == SpectroMode::Slit ? extract::to_string(cfg.sky.method) : std::string("none"),
                "local sky method (fiber mode: master sky after wavelength alignment)");
   s.header.set("TRMEAS", trace::to_string(cfg.trace.measure), "trace centroid/width measure");
+  if (fiber) s.header.set("TRWIDFIX", true, "fiber widths fixed to the flat's");
+  const auto& cn = ecfg.calibration_noise;
+  s.header.set("CALNOISE",
+               cn.bias_var.size() && cn.flat_relvar.size() ? std::string("BIAS+FLAT")
+               : cn.flat_relvar.size()                     ? std::string("FLAT")
+               : cn.bias_var.size()                        ? std::string("BIAS")
+                                                           : std::string("NONE"),
+               "master noise in the model variance (VAR_CAL)");
   return s;
 }
 

@@ -22,6 +22,7 @@
 #include "kspecdr/io/atomic.hpp"
 #include "kspecdr/io/instrument.hpp"
 #include "kspecdr/pipeline/obslog.hpp"
+#include "kspecdr/trace/trace_file.hpp"
 
 namespace kspecdr {
 namespace fs = std::filesystem;
@@ -118,11 +119,12 @@ std::vector<fs::path> files_of(const std::vector<PlannedFrame>& plan, const std:
 }
 
 /// IM → EX for one setup: master traces (every rank computes them from the same files, so they agree
-/// without being sent), then exposures dealt to ranks in rounds like the IM step.
+/// without being sent), then exposures dealt to ranks in rounds like the IM step. The master flat and
+/// bias (nullptr = none) give the calibration noise of the IM pixels to the extraction's model variance.
 void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const std::string& setup,
                    const std::vector<const PlannedFrame*>& work, const detector::MasterFlat* flat,
-                   const fs::path& imdir, const fs::path& exdir, const mpi::Comm& comm, ReduceSummary& summary,
-                   const std::string& config_hash) {
+                   const detector::MasterBias* bias, const fs::path& imdir, const fs::path& exdir,
+                   const mpi::Comm& comm, ReduceSummary& summary, const std::string& config_hash) {
   auto im_path = [&](const PlannedFrame& p) { return imdir / (p.name + ".im.fits"); };
   std::vector<const PlannedFrame*> usable;
   for (const auto* p : work)
@@ -149,6 +151,25 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
         }
       }
       masters[key] = build_master_traces(profile, science, flat ? &flat_image : nullptr, fibres, cfg.ex);
+      // The trace map product, for figures and later checks; a failed write costs the file, not the night.
+      if (comm.is_root()) {
+        const fs::path trace_path =
+            cfg.out_dir / "calib" /
+            (key.empty() ? fmt::format("traces_{}.fits", setup_slug(setup))
+                         : fmt::format("traces_{}_{}.fits", setup_slug(setup), setup_slug(key)));
+        try {
+          Header h;
+          h.set("SETUP", setup, "setup key");
+          if (!key.empty()) h.set("OBJECT", key, "object whose science frames were traced");
+          h.set("INSTPROF", profile.name, "kspecdr instrument profile");
+          h.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+          h.set("DATE", utc_now(), "UTC time this file was written");
+          trace::write_trace_file(trace_path, masters[key], cfg.ex.trace, h, true);
+          spdlog::info("trace map written to {}", trace_path.string());
+        } catch (const std::exception& e) {
+          spdlog::error("trace map {} not written: {}", trace_path.string(), e.what());
+        }
+      }
       if (comm.is_root() && masters[key].traces.size() > 8) {
         std::size_t ok = 0;
         std::vector<double> rms;
@@ -219,7 +240,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
           if (trace_errors.count(key)) throw DataError("no master traces: " + trace_errors.at(key));
           Image im = fits::read_image_file(im_path(p));
           SpectrumSet s = extract_exposure(im, masters.at(key), profile, cfg.ex, p.name,
-                                           p.frame_class == FrameClass::Science, im_path(p).string());
+                                           p.frame_class == FrameClass::Science, im_path(p).string(), flat, bias);
           s.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
           s.header.set("DATE", utc_now(), "UTC time this file was written");
           extract::write_ex_file(out, s, cfg.overwrite);
@@ -386,7 +407,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       progress.set(static_cast<std::size_t>(done_setup), static_cast<std::size_t>(failed_setup));
     }
     if (cfg.stage == ReduceStage::Ex)
-      extract_setup(cfg, profile, setup, work, flat ? &*flat : nullptr, imdir, exdir, comm, summary, config_hash);
+      extract_setup(cfg, profile, setup, work, flat ? &*flat : nullptr, bias ? &*bias : nullptr, imdir, exdir, comm,
+                    summary, config_hash);
   }
 
   // Gather every rank's counts and failures so rank 0 can report the whole night.

@@ -119,6 +119,38 @@ struct Scene {
   }
 };
 
+/// One exposure through a noisy master bias and master flat, applied the way the detector stage applies
+/// them: the detector sees the light times the true pixel sensitivity; the IM is (raw − master bias) /
+/// master flat, with the IM variance (RN² + bias var + raw) / f² + IM² var_f / f². The masters differ
+/// from the truth by their own noise (relative σ `flat_sigma`, absolute σ `bias_sigma` e-), drawn anew for
+/// each call. `cal` receives the calibration noise the masters' variances describe.
+Image realise_with_masters(const Scene& sc, std::mt19937_64& rng, Noise n, double flat_sigma, double bias_sigma,
+                           CalibrationNoise& cal) {
+  Image im(sc.ny, sc.nx);
+  cal.flat_relvar.resize(sc.ny, sc.nx);
+  cal.bias_var.resize(sc.ny, sc.nx);
+  std::normal_distribution<double> g(0.0, 1.0);
+  const double rn2 = sc.read_noise * sc.read_noise, vb = bias_sigma * bias_sigma;
+  for (long r = 0; r < sc.ny; ++r)
+    for (long x = 0; x < sc.nx; ++x) {
+      const double f_true = 1.0 + 0.03 * g(rng);
+      const double f = f_true * (1.0 + flat_sigma * g(rng));
+      const double vf = flat_sigma * flat_sigma * f * f;
+      const double s = f_true * sc.star_e(r, x), k = f_true * sc.sky_e(r, x);
+      double raw = s + k;
+      if (n.star && s > 0) raw += static_cast<double>(std::poisson_distribution<long>(s)(rng)) - s;
+      if (n.sky && k > 0) raw += static_cast<double>(std::poisson_distribution<long>(k)(rng)) - k;
+      if (n.read) raw += sc.read_noise * g(rng);
+      const double bias_error = bias_sigma * g(rng);  // master bias − true bias
+      const double d = (raw - bias_error) / f;
+      im.data(r, x) = static_cast<float>(d);
+      im.variance(r, x) = static_cast<float>((rn2 + vb + std::max(raw - bias_error, 0.0)) / (f * f) + d * d * vf / (f * f));
+      cal.flat_relvar(r, x) = static_cast<float>(vf / (f * f));
+      cal.bias_var(r, x) = static_cast<float>(vb / (f * f));
+    }
+  return im;
+}
+
 /// Adds cosmic-ray hits (2-4 pixel tracks of 500-5000 e-) and optionally flags them in the mask.
 int add_cosmics(Image& im, std::mt19937_64& rng, int n, bool flag) {
   std::uniform_int_distribution<long> ux(0, im.nx() - 1), uy(0, im.ny() - 1);
@@ -248,7 +280,9 @@ TEST(ExtractionVariance, ComponentsAddUpAndEachMatchesTheScatterItCauses) {
           acc.scatter += d * d;
           acc.predicted += comp;
           ++acc.n;
-          const double sum = static_cast<double>(sp.var_star(0, x)) + sp.var_sky(0, x) + sp.var_read(0, x);
+          ASSERT_EQ(sp.var_cal(0, x), 0.0f) << "no calibration noise was given";
+          const double sum =
+              static_cast<double>(sp.var_star(0, x)) + sp.var_sky(0, x) + sp.var_read(0, x) + sp.var_cal(0, x);
           ASSERT_NEAR(sum, sp.variance(0, x), 1e-5 * sp.variance(0, x));
         }
       }
@@ -258,6 +292,84 @@ TEST(ExtractionVariance, ComponentsAddUpAndEachMatchesTheScatterItCauses) {
       std::printf("[%s] %s: scatter / predicted variance = %.4f (n=%ld)\n", to_string(method).c_str(), label, ratio, a.n);
       EXPECT_NEAR(ratio, 1.0, 0.05) << to_string(method) << " " << label;
     }
+  }
+}
+
+// ---------------------------------------------------------------- noise of the master bias and flat
+
+TEST(ExtractionVariance, MasterFlatAndBiasNoiseEnterTheModelVarianceWhenGiven) {
+  // A bright star (peak ~4400 e-/px) through a master flat with 1 % noise per pixel (a few flats' worth):
+  // at the peak the flat adds (44 e-)² to the 4400 e-² of the photons, so without it the stated variance
+  // is clearly short; with it the pulls are unit normal.
+  Scene sc(2048, 64);
+  StarSpec st;
+  st.flux = 20000.0;
+  sc.add_star(st).add_sky(80.0, 3000.0);
+  const TraceSet ts = sc.traces();
+  const double flat_sigma = 0.01, bias_sigma = 3.0;
+  std::mt19937_64 rng(2024);
+  for (auto method : {ExtractMethod::Boxcar, ExtractMethod::Optimal}) {
+    Pulls with, without;
+    for (int rep = 0; rep < 4; ++rep) {
+      CalibrationNoise cal;
+      const Image im = realise_with_masters(sc, rng, Noise{}, flat_sigma, bias_sigma, cal);
+      ExtractConfig c = base_config(method, sc.read_noise);
+      const SkyModel sky0 = fit_slit_sky(im, ts, SkyConfig{}, c.read_noise);
+      const SpectrumSet s0 = extract_spectra(im, ts, &sky0, c);
+      c.calibration_noise = cal;
+      const SkyModel sky1 = fit_slit_sky(im, ts, SkyConfig{}, c.read_noise, c.calibration_noise);
+      const SpectrumSet s1 = extract_spectra(im, ts, &sky1, c);
+      for (long x = 0; x < sc.nx; ++x) {
+        ASSERT_EQ(s0.mask(0, x), 0) << "column " << x;
+        ASSERT_EQ(s1.mask(0, x), 0) << "column " << x;
+        without.add(s0.flux(0, x), sc.true_counts[0][x], s0.variance(0, x));
+        with.add(s1.flux(0, x), sc.true_counts[0][x], s1.variance(0, x));
+        ASSERT_EQ(s0.var_cal(0, x), 0.0f);
+        ASSERT_GT(s1.var_cal(0, x), 0.0f);
+        const double sum =
+            static_cast<double>(s1.var_star(0, x)) + s1.var_sky(0, x) + s1.var_read(0, x) + s1.var_cal(0, x);
+        ASSERT_NEAR(sum, s1.variance(0, x), 1e-5 * s1.variance(0, x));
+      }
+    }
+    // n = 8192 pulls: σ(mean) = 0.011, σ(width) = 0.008.
+    const auto pw = with.stats(), po = without.stats();
+    std::printf("[%s] master noise given: pull mean %+.4f width %.4f; left out: width %.4f (n=%zu)\n",
+                to_string(method).c_str(), pw.mean, pw.stddev, po.stddev, pw.n);
+    EXPECT_LT(std::abs(pw.mean), 0.05) << to_string(method);
+    EXPECT_NEAR(pw.stddev, 1.0, 0.05) << to_string(method);
+    EXPECT_GT(po.stddev, 1.08) << to_string(method) << ": the test frame must need the calibration noise";
+  }
+}
+
+TEST(ExtractionVariance, CalibrationComponentMatchesTheScatterItCauses) {
+  // Only the masters' noise (no photon or read noise in the frame): the scatter of the flux about the
+  // truth is then what var_cal predicts, for the star's pixels and the sky estimate alike.
+  Scene sc(1024, 64);
+  StarSpec st;
+  st.flux = 8000.0;
+  sc.add_star(st).add_sky(400.0, 0.0);
+  const TraceSet ts = sc.traces();
+  std::mt19937_64 rng(99);
+  for (auto method : {ExtractMethod::Boxcar, ExtractMethod::Optimal}) {
+    double scatter = 0, predicted = 0;
+    long n = 0;
+    for (int rep = 0; rep < 12; ++rep) {  // 12288 samples: σ of the ratio = 1.3 %
+      CalibrationNoise cal;
+      const Image im = realise_with_masters(sc, rng, Noise{false, false, false}, 0.02, 3.0, cal);
+      ExtractConfig c = base_config(method, sc.read_noise);
+      c.calibration_noise = cal;
+      const SkyModel sky = fit_slit_sky(im, ts, SkyConfig{}, c.read_noise, c.calibration_noise);
+      const SpectrumSet sp = extract_spectra(im, ts, &sky, c);
+      for (long x = 0; x < sc.nx; ++x) {
+        const double d = sp.flux(0, x) - sc.true_counts[0][x];
+        scatter += d * d;
+        predicted += sp.var_cal(0, x);
+        ++n;
+      }
+    }
+    const double ratio = scatter / predicted;
+    std::printf("[%s] calibration: scatter / predicted variance = %.4f (n=%ld)\n", to_string(method).c_str(), ratio, n);
+    EXPECT_NEAR(ratio, 1.0, 0.05) << to_string(method);
   }
 }
 
@@ -526,7 +638,7 @@ TEST(FiberSky, ThroughputAndMasterSkyFromAlignedSpectra) {
   for (long a = 0; a < na; ++a) {
     if (is_sky[a] || a == 5) continue;
     for (long p = 0; p < np; ++p) {
-      const double comp = sci.var_star(a, p) + sci.var_sky(a, p) + sci.var_read(a, p);
+      const double comp = sci.var_star(a, p) + sci.var_sky(a, p) + sci.var_read(a, p) + sci.var_cal(a, p);
       ASSERT_NEAR(comp, sci.variance(a, p), 1e-4 * sci.variance(a, p));
       sp.push_back((sci.flux(a, p) - star[a][p]) / std::sqrt(sci.variance(a, p)));
     }
@@ -561,9 +673,11 @@ TEST(ExFile, RoundTripKeepsEveryArrayAndTable) {
   for (long x = 50; x < 52; ++x)
     for (long r = 0; r < 60; ++r) im.mask(r, x) = kMaskBad;
   const ReadNoise rn{sc.read_noise, {}};
-  const SkyModel sky = fit_slit_sky(im, ts, SkyConfig{}, rn);
   ExtractConfig ec;
   ec.read_noise = rn;
+  ec.calibration_noise.flat_relvar = ImageArray::Constant(60, 300, 1e-4f);
+  ec.calibration_noise.bias_var = ImageArray::Constant(60, 300, 2.0f);
+  const SkyModel sky = fit_slit_sky(im, ts, SkyConfig{}, rn, ec.calibration_noise);
   SpectrumSet sp = extract_spectra(im, ts, &sky, ec, "exp1");
   record_trace_shifts(sp, {TraceShift{0.12, 0.01, 1.03, 0.002, 18, true}, TraceShift{}});
   kspecdr::testing::TempDir dir;
@@ -577,6 +691,10 @@ TEST(ExFile, RoundTripKeepsEveryArrayAndTable) {
   EXPECT_TRUE((back.var_star == sp.var_star).all());
   EXPECT_TRUE((back.var_sky == sp.var_sky).all());
   EXPECT_TRUE((back.var_read == sp.var_read).all());
+  EXPECT_GT(sp.var_cal(0, 100), 0.0f);
+  EXPECT_TRUE(std::isinf(back.var_cal(0, 50)));
+  for (long x = 0; x < 300; ++x)
+    if (std::isfinite(sp.var_cal(0, x))) ASSERT_EQ(back.var_cal(0, x), sp.var_cal(0, x));
   EXPECT_TRUE((back.sky == sp.sky).all());
   EXPECT_TRUE((back.mask == sp.mask).all());
   EXPECT_TRUE(std::isinf(back.variance(0, 50)));

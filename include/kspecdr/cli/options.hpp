@@ -38,5 +38,6 @@ const std::vector<Command>& commands();
 int run_simulate(int argc, char** argv);
 int run_log(int argc, char** argv);
 int run_reduce(int argc, char** argv);
+int run_extract(int, char**);
 
 }  // namespace kspecdr::cli

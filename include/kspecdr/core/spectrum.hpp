@@ -1,9 +1,10 @@
 #pragma once
 // Extracted spectra on detector pixels (the EX stage): NAPER × NPIX arrays of
 // flux and its variance, the variance split by source (star photons, sky
-// photons, read noise, each including its share of the sky estimate's error —
-// the three add up to the total), the sky that was subtracted, mask bits, and per-pixel and
-// per-aperture diagnostics. Fluxes are electrons per detector column.
+// photons, read noise, master bias and flat noise, each including its share of
+// the sky estimate's error — the four add up to the total), the sky that was
+// subtracted, mask bits, and per-pixel and per-aperture diagnostics. Fluxes are
+// electrons per detector column.
 #include <Eigen/Core>
 #include <cstddef>
 #include <limits>
@@ -33,12 +34,22 @@ struct ApertureDiagnostics {
   std::string status = "ok";        ///< "ok", or the reason the aperture is flagged
 };
 
+/// A 2D image carried in the EX file beside the spectra, with the shape of the extracted image (ny × nx):
+/// e.g. the sky model of a slit exposure, so that figures and checks read it instead of fitting it again.
+struct ExtraImage {
+  std::string name;         ///< EXTNAME (upper case, unique, not one of the EX file's own HDUs)
+  ImageArray data;
+  std::string unit;         ///< BUNIT; "" when dimensionless
+  std::string description;  ///< what the values are (the HDU's EXTDESC keyword)
+};
+
 struct SpectrumSet {
   ImageArray flux;        ///< e- per column (sky subtracted)
   ImageArray variance;    ///< total variance of flux (e-²); NaN-free, +inf where NODATA
   ImageArray var_star;    ///< part of `variance` from the star's photons
   ImageArray var_sky;     ///< part from sky photons (in the aperture and in the sky estimate)
   ImageArray var_read;    ///< part from read noise (in the aperture and in the sky estimate)
+  ImageArray var_cal;     ///< part from the noise of the master bias and flat (in the aperture and the sky estimate)
   ImageArray sky;         ///< sky subtracted from `flux` (e- per column, same weights as the flux)
   MaskArray mask;         ///< MaskBit flags per aperture and pixel; 0 = good
   ImageArray offset;      ///< light centroid − trace centre in the aperture (px)
@@ -48,6 +59,7 @@ struct SpectrumSet {
   ImageArray rejected;    ///< number of pixels rejected against the profile model
   std::vector<ApertureInfo> apertures;
   std::vector<ApertureDiagnostics> diagnostics;
+  std::vector<ExtraImage> extra_images;  ///< optional 2D images (none unless a stage is asked for them)
   Header header;
 
   SpectrumSet() = default;

@@ -2,6 +2,7 @@
 // Every knob of the sky and extraction stage (IM → EX) in plain structs with
 // documented defaults. cli/ fills them; extract code never looks options up
 // anywhere else. Lengths are detector pixels (px), counts electrons (e-).
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,27 @@ struct ReadNoise {
     return r * r;
   }
   /// Throws ConfigError when the map does not have the image shape.
+  void check(Eigen::Index ny, Eigen::Index nx) const;
+};
+
+/// Noise of the master calibrations that every IM pixel carries: the detector stage subtracts the master
+/// bias and divides by the pixel flat f, so a pixel of expected signal S (e-, after the flat) has, besides
+/// read noise and photons, the variance var_bias / f² + S² var_f / f². Both are fixed per pixel, so they
+/// are given as maps with the image shape; an empty map leaves its term out.
+struct CalibrationNoise {
+  ImageArray flat_relvar;  ///< relative variance var_f / f² of the pixel flat; empty = no flat noise
+  ImageArray bias_var;     ///< variance of the master bias over f² (e-²); empty = no bias noise
+  bool empty() const { return flat_relvar.size() == 0 && bias_var.size() == 0; }
+  /// Calibration variance (e-²) of pixel (row y, column x) for an expected signal S (e-); S is clipped at 0.
+  double variance(Eigen::Index y, Eigen::Index x, double signal) const {
+    double v = bias_var.size() ? static_cast<double>(bias_var(y, x)) : 0.0;
+    if (flat_relvar.size()) {
+      const double s = std::max(signal, 0.0);
+      v += s * s * static_cast<double>(flat_relvar(y, x));
+    }
+    return v;
+  }
+  /// Throws ConfigError when a map does not have the image shape or holds a negative or non-finite value.
   void check(Eigen::Index ny, Eigen::Index nx) const;
 };
 
@@ -100,8 +122,10 @@ struct ExtractConfig {
   /// stays unbiased with part of the profile masked (its variance grows accordingly), so this only stops
   /// fluxes that rest on the far wings.
   double min_good_fraction = 0.25;
-  /// Read noise of the pixels (the IM variance minus its Poisson part).
+  /// Read noise of the pixels (with the calibration noise, the IM variance minus its Poisson part).
   ReadNoise read_noise;
+  /// Noise of the master bias and flat in the IM pixels (empty = none, e.g. an IM without masters).
+  CalibrationNoise calibration_noise;
   /// Mask bits of the input image that exclude a pixel.
   MaskPixel exclude_bits = kMaskBad | kMaskSaturated | kMaskCosmic | kMaskNoData | kMaskLowFlat;
 };

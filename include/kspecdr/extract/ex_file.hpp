@@ -22,9 +22,26 @@ struct FormatItem {
   std::string description;
 };
 
-/// The EX layout: PRIMARY flux (NAPER × NPIX, e-), VARIANCE, VAR_STAR, VAR_SKY, VAR_READ, SKY, MASK,
-/// OFFSET, WIDTH, PEAK, MASKFRAC, REJECTED images; FIBRES and DIAGNOSTICS tables; their keywords.
-/// FIBRES gains one MAG_* column per magnitude name that any aperture carries.
+/// EXTNAMEs of the optional images a slit exposure carries when the sky model is asked for
+/// (ExStageConfig::write_sky_image): the 2D sky, its variance, and the sky windows.
+inline constexpr const char* kSkyModelHdu = "SKYMODEL";
+inline constexpr const char* kSkyModelVarHdu = "SKYMODEL_VAR";
+inline constexpr const char* kSkyWindowsHdu = "SKYWIN";
+
+/// Name, unit and meaning of a known optional image.
+struct ExtraImageFormat {
+  const char* extname;
+  const char* unit;
+  const char* description;
+};
+/// The optional sky images, in the order the EX stage writes them.
+extern const ExtraImageFormat kSkyImages[3];
+
+/// The EX layout, the items every EX file holds (the optional images are listed in kSkyImages): PRIMARY flux (NAPER × NPIX, e-), VARIANCE, VAR_STAR, VAR_SKY, VAR_READ, VAR_CAL, SKY, MASK,
+/// OFFSET, WIDTH, PEAK, MASKFRAC, REJECTED images; FIBRES and DIAGNOSTICS tables; their keywords; then
+/// any optional 2D images of SpectrumSet::extra_images (NY × NX, float32, BUNIT and EXTDESC keywords),
+/// e.g. SKYMODEL, SKYMODEL_VAR and SKYWIN. FIBRES gains one MAG_* column per magnitude name that any
+/// aperture carries.
 const std::vector<FormatItem>& ex_format();
 
 /// Writes `spectra` to `path` atomically (temporary name, renamed when complete). Throws Error if the file

@@ -1,8 +1,9 @@
 #pragma once
 // How many photons come from the star? Boxcar and optimal (Horne 1986)
 // extraction along each trace, column by column, with the variance built from
-// the model (sky + profile × flux + read noise²) rather than from the noisy
-// data, and split by source so the components add up to the total.
+// the model (sky + profile × flux + read noise² + master bias and flat noise)
+// rather than from the noisy data, and split by source so the components add up
+// to the total.
 #include <string>
 #include <vector>
 

@@ -28,6 +28,8 @@ struct ApertureSky {
   /// nx; share of the estimate's variance that comes from read noise (the rest is sky photons), so the
   /// extraction can put each part in its own variance component.
   std::vector<float> read_fraction;
+  /// nx; share that comes from the master bias and flat (CalibrationNoise), for the calibration component.
+  std::vector<float> cal_fraction;
   long n_empty = 0;               ///< columns with too few window pixels
   long n_rejected = 0;            ///< window pixels rejected by the clipped fit
   double median_npix = 0.0;       ///< median number of window pixels per column
@@ -48,10 +50,17 @@ struct SkyModel {
 };
 
 /// Slit mode: fits the sky of every usable trace. An aperture whose windows are empty everywhere gets a
-/// message (also logged) and no usable columns; the others go on. Throws DataError only for an image that
-/// does not match the traces.
+/// message (also logged) and no usable columns; the others go on. The window pixels' model variance is
+/// read noise² + sky + the calibration noise, which sets the fit weights and the estimate's covariance.
+/// Throws DataError only for an image that does not match the traces (ConfigError for a noise map that
+/// does not).
 SkyModel fit_slit_sky(const Image& image, const TraceSet& traces, const SkyConfig& config, const ReadNoise& read_noise,
-                      const std::string& exposure = "");
+                      const CalibrationNoise& calibration_noise, const std::string& exposure = "");
+/// The same without calibration noise.
+inline SkyModel fit_slit_sky(const Image& image, const TraceSet& traces, const SkyConfig& config,
+                             const ReadNoise& read_noise, const std::string& exposure = "") {
+  return fit_slit_sky(image, traces, config, read_noise, CalibrationNoise{}, exposure);
+}
 
 /// The image minus the sky model, with the sky model's variance added (for plots and checks).
 Image subtract_sky(const Image& image, const SkyModel& sky);

@@ -15,11 +15,19 @@
 
 namespace kspecdr {
 
+namespace detector {
+struct MasterBias;
+struct MasterFlat;
+}  // namespace detector
+
 struct ExStageConfig {
   trace::TraceConfig trace;
   extract::SkyConfig sky;  ///< slit mode; fiber mode extracts without local sky (master sky comes later)
   extract::ExtractConfig extract;
   bool measure_shifts = true;  ///< measure each science exposure's trace offset and width change
+  /// Slit mode: also put the 2D sky model, its variance and the sky windows into the EX file (HDUs
+  /// SKYMODEL, SKYMODEL_VAR, SKYWIN) for figures and checks. Off by default: they triple the file size.
+  bool write_sky_image = false;
 };
 
 /// Per-pixel read noise of an IM from its header (NAMP, AMPSECn, RDNOISEn written by the detector
@@ -35,10 +43,22 @@ TraceSet build_master_traces(const InstrumentProfile& profile, const std::vector
                              const Image* flat_image, const std::vector<ApertureInfo>& fibres,
                              const ExStageConfig& cfg);
 
-/// One exposure: trace shift (science, if asked), sky (slit), extraction. The EX header carries the
-/// IM header's provenance and the stage's settings.
+/// The noise the master bias and flat left in the pixels of `im` (see extract::CalibrationNoise): the
+/// pixel flat's relative variance var_f / f² and the master bias variance over f², each only when the IM
+/// header says that very master was applied (FLATCORR and FLATHASH, BIASCORR = 'MASTER' and BIASHASH equal
+/// to its CALHASH; a mismatch is logged and leaves the term out). nullptr = no such master: no term.
+/// Throws DataError when a master's shape differs from the image's.
+extract::CalibrationNoise calibration_noise_for(const Image& im, const detector::MasterFlat* flat,
+                                                const detector::MasterBias* bias, const std::string& file = "");
+
+/// One exposure: trace shift (science, if asked), sky (slit), extraction. The model variance of the sky
+/// and of the extraction includes the noise of `flat` and `bias` (calibration_noise_for; nullptr = none).
+/// Fiber mode keeps the master traces' widths (a fiber's output profile does not change with seeing) and
+/// applies only the measured offsets. The EX header carries the IM header's provenance and the stage's
+/// settings; with `cfg.write_sky_image` the sky model images travel in `extra_images`.
 SpectrumSet extract_exposure(const Image& im, const TraceSet& master, const InstrumentProfile& profile,
                              const ExStageConfig& cfg, const std::string& exposure, bool is_science,
-                             const std::string& file = "");
+                             const std::string& file = "", const detector::MasterFlat* flat = nullptr,
+                             const detector::MasterBias* bias = nullptr);
 
 }  // namespace kspecdr
