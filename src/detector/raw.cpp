@@ -295,6 +295,13 @@ DetectorFrame overscan_trim_gain(const RawFrame& raw, const InstrumentProfile& p
       }
     }
   }
+  for (long col : profile.bad_columns) {
+    if (col < 1 || col > g.nx)
+      throw DataError(fmt::format("bad column {} of the instrument profile lies outside the assembled image (1..{})",
+                                  col, g.nx),
+                      ErrorContext{.file = raw.file.string(), .keyword = "[detector] bad_columns"});
+    for (long y = 0; y < g.ny; ++y) m(y, col - 1) |= kMaskBad;
+  }
   out.electrons = to_pipeline(e, profile);
   out.mask = to_pipeline(m, profile);
   out.amp = to_pipeline(amp, profile);

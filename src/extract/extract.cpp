@@ -268,7 +268,7 @@ DataProfile build_data_profile(const Image& im, const Trace& tr, const ApertureS
   double lo = 1e300, hi = -1e300;
   for (long x = 0; x < nx; ++x) {
     const auto i = static_cast<std::size_t>(x);
-    yc[i] = tr.centre(static_cast<double>(x));
+    yc[i] = tr.y(static_cast<double>(x));
     half[i] = cfg.optimal_halfwidth_sigma * std::max(tr.sigma(static_cast<double>(x)), 0.0);
     lo = std::min(lo, yc[i] - half[i]);
     hi = std::max(hi, yc[i] + half[i]);
@@ -442,7 +442,7 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
     tmp_off.clear(), tmp_w.clear(), tmp_snr.clear(), tmp_sky.clear();
     for (long x = 0; x < nx; ++x) {
       const double xd = static_cast<double>(x);
-      const double yc = tr.centre(xd), sg = tr.sigma(xd);
+      const double yc = tr.y(xd), sg = tr.sigma(xd);
       ColumnResult c;
       if (!(sg > 0) || !std::isfinite(yc)) {
         c.fail = ColumnFail::NoProfile;

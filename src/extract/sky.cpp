@@ -146,7 +146,7 @@ SkyModel fit_slit_sky(const Image& im, const TraceSet& traces, const SkyConfig& 
     npix_per_col.reserve(static_cast<std::size_t>(nx));
     for (long x = 0; x < nx; ++x) {
       const double xd = static_cast<double>(x);
-      const double yc = tr.centre(xd), sg = tr.sigma(xd);
+      const double yc = tr.y(xd), sg = tr.sigma(xd);
       regions.clear();
       if (!cfg.regions.empty()) {
         regions = cfg.regions;
@@ -168,7 +168,7 @@ SkyModel fit_slit_sky(const Image& im, const TraceSet& traces, const SkyConfig& 
         bool excluded = (im.mask(r, x) & static_cast<MaskPixel>(~kMaskInterpolated)) != 0 || !std::isfinite(im.data(r, x));
         for (std::size_t b = 0; b < traces.size() && !excluded; ++b) {
           if (b == a || traces[b].centre.coeffs.empty()) continue;
-          const double yb = traces[b].centre(xd), sb = traces[b].sigma(xd);
+          const double yb = traces[b].y(xd), sb = traces[b].sigma(xd);
           excluded = std::abs(static_cast<double>(r) - yb) < cfg.exclusion_sigma * std::max(sb, 0.5);
         }
         if (excluded) {

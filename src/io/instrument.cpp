@@ -327,6 +327,14 @@ InstrumentProfile load_instrument(const std::string& name_or_path) {
     if (p.overscan_method != "median" && p.overscan_method != "poly")
       throw ConfigError("[detector] overscan_method must be median or poly", det.ctx("overscan_method"));
     p.overscan_order = static_cast<int>(det.number("overscan_order", 1));
+    for (const auto& s : split(det.str("bad_columns", ""), ',')) {
+      char* end = nullptr;
+      long v = std::strtol(s.c_str(), &end, 10);
+      if (end == s.c_str() || *end != '\0' || v < 1)
+        throw ConfigError(fmt::format("[detector] bad_columns: '{}' is not a column number (1-based)", s),
+                          det.ctx("bad_columns"));
+      p.bad_columns.push_back(v);
+    }
     int namps = static_cast<int>(det.number("amplifiers", 1));
     det.check_unknown();
     if (namps < 1) throw ConfigError("[detector] amplifiers must be at least 1", det.ctx("amplifiers"));

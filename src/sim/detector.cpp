@@ -154,6 +154,14 @@ std::string rescale_profile_text(const std::string& ini_text, const InstrumentPr
       out << key << " = " << v.to_fits() << comment << "\n";
     } else if (section == "instrument" && key == "raw_shape") {
       out << "raw_shape = " << raw_ny << "x" << raw_nx << comment << "\n";
+    } else if (section == "detector" && key == "bad_columns") {
+      // The same defects at the same fraction of the width (assembled x, 1-based).
+      std::string list;
+      for (long col : p.bad_columns) {
+        const long scaled = std::clamp((col - 1) * new_nx / old_nx + 1, 1L, new_nx);
+        list += (list.empty() ? "" : ", ") + std::to_string(scaled);
+      }
+      out << "bad_columns = " << list << comment << "\n";
     } else {
       out << line << "\n";
     }
@@ -238,7 +246,8 @@ Header layout_keywords(const InstrumentProfile& p, const RawLayout& l) {
 }
 
 DetectorModel DetectorModel::make(RawLayout layout, const SimConfig& c, double saturation_dn,
-                                  const std::vector<double>& clear_rows, std::mt19937_64& rng) {
+                                  const std::vector<double>& clear_rows, std::mt19937_64& rng,
+                                  const std::vector<long>& known_bad_columns) {
   DetectorModel d;
   d.layout = std::move(layout);
   d.saturation_dn = saturation_dn;
@@ -256,6 +265,13 @@ DetectorModel DetectorModel::make(RawLayout layout, const SimConfig& c, double s
   std::uniform_int_distribution<long> col(d.layout.asm_nx / 10, d.layout.asm_nx - 1 - d.layout.asm_nx / 10);
   for (int which = 0; which < 2; ++which) {
     long xa = col(rng);
+    // A detector's defects are a property of the detector: the profile's list wins over chance.
+    if (static_cast<std::size_t>(which) < known_bad_columns.size()) {
+      xa = known_bad_columns[static_cast<std::size_t>(which)] - 1;
+      if (xa < 0 || xa >= d.layout.asm_nx)
+        throw ConfigError(fmt::format("bad column {} of the instrument profile lies outside the {}-column detector",
+                                      xa + 1, d.layout.asm_nx));
+    } else
     for (int tries = 0; tries < 200; ++tries) {
       const long row = d.layout.to_pipeline(0, xa).first;
       const bool clear = d.layout.dispersion_axis == 1 ||

@@ -451,7 +451,7 @@ NightResult simulate_night(SimConfig c) {
   std::vector<double> clear_rows;
   for (const auto& a : m.spec.apertures) clear_rows.push_back(a.y0_px);
   RawLayout layout = make_layout(m.profile, c);
-  m.detector = DetectorModel::make(std::move(layout), c, m.profile.saturation_dn, clear_rows, rng);
+  m.detector = DetectorModel::make(std::move(layout), c, m.profile.saturation_dn, clear_rows, rng, m.profile.bad_columns);
   if (m.detector.layout.pipeline_nx() != c.nx || m.detector.layout.pipeline_ny() != c.ny)
     throw ConfigError(fmt::format("the profile {} describes a {} x {} image, the simulation is {} x {}",
                                   profile_copy.string(), m.detector.layout.pipeline_ny(),

@@ -272,8 +272,30 @@ Trace trace_aperture(const Image& im, double x_ref, double y_ref, const TraceCon
     }
   }
 
-  const ClippedFit fc = fit_legendre_clipped(t.bin_x, t.bin_centre, t.bin_centre_err, c.centre_order, 0.0, xmax,
-                                             c.clip_sigma, c.clip_iterations);
+  // A trace that bends more than the chosen order allows (e.g. at a vignetted end) shows up as a run
+  // of neighbouring bins rejected on one side, not as scattered outliers: raise the order then.
+  auto rejected_run = [&](const ClippedFit& fit, const std::vector<double>& y) {
+    int run = 0, longest = 0, last_sign = 0;
+    for (std::size_t i = 0; i < fit.used.size(); ++i) {
+      if (!std::isfinite(y[i])) continue;
+      if (fit.used[i]) {
+        run = 0;
+        continue;
+      }
+      const int sign = y[i] > fit.series(t.bin_x[i]) ? 1 : -1;
+      run = (run > 0 && sign == last_sign) ? run + 1 : 1;
+      last_sign = sign;
+      longest = std::max(longest, run);
+    }
+    return longest;
+  };
+  ClippedFit fc = fit_legendre_clipped(t.bin_x, t.bin_centre, t.bin_centre_err, c.centre_order, 0.0, xmax,
+                                       c.clip_sigma, c.clip_iterations);
+  for (int order = c.centre_order + 1; order <= c.max_centre_order && fc.ok &&
+                                       rejected_run(fc, t.bin_centre) >= c.misfit_run_bins;
+       ++order)
+    fc = fit_legendre_clipped(t.bin_x, t.bin_centre, t.bin_centre_err, order, 0.0, xmax, c.clip_sigma,
+                              c.clip_iterations);
   const ClippedFit fs = fit_legendre_clipped(t.bin_x, t.bin_sigma, t.bin_sigma_err, c.sigma_order, 0.0, xmax,
                                              c.clip_sigma, c.clip_iterations);
   t.bin_used_centre = fc.used;
@@ -285,7 +307,14 @@ Trace trace_aperture(const Image& im, double x_ref, double y_ref, const TraceCon
         "only {} of {} bins measured ({} with the window off the detector, {} below S/N {}, {} jumps)",
         fc.n_used, nb, n_off, n_weak, c.min_bin_snr, n_jump);
   }
-  if (fc.ok) t.centre = fc.series, t.centre_rms_px = fc.rms;
+  if (fc.ok) {
+    t.centre = fc.series, t.centre_rms_px = fc.rms;
+    for (std::size_t i = 0; i < fc.used.size(); ++i)
+      if (fc.used[i]) {
+        if (!(t.bin_x[i] >= t.fit_xmin)) t.fit_xmin = t.bin_x[i];
+        if (!(t.bin_x[i] <= t.fit_xmax)) t.fit_xmax = t.bin_x[i];
+      }
+  }
   if (fs.ok) t.sigma = fs.series, t.sigma_rms_px = fs.rms;
   if (n_off > 0 && t.status == TraceStatus::Ok)
     spdlog::debug("trace {}: {} bins with the window off the detector (kept: {} good bins)", t.info.name, n_off,
@@ -524,7 +553,7 @@ std::vector<TraceShift> measure_trace_shifts(const Image& im, const TraceSet& ma
     for (long b = 0; b < nb; ++b) {
       const long x0 = b * bpx, x1 = std::min(nx, x0 + bpx);
       const double xb = 0.5 * static_cast<double>(x0 + x1 - 1);
-      const double pred = t.centre(xb), sg = t.sigma(xb);
+      const double pred = t.y(xb), sg = t.sigma(xb);
       if (!(sg > 0)) continue;
       bool off = false;
       const ProfileFit p = measure_bin(im, x0, x1, pred, sg, c, buf, off);

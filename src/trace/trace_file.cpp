@@ -59,6 +59,8 @@ std::vector<FormatItem> build_format() {
   col(T, "WIDTH_NCOEF", "int64", "", "Legendre coefficients of the width in use");
   col(T, "WIDTH_COEF", "float64[n]", "pixel", "Legendre coefficients of the Gaussian sigma(x); padded with 0");
   col(T, "CENTRE_RMS", "float64", "pixel", "rms of the kept bins' centres about the fit (NaN when not fitted)");
+  col(T, "FIT_XMIN", "float64", "pixel", "first bin the centre fit used; y(x) continues along the tangent below it");
+  col(T, "FIT_XMAX", "float64", "pixel", "last bin the centre fit used; y(x) continues along the tangent above it");
   col(T, "WIDTH_RMS", "float64", "pixel", "rms of the kept bins' widths about the fit");
   col(T, "NBINS", "int64", "", "bins along the dispersion axis");
   col(T, "NUSED", "int64", "", "bins kept by the clipped fit of the centre");
@@ -130,7 +132,7 @@ void write_trace_file(const std::filesystem::path& path, const TraceSet& ts, con
     f.write_checksum();
 
     std::vector<std::string> names, types, status, message;
-    std::vector<double> ra, dec, cxmin, cxmax, sxmin, sxmax, crms, srms;
+    std::vector<double> ra, dec, cxmin, cxmax, sxmin, sxmax, crms, srms, fxmin, fxmax;
     std::vector<long long> cn, sn, nbins, nused;
     std::vector<const LegendreSeries*> cs, ss;
     std::vector<std::string> bands;
@@ -153,6 +155,8 @@ void write_trace_file(const std::filesystem::path& path, const TraceSet& ts, con
       cs.push_back(&t.centre);
       ss.push_back(&t.sigma);
       crms.push_back(t.centre_rms_px);
+      fxmin.push_back(t.fit_xmin);
+      fxmax.push_back(t.fit_xmax);
       srms.push_back(t.sigma_rms_px);
       nbins.push_back(static_cast<long long>(t.bin_x.size()));
       long long used = 0;
@@ -187,6 +191,8 @@ void write_trace_file(const std::filesystem::path& path, const TraceSet& ts, con
     tt.add_int("WIDTH_NCOEF", sn);
     tt.add_double("WIDTH_COEF", padded(ss, srep), "pixel", srep);
     tt.add_double("CENTRE_RMS", crms, "pixel");
+    tt.add_double("FIT_XMIN", fxmin, "pixel");
+    tt.add_double("FIT_XMAX", fxmax, "pixel");
     tt.add_double("WIDTH_RMS", srms, "pixel");
     tt.add_int("NBINS", nbins);
     tt.add_int("NUSED", nused);
@@ -267,6 +273,8 @@ TraceFile read_trace_file(const std::filesystem::path& path) {
     t.centre = series("CENTRE", r, t.info.name);
     t.sigma = series("WIDTH", r, t.info.name);
     t.centre_rms_px = tt.column("CENTRE_RMS").number(r);
+    if (tt.has("FIT_XMIN")) t.fit_xmin = tt.column("FIT_XMIN").number(r);
+    if (tt.has("FIT_XMAX")) t.fit_xmax = tt.column("FIT_XMAX").number(r);
     t.sigma_rms_px = tt.column("WIDTH_RMS").number(r);
   }
 

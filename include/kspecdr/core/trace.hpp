@@ -73,7 +73,16 @@ struct Trace {
   double centre_rms_px = std::numeric_limits<double>::quiet_NaN();  ///< rms of kept bins about the fit
   double sigma_rms_px = std::numeric_limits<double>::quiet_NaN();
 
-  double y(double x) const { return centre(x); }
+  /// Range of x covered by the bins the centre fit used. Outside it y(x) continues along the tangent at
+  /// the nearest end: a polynomial extrapolated past its data can swing away (NaN = no limit).
+  double fit_xmin = std::numeric_limits<double>::quiet_NaN();
+  double fit_xmax = std::numeric_limits<double>::quiet_NaN();
+
+  double y(double x) const {
+    if (x < fit_xmin) return centre(fit_xmin) + centre.derivative(fit_xmin) * (x - fit_xmin);
+    if (x > fit_xmax) return centre(fit_xmax) + centre.derivative(fit_xmax) * (x - fit_xmax);
+    return centre(x);
+  }
   double width(double x) const { return sigma(x); }
   bool usable() const { return status == TraceStatus::Ok; }
 };

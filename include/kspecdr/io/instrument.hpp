@@ -71,6 +71,9 @@ struct InstrumentProfile {
   std::vector<AmplifierSpec> amplifiers;
   double saturation_dn = 65535.0;  ///< raw level (DN, before bias subtraction) at which pixels saturate
   std::string saturation_key;      ///< header keyword that overrides saturation_dn
+  /// Known bad columns of the detector (1-based x of the assembled, trimmed image in raw orientation):
+  /// flagged BAD in every frame, like a bad-pixel map.
+  std::vector<long> bad_columns;
   std::string overscan_method = "median";  ///< median | poly
   int overscan_order = 1;                  ///< polynomial order along the readout direction (poly)
 

@@ -85,7 +85,8 @@ struct DetectorModel {
   /// Draws the pixel flat and the two bad columns (kept `keep_clear_px` away from the
   /// pipeline rows in `clear_rows`, which matters when raw columns are pipeline rows).
   static DetectorModel make(RawLayout layout, const SimConfig& c, double saturation_dn,
-                            const std::vector<double>& clear_rows, std::mt19937_64& rng);
+                            const std::vector<double>& clear_rows, std::mt19937_64& rng,
+                            const std::vector<long>& known_bad_columns = {});
 };
 
 class DetectorExposure {

@@ -46,6 +46,10 @@ struct TraceConfig {
 
   // ---- smooth fits along x
   int centre_order = 3;        ///< Legendre order of y(x)
+  /// The order is raised (up to this) while the fit rejects `misfit_run_bins` or more neighbouring bins
+  /// on one side: such a run is a bend the order cannot follow, not a set of outliers.
+  int max_centre_order = 9;
+  int misfit_run_bins = 4;
   int sigma_order = 2;         ///< Legendre order of σ(x)
   double clip_sigma = 3.5;     ///< reject bins beyond this many (robust) standard deviations
   int clip_iterations = 5;     ///< at most this many fit-reject rounds

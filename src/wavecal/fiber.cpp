@@ -1,0 +1,221 @@
+#include "kspecdr/wavecal/fiber.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kspecdr/wavecal/fit_detail.hpp"
+#include "kspecdr/core/error.hpp"
+
+namespace kspecdr::wavecal {
+namespace {
+
+/// rms over the detector of the difference of two solutions, in px of the first.
+double difference_px(const LegendreSeries& a, const LegendreSeries& b, long npix) {
+  double ss = 0;
+  int n = 0;
+  for (long x = 0; x < npix; x += std::max(1L, npix / 64)) {
+    const double xd = static_cast<double>(x);
+    ss += std::pow((a(xd) - b(xd)) / a.derivative(xd), 2);
+    ++n;
+  }
+  return std::sqrt(ss / std::max(1, n));
+}
+
+LegendreSeries evaluate_smooth(const std::vector<LegendreSeries>& smooth, double coord, long npix) {
+  LegendreSeries s;
+  s.xmin = 0.0;
+  s.xmax = static_cast<double>(npix - 1);
+  for (const auto& c : smooth) s.coeffs.push_back(c(coord));
+  return s;
+}
+
+/// Corrects the smooth model with a fiber's own lines: a shift with fewer than 6 lines, shift and
+/// scale with more. Few lines cannot constrain the full order, but they do pin the zero point.
+WavelengthSolution correct(const std::vector<ArcPeak>& peaks, long npix, const std::vector<ArcLine>& lines,
+                           Medium medium, const LegendreSeries& model, const WavecalConfig& cfg) {
+  WavelengthSolution s;
+  s.npix = npix;
+  s.medium = medium;
+  s.lambda = model;
+  std::vector<double> w;
+  for (const auto& l : lines) w.push_back(l.wavelength_angstrom);
+  const auto pairs = detail::match_lines(peaks, model, w, 2.0 * cfg.match_tolerance_px);
+  for (const auto& p : peaks) s.n_peaks += p.usable() ? 1 : 0;
+  if (pairs.empty()) {
+    s.status = SolutionStatus::Failed;
+    s.message = "none of its arc lines matches the model smoothed across fibers";
+    return s;
+  }
+  std::vector<double> fx, fy, fe, fte;
+  for (const auto& [pi, li] : pairs) {
+    const double disp = std::abs(model.derivative(peaks[pi].x_px));
+    fx.push_back(peaks[pi].x_px);
+    fy.push_back(w[li] - model(peaks[pi].x_px));
+    fe.push_back(std::hypot(peaks[pi].x_err_px, cfg.centroid_floor_px) * disp);
+    fte.push_back(peaks[pi].x_err_px * disp);
+  }
+  const int order = fx.size() >= 6 ? 1 : 0;
+  const auto f = detail::fit_legendre_clipped(fx, fy, fe, fte, order, model.xmin, model.xmax, cfg.clip_sigma,
+                                              cfg.clip_iterations);
+  if (!f.ok) {
+    s.status = SolutionStatus::Failed;
+    s.message = "the correction of the smooth model failed";
+    return s;
+  }
+  for (std::size_t k = 0; k < f.series.coeffs.size(); ++k) s.lambda.coeffs[k] += f.series.coeffs[k];
+  double ss = 0, sa = 0, se = 0;
+  for (std::size_t k = 0; k < fx.size(); ++k) {
+    LineMatch m;
+    m.x_px = fx[k];
+    m.x_err_px = peaks[pairs[k].first].x_err_px;
+    m.wavelength_angstrom = w[pairs[k].second];
+    m.fit_angstrom = s.lambda(fx[k]);
+    m.residual_px = (m.wavelength_angstrom - m.fit_angstrom) / std::abs(s.lambda.derivative(fx[k]));
+    m.snr = peaks[pairs[k].first].snr;
+    m.used = f.used[k] != 0;
+    m.id = lines[pairs[k].second].id;
+    if (m.used) {
+      ++s.n_used;
+      ss += m.residual_px * m.residual_px;
+      sa += std::pow(m.wavelength_angstrom - m.fit_angstrom, 2);
+      se += m.x_err_px * m.x_err_px;
+    } else {
+      ++s.n_rejected;
+    }
+    s.lines.push_back(m);
+  }
+  s.n_matched = s.n_used + s.n_rejected;
+  s.rms_px = std::sqrt(ss / std::max(1, s.n_used));
+  s.rms_angstrom = std::sqrt(sa / std::max(1, s.n_used));
+  s.expected_rms_px = std::sqrt(se / std::max(1, s.n_used));
+  s.chi2_dof = f.chi2_dof;
+  s.status = SolutionStatus::Smoothed;
+  s.message = fmt::format("rescued: smooth model corrected with {} own line(s)", s.n_used);
+  return s;
+}
+
+}  // namespace
+
+FiberCalibration calibrate_fibers(const std::vector<std::vector<ArcPeak>>& peaks, long npix,
+                                  const std::vector<double>& coordinate, const LineList& list,
+                                  const DispersionHint& hint, const WavecalConfig& cfg) {
+  const std::size_t nf = peaks.size();
+  if (coordinate.size() != nf)
+    throw DataError(fmt::format("calibrate_fibers: {} coordinates for {} fibers", coordinate.size(), nf));
+  FiberCalibration out;
+  out.solutions.resize(nf);
+  std::vector<char> own_ok(nf, 0);
+  for (std::size_t i = 0; i < nf; ++i) {
+    auto& s = out.solutions[i];
+    s.npix = npix;
+    s.medium = cfg.output_medium;
+    if (peaks[i].empty()) {
+      s.message = "no arc lines (fiber skipped or dark)";
+      continue;
+    }
+    try {
+      s = identify(peaks[i], npix, list, hint, cfg);
+      own_ok[i] = 1;
+    } catch (const Error& e) {
+      s.status = SolutionStatus::Failed;
+      s.npix = npix;
+      s.message = e.message();
+    }
+  }
+  // Smooth each coefficient across the well-measured fibers, rejecting fibers whose own solution
+  // departs from the smooth model (a wrong identification, a bad fiber).
+  const int ncoef = cfg.order + 1;
+  std::vector<std::size_t> good;
+  for (std::size_t i = 0; i < nf; ++i)
+    if (own_ok[i] && out.solutions[i].n_used >= cfg.fiber_min_own_lines) good.push_back(i);
+  const int sorder = cfg.fiber_smooth_order;
+  if (static_cast<int>(good.size()) >= sorder + 2) {
+    double cmin = coordinate[good.front()], cmax = cmin;
+    for (auto i : good) {
+      cmin = std::min(cmin, coordinate[i]);
+      cmax = std::max(cmax, coordinate[i]);
+    }
+    for (std::size_t i = 0; i < nf; ++i) {
+      cmin = std::min(cmin, coordinate[i]);
+      cmax = std::max(cmax, coordinate[i]);
+    }
+    std::vector<char> keep(good.size(), 1);
+    std::vector<LegendreSeries> smooth;
+    for (int it = 0; it < 6; ++it) {
+      smooth.assign(static_cast<std::size_t>(ncoef), LegendreSeries{});
+      for (int k = 0; k < ncoef; ++k) {
+        std::vector<double> x, y, e;
+        for (std::size_t g = 0; g < good.size(); ++g) {
+          if (!keep[g]) continue;
+          const auto& c = out.solutions[good[g]].lambda.coeffs;
+          x.push_back(coordinate[good[g]]);
+          y.push_back(k < static_cast<int>(c.size()) ? c[static_cast<std::size_t>(k)] : 0.0);
+          e.push_back(1.0);
+        }
+        const int ord = std::min(sorder, static_cast<int>(x.size()) - 1);
+        smooth[static_cast<std::size_t>(k)] =
+            detail::fit_legendre_clipped(x, y, e, {}, ord, cmin, cmax, 1e30, 0).series;
+      }
+      std::vector<double> dev(good.size());
+      std::vector<double> kept_dev;
+      for (std::size_t g = 0; g < good.size(); ++g) {
+        dev[g] = difference_px(out.solutions[good[g]].lambda, evaluate_smooth(smooth, coordinate[good[g]], npix), npix);
+        if (keep[g]) kept_dev.push_back(dev[g]);
+      }
+      // Deviations are positive: their robust scale is 1.4826 × median about 0, with a floor so that a
+      // perfectly smooth set does not reject fibers for rounding noise.
+      const double scale = std::max(0.02, 1.4826 * detail::median(kept_dev));
+      std::vector<char> next(good.size());
+      for (std::size_t g = 0; g < good.size(); ++g) next[g] = dev[g] <= cfg.fiber_clip_sigma * scale;
+      if (std::count(next.begin(), next.end(), 1) < sorder + 2 || next == keep) break;
+      keep = next;
+    }
+    out.smooth = smooth;
+    const LineList l = to_medium(list, cfg.output_medium);
+    for (std::size_t i = 0; i < nf; ++i) {
+      const auto g = std::find(good.begin(), good.end(), i);
+      if (g != good.end() && keep[static_cast<std::size_t>(g - good.begin())]) continue;  // own solution stands
+      if (peaks[i].empty()) continue;
+      const LegendreSeries model = evaluate_smooth(smooth, coordinate[i], npix);
+      const double xmax = static_cast<double>(npix - 1);
+      const double a = model(0.0), b = model(xmax);
+      const double D = std::abs(b - a) / xmax;
+      const auto lines = detail::anchor_lines(l, std::min(a, b) - 5 * D, std::max(a, b) + 5 * D,
+                                              cfg.list_blend_px * D);
+      const std::string why = out.solutions[i].ok() ? "its own solution departs from its neighbours'"
+                                                    : out.solutions[i].message;
+      WavelengthSolution r = correct(peaks[i], npix, lines, l.medium, model, cfg);
+      r.reversed = out.solutions[i].reversed;
+      if (!r.ok()) r.message += " (own fit: " + why + ")";
+      out.solutions[i] = r;
+    }
+  }
+  for (const auto& s : out.solutions) {
+    if (s.status == SolutionStatus::Ok) ++out.n_ok;
+    else if (s.status == SolutionStatus::Smoothed) ++out.n_smoothed;
+    else ++out.n_failed;
+  }
+  if (out.n_ok + out.n_smoothed == 0) {
+    std::string why = nf ? out.solutions.front().message : "no fiber";
+    throw DataError(fmt::format("no fiber could be wavelength calibrated (first fiber: {})", why));
+  }
+  return out;
+}
+
+FiberCalibration calibrate_fibers(const SpectrumSet& arc, const LineList& list, const DispersionHint& hint,
+                                  const WavecalConfig& cfg) {
+  arc.check_shapes("arc spectra");
+  std::vector<std::vector<ArcPeak>> peaks(static_cast<std::size_t>(arc.naper()));
+  std::vector<double> coord(peaks.size());
+  for (Eigen::Index a = 0; a < arc.naper(); ++a) {
+    coord[static_cast<std::size_t>(a)] = static_cast<double>(a);
+    if (static_cast<std::size_t>(a) < arc.apertures.size() && arc.apertures[static_cast<std::size_t>(a)].type == aperture_type::kUnused)
+      continue;
+    peaks[static_cast<std::size_t>(a)] = find_peaks(spectrum_row(arc, a), cfg.peaks);
+  }
+  return calibrate_fibers(peaks, arc.npix(), coord, list, hint, cfg);
+}
+
+}  // namespace kspecdr::wavecal
