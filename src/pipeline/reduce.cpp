@@ -239,7 +239,11 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
           const std::string key = traces_for(p);
           if (trace_errors.count(key)) throw DataError("no master traces: " + trace_errors.at(key));
           Image im = fits::read_image_file(im_path(p));
-          SpectrumSet s = extract_exposure(im, masters.at(key), profile, cfg.ex, p.name,
+          // An arc lamp fills the whole slit: what a sky window sees beside the trace is the arc itself,
+          // so arcs are extracted without sky subtraction.
+          ExStageConfig ecfg = cfg.ex;
+          if (p.frame_class == FrameClass::Arc) ecfg.sky.method = extract::SkyMethod::None;
+          SpectrumSet s = extract_exposure(im, masters.at(key), profile, ecfg, p.name,
                                            p.frame_class == FrameClass::Science, im_path(p).string(), flat, bias);
           s.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
           s.header.set("DATE", utc_now(), "UTC time this file was written");
