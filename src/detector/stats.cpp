@@ -14,15 +14,6 @@
 
 namespace kspecdr::detector {
 
-double median_inplace(std::span<double> v) {
-  if (v.empty()) return std::numeric_limits<double>::quiet_NaN();
-  const std::size_t n = v.size(), h = n / 2;
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(h), v.end());
-  double hi = v[h];
-  if (n % 2) return hi;
-  double lo = *std::max_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(h));
-  return 0.5 * (lo + hi);
-}
 
 double truncated_sigma_ratio(double kappa) {
   if (!(kappa > 0) || !std::isfinite(kappa)) return 1.0;

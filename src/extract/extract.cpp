@@ -1,5 +1,6 @@
 #include "kspecdr/extract/extract.hpp"
 
+#include "kspecdr/core/stats.hpp"
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -17,14 +18,6 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int kMaxCoef = 4;
 
-double median_inplace(std::vector<double>& v) {
-  if (v.empty()) return kNaN;
-  const auto mid = v.begin() + static_cast<long>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  double m = *mid;
-  if (v.size() % 2 == 0) m = 0.5 * (m + *std::max_element(v.begin(), mid));
-  return m;
-}
 
 /// Length of the overlap of pixel [r − ½, r + ½] with [lo, hi].
 inline double overlap(double r, double lo, double hi) {

@@ -1,5 +1,6 @@
 #include "kspecdr/extract/sky.hpp"
 
+#include "kspecdr/core/stats.hpp"
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -20,14 +21,6 @@ constexpr int kMaxCoef = 4;  // polynomial order ≤ 3: fixed-size buffers, no h
 using SmallMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, 0, kMaxCoef, kMaxCoef>;
 using SmallVec = Eigen::Matrix<double, Eigen::Dynamic, 1, 0, kMaxCoef, 1>;
 
-double median_inplace(std::vector<double>& v) {
-  if (v.empty()) return kNaN;
-  const auto mid = v.begin() + static_cast<long>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  double m = *mid;
-  if (v.size() % 2 == 0) m = 0.5 * (m + *std::max_element(v.begin(), mid));
-  return m;
-}
 
 /// Variance of the median of n Gaussian values of variance 1. The large-n limit is π/(2n); below it the
 /// correction follows from simulated samples (even n average the two middle values and do better).

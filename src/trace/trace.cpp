@@ -1,5 +1,6 @@
 #include "kspecdr/trace/trace.hpp"
 
+#include "kspecdr/core/stats.hpp"
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -16,14 +17,6 @@ namespace kspecdr::trace {
 namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-double median_inplace(std::vector<double>& v) {
-  if (v.empty()) return kNaN;
-  const auto mid = v.begin() + static_cast<long>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  double m = *mid;
-  if (v.size() % 2 == 0) m = 0.5 * (m + *std::max_element(v.begin(), mid));
-  return m;
-}
 
 /// A bin of columns collapsed to one spatial profile over a band of rows. The buffers are reused from
 /// bin to bin, so following a trace allocates nothing per pixel.

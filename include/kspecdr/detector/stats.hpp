@@ -1,4 +1,5 @@
 #pragma once
+#include "kspecdr/core/stats.hpp"
 // Robust statistics used by the detector stage: medians, clipped means whose
 // standard deviation is corrected for the truncation of the clip, and clipped
 // low-order polynomial fits.
@@ -9,7 +10,7 @@
 namespace kspecdr::detector {
 
 /// Median of `v` (reorders it). Even sizes average the two middle values. NaN if empty.
-double median_inplace(std::span<double> v);
+using kspecdr::median_inplace;  // core/stats.hpp
 
 struct ClippedStats {
   double mean = 0.0;    ///< mean of the kept values
