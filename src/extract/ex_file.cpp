@@ -8,6 +8,7 @@
 
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/io/atomic.hpp"
+#include "kspecdr/io/apertures.hpp"
 #include "kspecdr/io/fits.hpp"
 
 namespace kspecdr::extract {
@@ -56,7 +57,6 @@ const DiagColumn kDiagDoubles[] = {
     {"SKY", &ApertureDiagnostics::sky_median_e, "electron", "median sky under the aperture per column"},
 };
 
-const char* kMagPrefix = "MAG_";
 
 }  // namespace
 
@@ -126,50 +126,17 @@ void write_ex_file(const std::filesystem::path& path, const SpectrumSet& sp, boo
       f.write_image(sp.*(im.member), h, primary ? "" : im.extname);
       f.write_checksum();
     }
-    Header hm;
-    for (const auto& [bit, name] : mask_bit_names()) {
-      int b = 0;
-      while ((1u << b) != bit) ++b;
-      hm.set(fmt::format("MASKB{}", b), name, fmt::format("mask bit {} (value {})", b, bit));
-    }
-    f.write_image(sp.mask, hm, "MASK");
+    f.write_image(sp.mask, fits::mask_header(), "MASK");
     f.write_checksum();
 
     // FIBRES: identity of each aperture, one MAG_* column per band that any aperture knows.
-    std::vector<std::string> bands;
-    for (const auto& a : sp.apertures)
-      for (const auto& [band, v] : a.mags) {
-        const std::string col = band.rfind(kMagPrefix, 0) == 0 ? band : kMagPrefix + band;
-        if (std::find(bands.begin(), bands.end(), col) == bands.end()) bands.push_back(col);
-      }
     fits::Table ft;
-    std::vector<std::string> names, types;
-    std::vector<double> ra, dec;
-    for (const auto& a : sp.apertures) {
-      names.push_back(a.name);
-      types.push_back(std::string(1, a.type));
-      ra.push_back(a.ra_deg);
-      dec.push_back(a.dec_deg);
-    }
-    ft.add_string("NAME", names);
-    ft.add_string("TYPE", types);
-    ft.add_double("RA", ra, "deg");
-    ft.add_double("DEC", dec, "deg");
-    for (const auto& col : bands) {
-      std::vector<double> v;
-      for (const auto& a : sp.apertures) {
-        double m = std::numeric_limits<double>::quiet_NaN();
-        for (const auto& [band, val] : a.mags)
-          if (band == col || kMagPrefix + band == col) m = val;
-        v.push_back(m);
-      }
-      ft.add_double(col, v, "mag");
-    }
+    io::add_aperture_columns(ft, sp.apertures);
     f.write_table(ft, Header{}, "FIBRES");
     f.write_checksum();
 
     fits::Table dt;
-    dt.add_string("NAME", names);
+    dt.add_string("NAME", ft.column("NAME").strings);
     for (const auto& c : kDiagDoubles) {
       std::vector<double> v;
       for (const auto& d : sp.diagnostics) v.push_back(d.*(c.member));
@@ -234,14 +201,7 @@ SpectrumSet read_ex_file(const std::filesystem::path& path) {
                     ErrorContext{.file = path.string(), .hdu = "FIBRES"});
   sp.apertures.resize(naper);
   for (std::size_t a = 0; a < naper; ++a) {
-    auto& ap = sp.apertures[a];
-    ap.name = ft.column("NAME").strings[a];
-    const auto& t = ft.column("TYPE").strings[a];
-    ap.type = t.empty() ? aperture_type::kProgram : t[0];
-    ap.ra_deg = ft.column("RA").number(a);
-    ap.dec_deg = ft.column("DEC").number(a);
-    for (const auto& c : ft.columns)
-      if (c.name.rfind(kMagPrefix, 0) == 0) ap.mags.emplace_back(c.name, c.number(a));
+    sp.apertures[a] = io::aperture_from_row(ft, a);
   }
   f.move_to("DIAGNOSTICS");
   const fits::Table dt = f.read_table();

@@ -12,6 +12,7 @@
 #include "kspecdr/extract/ex_file.hpp"
 #include "kspecdr/extract/extract.hpp"
 #include "kspecdr/extract/sky.hpp"
+#include "kspecdr/io/apertures.hpp"
 #include "kspecdr/io/fits.hpp"
 #include "kspecdr/trace/trace.hpp"
 
@@ -53,18 +54,11 @@ std::vector<ApertureInfo> read_fibre_table(const fs::path& raw, const Instrument
   f.move_to(profile.fibre_table_hdu);
   fits::Table t = f.read_table();
   std::vector<ApertureInfo> out;
-  const auto& name = t.column("NAME");
-  const auto& type = t.column("TYPE");
-  for (std::size_t r = 0; r < t.nrows(); ++r) {
-    ApertureInfo a;
-    a.name = name.strings.at(r);
-    const std::string ty = type.strings.at(r);
-    a.type = ty.empty() ? 'P' : static_cast<char>(std::toupper(static_cast<unsigned char>(ty[0])));
-    if (t.has("RA")) a.ra_deg = t.column("RA").number(r);
-    if (t.has("DEC")) a.dec_deg = t.column("DEC").number(r);
-    for (const auto& c : t.columns)
-      if (c.name.rfind("MAG", 0) == 0 && c.type != fits::Column::Type::String) a.mags.emplace_back(c.name, c.number(r));
-    out.push_back(std::move(a));
+  try {
+    for (std::size_t r = 0; r < t.nrows(); ++r) out.push_back(io::aperture_from_row(t, r));
+  } catch (Error& e) {
+    e.add_context(ErrorContext{.file = raw.string(), .hdu = profile.fibre_table_hdu});
+    throw;
   }
   if (out.empty())
     throw DataError("the fiber table is empty", ErrorContext{.file = raw.string(), .hdu = profile.fibre_table_hdu});

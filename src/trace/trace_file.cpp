@@ -9,6 +9,7 @@
 
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/io/atomic.hpp"
+#include "kspecdr/io/apertures.hpp"
 #include "kspecdr/io/fits.hpp"
 
 namespace kspecdr::trace {
@@ -18,7 +19,6 @@ namespace {
 using extract::FormatItem;
 using K = FormatItem::Kind;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-const char* kMagPrefix = "MAG_";
 
 std::vector<FormatItem> build_format() {
   std::vector<FormatItem> f;
@@ -83,10 +83,6 @@ TraceStatus status_from_string(const std::string& s, const std::string& file, co
                   ErrorContext{.file = file, .hdu = "TRACES", .keyword = "STATUS", .aperture = aperture});
 }
 
-std::string mag_column(const std::string& band) {
-  return band.rfind(kMagPrefix, 0) == 0 ? band : kMagPrefix + band;
-}
-
 /// Coefficients of every trace padded to a common count: a FITS vector column has one repeat.
 std::vector<double> padded(const std::vector<const LegendreSeries*>& series, long repeat) {
   std::vector<double> v(series.size() * static_cast<std::size_t>(repeat), 0.0);
@@ -131,19 +127,16 @@ void write_trace_file(const std::filesystem::path& path, const TraceSet& ts, con
     f.write_empty_primary(h);
     f.write_checksum();
 
-    std::vector<std::string> names, types, status, message;
-    std::vector<double> ra, dec, cxmin, cxmax, sxmin, sxmax, crms, srms, fxmin, fxmax;
+    std::vector<ApertureInfo> infos;
+    std::vector<std::string> status, message;
+    std::vector<double> cxmin, cxmax, sxmin, sxmax, crms, srms, fxmin, fxmax;
     std::vector<long long> cn, sn, nbins, nused;
     std::vector<const LegendreSeries*> cs, ss;
-    std::vector<std::string> bands;
     long crep = 1, srep = 1;
     for (const auto& t : ts.traces) {
-      names.push_back(t.info.name);
-      types.push_back(std::string(1, t.info.type));
+      infos.push_back(t.info);
       status.push_back(to_string(t.status));
       message.push_back(t.message);
-      ra.push_back(t.info.ra_deg);
-      dec.push_back(t.info.dec_deg);
       cxmin.push_back(t.centre.xmin);
       cxmax.push_back(t.centre.xmax);
       sxmin.push_back(t.sigma.xmin);
@@ -162,26 +155,11 @@ void write_trace_file(const std::filesystem::path& path, const TraceSet& ts, con
       long long used = 0;
       for (auto u : t.bin_used_centre) used += u ? 1 : 0;
       nused.push_back(used);
-      for (const auto& [band, v] : t.info.mags)
-        if (std::find(bands.begin(), bands.end(), mag_column(band)) == bands.end()) bands.push_back(mag_column(band));
     }
     fits::Table tt;
-    tt.add_string("NAME", names);
-    tt.add_string("TYPE", types);
+    io::add_aperture_columns(tt, infos);
     tt.add_string("STATUS", status);
     tt.add_string("MESSAGE", message);
-    tt.add_double("RA", ra, "deg");
-    tt.add_double("DEC", dec, "deg");
-    for (const auto& band : bands) {
-      std::vector<double> v;
-      for (const auto& t : ts.traces) {
-        double m = kNaN;
-        for (const auto& [b, val] : t.info.mags)
-          if (mag_column(b) == band) m = val;
-        v.push_back(m);
-      }
-      tt.add_double(band, v, "mag");
-    }
     tt.add_double("CENTRE_XMIN", cxmin, "pixel");
     tt.add_double("CENTRE_XMAX", cxmax, "pixel");
     tt.add_int("CENTRE_NCOEF", cn);
@@ -261,13 +239,7 @@ TraceFile read_trace_file(const std::filesystem::path& path) {
   };
   for (std::size_t r = 0; r < n; ++r) {
     Trace& t = ts.traces[r];
-    t.info.name = tt.column("NAME").strings.at(r);
-    const std::string& ty = tt.column("TYPE").strings.at(r);
-    t.info.type = ty.empty() ? aperture_type::kProgram : ty[0];
-    t.info.ra_deg = tt.column("RA").number(r);
-    t.info.dec_deg = tt.column("DEC").number(r);
-    for (const auto& c : tt.columns)
-      if (c.name.rfind(kMagPrefix, 0) == 0) t.info.mags.emplace_back(c.name, c.number(r));
+    t.info = io::aperture_from_row(tt, r);
     t.status = status_from_string(tt.column("STATUS").strings.at(r), file, t.info.name);
     t.message = tt.column("MESSAGE").strings.at(r);
     t.centre = series("CENTRE", r, t.info.name);
