@@ -15,8 +15,10 @@ int run_reduce(int argc, char** argv) {
   po::options_description desc("reduce options");
   desc.add_options()("raw", po::value<std::string>()->required(), "folder of raw FITS frames")(
       "instrument", po::value<std::string>()->required(), "instrument profile name or .ini path")(
-      "out", po::value<std::string>()->required(), "output folder (calib/, im/, log.ecsv, config-used.ini)")(
-      "stage", po::value<std::string>()->default_value("im"), "last stage to run: im (detector calibration) | ex (traces, sky, extraction)")(
+      "out", po::value<std::string>()->required(), "output folder (calib/, im/, ex/, red/, log.ecsv, config-used.ini)")(
+      "stage", po::value<std::string>()->default_value("im"),
+      "last stage to run: im (detector calibration) | ex (traces, sky, extraction) | red (wavelength calibration, "
+      "resampling, fiber master sky)")(
       "overwrite", po::bool_switch(), "replace existing outputs (otherwise they are kept and skipped)");
   po::options_description det("detector options ([detector] section of a --config file)");
   det.add_options()("detector.bias-combine", po::value<std::string>()->default_value(to_string(d.bias_combine)),
@@ -38,8 +40,38 @@ int run_reduce(int argc, char** argv) {
       "detector.cr-niter", po::value<int>()->default_value(d.cosmic_niter), "L.A.Cosmic passes");
   desc.add(det);
   desc.add(stage_options());
+  const RedStageConfig r;  // defaults shown in --help
+  po::options_description red("wavelength and resampling options ([wavecal], [resample], [red] sections)");
+  red.add_options()("wavecal.order", po::value<int>()->default_value(r.wavecal.order), "Legendre order of lambda(x)")(
+      "wavecal.clip-sigma", po::value<double>()->default_value(r.wavecal.clip_sigma),
+      "reject arc lines beyond this many robust rms")(
+      "wavecal.min-snr", po::value<double>()->default_value(r.wavecal.peaks.min_snr), "arc line detection threshold")(
+      "wavecal.dispersion-tolerance", po::value<double>()->default_value(r.wavecal.dispersion_tolerance),
+      "relative error of the profile's dispersion hint searched")(
+      "wavecal.shift-tolerance-px", po::value<double>()->default_value(r.wavecal.shift_tolerance_px),
+      "offset (px) of the profile's central wavelength searched")(
+      "wavecal.medium", po::value<std::string>()->default_value(wavecal::to_string(r.wavecal.output_medium)),
+      "medium of the output wavelengths: air | vacuum (Morton 2000)")(
+      "wavecal.fiber-smooth-order", po::value<int>()->default_value(r.wavecal.fiber_smooth_order),
+      "fiber mode: polynomial degree of each coefficient across the fibers")(
+      "resample.spacing", po::value<std::string>()->default_value("linear"), "output grid: linear | log")(
+      "resample.start", po::value<double>(), "first output wavelength (A; default: the range every aperture covers)")(
+      "resample.end", po::value<double>(), "last output wavelength (A)")(
+      "resample.step", po::value<double>()->default_value(r.resample.step_angstrom),
+      "linear step (A; <= 0: the median dispersion)")(
+      "resample.step-km-s", po::value<double>()->default_value(r.resample.step_km_s),
+      "log step (km/s per pixel; <= 0: the median dispersion)")(
+      "red.flexure", po::value<std::string>()->default_value(to_string(r.flexure)),
+      "flexure per science exposure: auto | sky-lines | cross-correlation | none")(
+      "red.sky-linelist", po::value<std::string>()->default_value(r.sky_linelist),
+      "night-sky line list (IRAF format, air) for the flexure")(
+      "red.master-sky-clip", po::value<double>()->default_value(r.master_sky_clip_sigma),
+      "fiber master sky: reject a sky fiber's pixel this many sigma off the median")(
+      "red.master-sky-min-fibers", po::value<int>()->default_value(r.master_sky_min_fibers),
+      "fiber master sky: fewest usable sky fibers");
+  desc.add(red);
   auto opts = parse_options("reduce",
-                            "kspecdr reduce --raw RAWDIR --instrument NAME|FILE --out OUTDIR [--stage im] "
+                            "kspecdr reduce --raw RAWDIR --instrument NAME|FILE --out OUTDIR [--stage im|ex|red] "
                             "[--config FILE] [--overwrite]",
                             argc, argv, desc);
   if (opts.help) return 0;
@@ -55,9 +87,10 @@ int run_reduce(int argc, char** argv) {
     cfg.stage = ReduceStage::Im;
   else if (stage == "ex")
     cfg.stage = ReduceStage::Ex;
+  else if (stage == "red")
+    cfg.stage = ReduceStage::Red;
   else
-    throw ConfigError(fmt::format("--stage {}: this build runs the stages im and ex; the wavelength (red) and flux "
-                                  "stages are not part of it yet",
+    throw ConfigError(fmt::format("--stage {}: use im, ex or red (flux calibration is not part of this build yet)",
                                   stage));
   cfg.detector.bias_combine = detector::combine_method_from_string(vm["detector.bias-combine"].as<std::string>());
   cfg.detector.flat_combine = detector::combine_method_from_string(vm["detector.flat-combine"].as<std::string>());
@@ -74,6 +107,28 @@ int run_reduce(int argc, char** argv) {
   cfg.detector.cosmic_objlim = vm["detector.cr-objlim"].as<double>();
   cfg.detector.cosmic_niter = vm["detector.cr-niter"].as<int>();
   read_stage_options(vm, "reduce", cfg.ex);
+  cfg.red.wavecal.order = vm["wavecal.order"].as<int>();
+  cfg.red.wavecal.clip_sigma = vm["wavecal.clip-sigma"].as<double>();
+  cfg.red.wavecal.peaks.min_snr = vm["wavecal.min-snr"].as<double>();
+  cfg.red.wavecal.dispersion_tolerance = vm["wavecal.dispersion-tolerance"].as<double>();
+  cfg.red.wavecal.shift_tolerance_px = vm["wavecal.shift-tolerance-px"].as<double>();
+  cfg.red.wavecal.output_medium = wavecal::medium_from_string(vm["wavecal.medium"].as<std::string>());
+  cfg.red.wavecal.fiber_smooth_order = vm["wavecal.fiber-smooth-order"].as<int>();
+  const std::string spacing = vm["resample.spacing"].as<std::string>();
+  if (spacing != "linear" && spacing != "log")
+    throw ConfigError(fmt::format("--resample.spacing {}: use linear or log", spacing));
+  cfg.red.resample.spacing = spacing == "log" ? wavecal::ResampleConfig::Spacing::Log
+                                              : wavecal::ResampleConfig::Spacing::Linear;
+  if (vm.count("resample.start")) cfg.red.resample.start_angstrom = vm["resample.start"].as<double>();
+  if (vm.count("resample.end")) cfg.red.resample.end_angstrom = vm["resample.end"].as<double>();
+  cfg.red.resample.step_angstrom = vm["resample.step"].as<double>();
+  cfg.red.resample.step_km_s = vm["resample.step-km-s"].as<double>();
+  cfg.red.flexure = flexure_method_from_string(vm["red.flexure"].as<std::string>());
+  cfg.red.sky_linelist = vm["red.sky-linelist"].as<std::string>();
+  cfg.red.master_sky_clip_sigma = vm["red.master-sky-clip"].as<double>();
+  cfg.red.master_sky_min_fibers = vm["red.master-sky-min-fibers"].as<int>();
+  if (cfg.red.wavecal.order < 1 || cfg.red.master_sky_min_fibers < 1)
+    throw ConfigError("--wavecal.order and --red.master-sky-min-fibers must be at least 1");
   cfg.resolved_config = resolved_config_ini("reduce", vm);
 
   ReduceSummary s = reduce_night(cfg, mpi::world());

@@ -56,6 +56,8 @@ int run_simulate(int argc, char** argv) {
       "science-exptime-s", po::value<double>()->default_value(d.science_exptime_s),
       "science exposure time [s] (0: fiber 600, slit 240)")(
       "overhead-s", po::value<double>()->default_value(d.overhead_s), "readout and set-up between exposures [s]")(
+      "flexure-px", po::value<double>()->default_value(d.flexure_px),
+      "science spectra drift along dispersion from -flexure-px to +flexure-px over the night [px]")(
       "mjd-start", po::value<double>()->default_value(d.mjd_start), "MJD of the first bias (0: the mode's default)");
   po::options_description detector("Detector");
   detector.add_options()("bias-level-dn", po::value<std::string>()->default_value(""),
@@ -157,6 +159,7 @@ int run_simulate(int argc, char** argv) {
   c.plate_scale_arcsec_per_px = vm["plate-scale-arcsec-per-px"].as<double>();
   c.slit_width_arcsec = vm["slit-width-arcsec"].as<double>();
   c.drift_px = vm["drift-px"].as<double>();
+  c.flexure_px = vm["flexure-px"].as<double>();
 
   const sim::NightResult r = sim::simulate_night(c);
   io::write_text_atomic(c.out_dir / "config-used.ini", resolved_config_ini("simulate", vm), true);

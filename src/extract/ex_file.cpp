@@ -101,74 +101,82 @@ const std::vector<FormatItem>& ex_format() {
   return f;
 }
 
-void write_ex_file(const std::filesystem::path& path, const SpectrumSet& sp, bool overwrite) {
-  sp.check_shapes(path.string());
+void check_extra_names(const SpectrumSet& sp, const std::string& path, const std::vector<std::string>& reserved) {
   for (std::size_t i = 0; i < sp.extra_images.size(); ++i) {
     const std::string& name = sp.extra_images[i].name;
     bool clash = name.empty() || name == "MASK" || name == "FIBRES" || name == "DIAGNOSTICS";
     for (const auto& im : kImages) clash = clash || name == im.extname;
+    for (const auto& r : reserved) clash = clash || name == r;
     for (std::size_t j = 0; j < i; ++j) clash = clash || name == sp.extra_images[j].name;
     if (clash)
-      throw DataError(fmt::format("extra image name '{}' is empty, repeated or an EX file HDU of its own", name),
-                      ErrorContext{.file = path.string(), .hdu = name});
+      throw DataError(fmt::format("extra image name '{}' is empty, repeated or an HDU of the file itself", name),
+                      ErrorContext{.file = path, .hdu = name});
   }
+}
+
+void write_spectrum_hdus(fits::Fits& f, const SpectrumSet& sp) {
+  for (const auto& im : kImages) {
+    const bool primary = std::string(im.extname) == "PRIMARY";
+    Header h;
+    if (primary) {
+      h = sp.header;
+      h.set("NAPER", static_cast<long long>(sp.naper()), "number of apertures");
+    }
+    if (*im.unit) h.set("BUNIT", im.unit, "unit of the values");
+    f.write_image(sp.*(im.member), h, primary ? "" : im.extname);
+    f.write_checksum();
+  }
+  f.write_image(sp.mask, fits::mask_header(), "MASK");
+  f.write_checksum();
+
+  // FIBRES: identity of each aperture, one MAG_* column per band that any aperture knows.
+  fits::Table ft;
+  io::add_aperture_columns(ft, sp.apertures);
+  f.write_table(ft, Header{}, "FIBRES");
+  f.write_checksum();
+
+  fits::Table dt;
+  dt.add_string("NAME", ft.column("NAME").strings);
+  for (const auto& c : kDiagDoubles) {
+    std::vector<double> v;
+    for (const auto& d : sp.diagnostics) v.push_back(d.*(c.member));
+    dt.add_double(c.name, v, c.unit);
+  }
+  std::vector<long long> rej, bad;
+  std::vector<std::string> status;
+  for (const auto& d : sp.diagnostics) {
+    rej.push_back(d.rejected);
+    bad.push_back(d.bad_columns);
+    status.push_back(d.status);
+  }
+  dt.add_int("REJECTED", rej);
+  dt.add_int("BAD_COLS", bad);
+  dt.add_string("STATUS", status);
+  f.write_table(dt, Header{}, "DIAGNOSTICS");
+  f.write_checksum();
+
+  for (const auto& e : sp.extra_images) {
+    Header he;
+    if (!e.unit.empty()) he.set("BUNIT", e.unit, "unit of the values");
+    if (!e.description.empty()) he.set("EXTDESC", e.description, "what this image holds");
+    f.write_image(e.data, he, e.name);
+    f.write_checksum();
+  }
+}
+
+void write_ex_file(const std::filesystem::path& path, const SpectrumSet& sp, bool overwrite) {
+  sp.check_shapes(path.string());
+  check_extra_names(sp, path.string(), {});
   io::AtomicOutput out(path, overwrite);
   {
     auto f = fits::Fits::create(out.temp_path());
-    for (const auto& im : kImages) {
-      const bool primary = std::string(im.extname) == "PRIMARY";
-      Header h;
-      if (primary) {
-        h = sp.header;
-        h.set("NAPER", static_cast<long long>(sp.naper()), "number of apertures");
-      }
-      if (*im.unit) h.set("BUNIT", im.unit, "unit of the values");
-      f.write_image(sp.*(im.member), h, primary ? "" : im.extname);
-      f.write_checksum();
-    }
-    f.write_image(sp.mask, fits::mask_header(), "MASK");
-    f.write_checksum();
-
-    // FIBRES: identity of each aperture, one MAG_* column per band that any aperture knows.
-    fits::Table ft;
-    io::add_aperture_columns(ft, sp.apertures);
-    f.write_table(ft, Header{}, "FIBRES");
-    f.write_checksum();
-
-    fits::Table dt;
-    dt.add_string("NAME", ft.column("NAME").strings);
-    for (const auto& c : kDiagDoubles) {
-      std::vector<double> v;
-      for (const auto& d : sp.diagnostics) v.push_back(d.*(c.member));
-      dt.add_double(c.name, v, c.unit);
-    }
-    std::vector<long long> rej, bad;
-    std::vector<std::string> status;
-    for (const auto& d : sp.diagnostics) {
-      rej.push_back(d.rejected);
-      bad.push_back(d.bad_columns);
-      status.push_back(d.status);
-    }
-    dt.add_int("REJECTED", rej);
-    dt.add_int("BAD_COLS", bad);
-    dt.add_string("STATUS", status);
-    f.write_table(dt, Header{}, "DIAGNOSTICS");
-    f.write_checksum();
-
-    for (const auto& e : sp.extra_images) {
-      Header he;
-      if (!e.unit.empty()) he.set("BUNIT", e.unit, "unit of the values");
-      if (!e.description.empty()) he.set("EXTDESC", e.description, "what this image holds");
-      f.write_image(e.data, he, e.name);
-      f.write_checksum();
-    }
+    write_spectrum_hdus(f, sp);
     f.close();
   }
   out.commit();
 }
 
-SpectrumSet read_ex_file(const std::filesystem::path& path) {
-  auto f = fits::Fits::open(path);
+SpectrumSet read_spectrum_hdus(fits::Fits& f, const std::string& path, const std::vector<std::string>& skip) {
   SpectrumSet sp;
   for (const auto& im : kImages) {
     const bool primary = std::string(im.extname) == "PRIMARY";
@@ -198,7 +206,7 @@ SpectrumSet read_ex_file(const std::filesystem::path& path) {
   const fits::Table ft = f.read_table();
   if (ft.nrows() != naper)
     throw DataError(fmt::format("FIBRES has {} rows for {} spectra", ft.nrows(), naper),
-                    ErrorContext{.file = path.string(), .hdu = "FIBRES"});
+                    ErrorContext{.file = path, .hdu = "FIBRES"});
   sp.apertures.resize(naper);
   for (std::size_t a = 0; a < naper; ++a) {
     sp.apertures[a] = io::aperture_from_row(ft, a);
@@ -207,7 +215,7 @@ SpectrumSet read_ex_file(const std::filesystem::path& path) {
   const fits::Table dt = f.read_table();
   if (dt.nrows() != naper)
     throw DataError(fmt::format("DIAGNOSTICS has {} rows for {} spectra", dt.nrows(), naper),
-                    ErrorContext{.file = path.string(), .hdu = "DIAGNOSTICS"});
+                    ErrorContext{.file = path, .hdu = "DIAGNOSTICS"});
   sp.diagnostics.resize(naper);
   for (std::size_t a = 0; a < naper; ++a) {
     auto& d = sp.diagnostics[a];
@@ -221,6 +229,7 @@ SpectrumSet read_ex_file(const std::filesystem::path& path) {
   for (int i = f.current_hdu() + 1; i < nhdu; ++i) {
     f.move_to(i);
     if (f.hdu_type() != fits::HduType::Image) continue;
+    if (std::find(skip.begin(), skip.end(), f.extname()) != skip.end()) continue;
     const Header h = f.read_header();
     ExtraImage e;
     e.name = f.extname();
@@ -229,8 +238,14 @@ SpectrumSet read_ex_file(const std::filesystem::path& path) {
     e.data = f.read_image_float();
     sp.extra_images.push_back(std::move(e));
   }
-  sp.check_shapes(path.string());
+  sp.check_shapes(path);
   return sp;
 }
+
+SpectrumSet read_ex_file(const std::filesystem::path& path) {
+  auto f = fits::Fits::open(path);
+  return read_spectrum_hdus(f, path.string(), {});
+}
+
 
 }  // namespace kspecdr::extract

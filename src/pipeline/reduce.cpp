@@ -21,7 +21,9 @@
 #include "kspecdr/io/fits.hpp"
 #include "kspecdr/io/atomic.hpp"
 #include "kspecdr/io/instrument.hpp"
+#include "kspecdr/extract/extract.hpp"
 #include "kspecdr/pipeline/obslog.hpp"
+#include "kspecdr/pipeline/red_stage.hpp"
 #include "kspecdr/trace/trace_file.hpp"
 
 namespace kspecdr {
@@ -124,7 +126,8 @@ std::vector<fs::path> files_of(const std::vector<PlannedFrame>& plan, const std:
 void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const std::string& setup,
                    const std::vector<const PlannedFrame*>& work, const detector::MasterFlat* flat,
                    const detector::MasterBias* bias, const fs::path& imdir, const fs::path& exdir,
-                   const mpi::Comm& comm, ReduceSummary& summary, const std::string& config_hash) {
+                   const mpi::Comm& comm, ReduceSummary& summary, const std::string& config_hash,
+                   std::map<std::string, std::string>& trace_keys) {
   auto im_path = [&](const PlannedFrame& p) { return imdir / (p.name + ".im.fits"); };
   std::vector<const PlannedFrame*> usable;
   for (const auto* p : work)
@@ -221,6 +224,33 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
     return best;
   };
 
+  for (const auto* p : usable) trace_keys[p->name] = traces_for(*p);
+
+  // Fiber mode: the master flat extracted along the master traces, the relative fiber throughputs of
+  // the RED stage (a calibration product; rank 0 writes it).
+  if (profile.mode == SpectroMode::Fiber && flat && masters.count("") && comm.is_root()) {
+    const fs::path flat_ex = cfg.out_dir / "calib" / fmt::format("flat_ex_{}.fits", setup_slug(setup));
+    try {
+      Image flat_image = flat->pixel_flat;
+      flat_image.data = flat->pixel_flat.data * flat->illumination;
+      flat_image.variance = flat->pixel_flat.variance * flat->illumination.square();
+      extract::ExtractConfig ecfg = cfg.ex.extract;
+      ecfg.read_noise = extract::ReadNoise{};
+      ecfg.calibration_noise = extract::CalibrationNoise{};
+      SpectrumSet fs_ = extract::extract_spectra(flat_image, masters.at(""), nullptr, ecfg, "master flat");
+      fs_.header.set("SETUP", setup, "setup key");
+      fs_.header.set("EXPNAME", "master_flat", "the master flat of the setup");
+      fs_.header.add_comment("Flux values are relative (the normalised master flat), not electrons.");
+      fs_.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+      fs_.header.set("CALHASH", flat->calhash, "CALHASH of the master flat extracted");
+      fs_.header.set("DATE", utc_now(), "UTC time this file was written");
+      extract::write_ex_file(flat_ex, fs_, true);
+    } catch (const std::exception& e) {
+      spdlog::error("setup '{}': master flat not extracted ({}); RED will assume equal fiber throughputs", setup,
+                    e.what());
+    }
+  }
+
   const std::size_t nranks = static_cast<std::size_t>(comm.size());
   const std::size_t rounds = (usable.size() + nranks - 1) / nranks;
   Progress progress(fmt::format("EX spectra of setup '{}'", setup), usable.size(), comm.is_root());
@@ -247,6 +277,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
                                            p.frame_class == FrameClass::Science, im_path(p).string(), flat, bias);
           s.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
           s.header.set("DATE", utc_now(), "UTC time this file was written");
+          s.header.set("TRACESET", key, "object whose master traces were used ('' = fiber mode)");
           extract::write_ex_file(out, s, cfg.overwrite);
           ++summary.done;
         } catch (const std::exception& e) {
@@ -262,6 +293,143 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
   }
 }
 
+/// EX → RED for one setup: per trace set (fiber mode: one; slit mode: one per object) the arcs combined and
+/// solved (every rank solves from the same files, so the solutions agree without being sent; rank 0 writes
+/// the arc solution file), the output grid, the fiber throughputs, then the science exposures dealt to
+/// ranks in rounds.
+void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const std::string& setup,
+               const std::vector<const PlannedFrame*>& work, const std::map<std::string, std::string>& trace_keys,
+               const fs::path& exdir, const fs::path& reddir, const mpi::Comm& comm, ReduceSummary& summary,
+               const std::string& config_hash) {
+  auto ex_path = [&](const PlannedFrame& p) { return exdir / (p.name + ".ex.fits"); };
+  std::map<std::string, std::vector<const PlannedFrame*>> arcs, science;
+  for (const auto* p : work) {
+    auto k = trace_keys.find(p->name);
+    if (k == trace_keys.end() || !fs::exists(ex_path(*p))) continue;
+    if (p->frame_class == FrameClass::Arc) arcs[k->second].push_back(p);
+    if (p->frame_class == FrameClass::Science) science[k->second].push_back(p);
+  }
+  if (science.empty()) return;
+  const wavecal::LineList lines = profile_arc_lines(profile);
+  std::optional<wavecal::LineList> sky_lines;
+  if (cfg.red.flexure == FlexureMethod::SkyLines || cfg.red.flexure == FlexureMethod::Auto) {
+    fs::path sky_list(cfg.red.sky_linelist);
+    if (sky_list.is_relative() && !fs::exists(sky_list)) sky_list = data_dir() / sky_list;
+    if (fs::exists(sky_list)) {
+      sky_lines = wavecal::read_linelist(sky_list, wavecal::Medium::Air);
+    } else if (comm.is_root()) {
+      spdlog::warn("sky line list {} not found: flexure from sky lines is off (set --red.sky-linelist)",
+                   cfg.red.sky_linelist);
+    }
+  }
+  const std::string slug = setup_slug(setup);
+  for (const auto& [key, frames] : science) {
+    const std::string what = key.empty() ? fmt::format("setup '{}'", setup)
+                                         : fmt::format("setup '{}', object '{}'", setup, key);
+    // Arc solution, grid, throughput and reference: a failure fails this trace set's exposures only.
+    wavecal::ArcCalibration arc;
+    RedContext ctx;
+    SpectrumSet reference;
+    std::string failure;
+    try {
+      auto a = arcs.find(key);
+      if (a == arcs.end() || a->second.empty())
+        throw DataError(fmt::format("{} has no arc exposure extracted along its traces", what));
+      std::vector<SpectrumSet> arc_ex;
+      std::vector<std::string> names;
+      double arc_mjd = 0;
+      for (const auto* p : a->second) {
+        arc_ex.push_back(extract::read_ex_file(ex_path(*p)));
+        names.push_back(p->name);
+        arc_mjd += p->mjd / static_cast<double>(a->second.size());
+      }
+      arc = calibrate_arcs(arc_ex, names, profile, lines, cfg.red);
+      arc.setup = setup;
+      arc.traceset = key;
+      arc.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+      arc.header.set("INSTPROF", profile.name, "kspecdr instrument profile");
+      arc.header.set("DATE", utc_now(), "UTC time this file was written");
+      ctx.arc = &arc;
+      ctx.grid = red_grid(arc, cfg.red);
+      if (sky_lines) ctx.sky_lines = &*sky_lines;
+      // Cross-correlation reference: the science exposure nearest in time to the arcs.
+      const PlannedFrame* ref = frames.front();
+      for (const auto* p : frames)
+        if (std::abs(p->mjd - arc_mjd) < std::abs(ref->mjd - arc_mjd)) ref = p;
+      reference = extract::read_ex_file(ex_path(*ref));
+      ctx.reference = &reference;
+      ctx.reference_name = ref->name;
+      if (profile.mode == SpectroMode::Fiber) {
+        const fs::path flat_ex = cfg.out_dir / "calib" / fmt::format("flat_ex_{}.fits", slug);
+        if (fs::exists(flat_ex)) {
+          ctx.throughput = throughput_from_flat(extract::read_ex_file(flat_ex), arc, ctx.grid, cfg.red);
+          ctx.throughput_source = "FLAT";
+        } else {
+          if (comm.is_root())
+            spdlog::warn("{}: no extracted master flat ({}): fiber throughputs taken as equal for the master sky",
+                         what, flat_ex.string());
+          ctx.throughput_source = "NONE";
+        }
+      }
+      if (comm.is_root()) {
+        const fs::path arc_path = cfg.out_dir / "calib" /
+                                  (key.empty() ? fmt::format("arcsol_{}.fits", slug)
+                                               : fmt::format("arcsol_{}_{}.fits", slug, setup_slug(key)));
+        wavecal::write_arc_file(arc_path, arc, true);
+        std::vector<double> rms;
+        for (const auto& s : arc.solutions)
+          if (s.ok()) rms.push_back(s.rms_px);
+        std::sort(rms.begin(), rms.end());
+        spdlog::info("{}: {} of {} apertures wavelength-calibrated from {} arc(s) (median rms {:.4f} px); grid "
+                     "{:.2f}–{:.2f} Å, {} pixels; arc solution in {}",
+                     what, arc.n_ok(), arc.naper(), names.size(), rms.empty() ? 0.0 : rms[rms.size() / 2],
+                     ctx.grid.centres.front(), ctx.grid.centres.back(), ctx.grid.size(), arc_path.string());
+        for (std::size_t i = 0; i < arc.naper(); ++i)
+          if (!arc.solutions[i].ok())
+            spdlog::warn("{}: aperture {} has no wavelength solution: {}", what, arc.apertures[i].name,
+                         arc.solutions[i].message);
+      }
+    } catch (const std::exception& e) {
+      failure = e.what();
+      if (comm.is_root()) spdlog::error("{}: no wavelength calibration: {}", what, failure);
+    }
+
+    const std::size_t nranks = static_cast<std::size_t>(comm.size());
+    const std::size_t rounds = (frames.size() + nranks - 1) / nranks;
+    Progress progress(fmt::format("RED spectra of {}", what), frames.size(), comm.is_root());
+    long long done_total = 0, failed_total = 0;
+    for (std::size_t round = 0; round < rounds; ++round) {
+      const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
+      long long did = 0, failed = 0;
+      if (i < frames.size()) {
+        const PlannedFrame& p = *frames[i];
+        const fs::path out = reddir / (p.name + ".red.fits");
+        did = 1;
+        if (fs::exists(out) && !cfg.overwrite) {
+          ++summary.skipped;
+        } else {
+          try {
+            if (!failure.empty()) throw DataError("no wavelength calibration: " + failure);
+            const SpectrumSet ex = extract::read_ex_file(ex_path(p));
+            wavecal::RedSpectra red = reduce_exposure_red(ex, ctx, profile, cfg.red, p.name, true);
+            red.spectra.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+            red.spectra.header.set("DATE", utc_now(), "UTC time this file was written");
+            wavecal::write_red_file(out, red, cfg.overwrite);
+            ++summary.done;
+          } catch (const std::exception& e) {
+            spdlog::error("{} wavelength calibration failed: {}", p.name, e.what());
+            summary.failures.push_back({p.name, p.file, e.what()});
+            failed = 1;
+          }
+        }
+      }
+      done_total += comm.sum(did);
+      failed_total += comm.sum(failed);
+      progress.set(static_cast<std::size_t>(done_total), static_cast<std::size_t>(failed_total));
+    }
+  }
+}
+
 }  // namespace
 
 ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
@@ -270,7 +438,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   // Every rank loads the profile (a small file): identical and cheap, and a bad profile fails
   // alike everywhere before any collective.
   InstrumentProfile profile = load_instrument(cfg.instrument);
-  const fs::path calib = cfg.out_dir / "calib", imdir = cfg.out_dir / "im", exdir = cfg.out_dir / "ex";
+  const fs::path calib = cfg.out_dir / "calib", imdir = cfg.out_dir / "im", exdir = cfg.out_dir / "ex",
+                 reddir = cfg.out_dir / "red";
 
   std::string plan_text;
   on_root(comm, [&] {
@@ -281,7 +450,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
                         ErrorContext{.file = cfg.raw_dir.string()});
     fs::create_directories(calib);
     fs::create_directories(imdir);
-    if (cfg.stage == ReduceStage::Ex) fs::create_directories(exdir);
+    if (cfg.stage == ReduceStage::Ex || cfg.stage == ReduceStage::Red) fs::create_directories(exdir);
+    if (cfg.stage == ReduceStage::Red) fs::create_directories(reddir);
     io::write_text_atomic(cfg.out_dir / "config-used.ini", cfg.resolved_config, true);
     write_log_ecsv(log, cfg.out_dir / "log.ecsv", true);
     write_log_csv(log, cfg.out_dir / "log.csv", true);
@@ -410,9 +580,13 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       failed_setup += comm.sum(failed);
       progress.set(static_cast<std::size_t>(done_setup), static_cast<std::size_t>(failed_setup));
     }
-    if (cfg.stage == ReduceStage::Ex)
+    if (cfg.stage == ReduceStage::Ex || cfg.stage == ReduceStage::Red) {
+      std::map<std::string, std::string> trace_keys;
       extract_setup(cfg, profile, setup, work, flat ? &*flat : nullptr, bias ? &*bias : nullptr, imdir, exdir, comm,
-                    summary, config_hash);
+                    summary, config_hash, trace_keys);
+      if (cfg.stage == ReduceStage::Red)
+        red_setup(cfg, profile, setup, work, trace_keys, exdir, reddir, comm, summary, config_hash);
+    }
   }
 
   // Gather every rank's counts and failures so rank 0 can report the whole night.

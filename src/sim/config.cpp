@@ -85,6 +85,7 @@ void validate(const SimConfig& c) {
     require(c.slit_width_arcsec > 0, "slit-width-arcsec", "slit-width-arcsec must be positive");
     require(std::abs(c.drift_px) < 0.05 * static_cast<double>(c.ny), "drift-px",
             "drift-px must be well below the slit length");
+    require(std::abs(c.flexure_px) <= 5.0, "flexure-px", "flexure-px must be within -5..5 px");
     // The widest star profile (seeing peaks 20 % above median) must fit between the stars.
     const double sigma_px = 1.3 * c.seeing_fwhm_arcsec / 2.3548 / c.plate_scale_arcsec_per_px;
     require(c.n_stars == 1 || 0.52 * static_cast<double>(c.ny) / (c.n_stars - 1) > 10.0 * sigma_px, "ny",

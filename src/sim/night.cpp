@@ -112,6 +112,7 @@ struct NightModel {
 struct ScienceConditions {
   ExposureState state;
   double seeing_fwhm_arcsec = 0.0;
+  double flexure_px = 0.0;  ///< shift of the spectra along dispersion (px)
 };
 
 struct TransitTruth {
@@ -477,6 +478,7 @@ NightResult simulate_night(SimConfig c) {
     for (std::size_t i = 0; i < mids.size(); ++i) {
       const double tf = mids.size() > 1 ? static_cast<double>(i) / static_cast<double>(mids.size() - 1) : 0.5;
       ScienceConditions sc;
+      sc.flexure_px = c.flexure_px * (2.0 * tf - 1.0);
       const double n1 = gauss(rng), n2 = gauss(rng);
       if (fiber) {
         sc.state.trace_offset_px = 0.1 * n1;  // flexure between exposures
@@ -521,7 +523,18 @@ NightResult simulate_night(SimConfig c) {
       dec = m.profile.site_latitude_deg;
     }
 
-    SceneBuilder scene(m.spec, state);
+    // Flexure moves every wavelength solution along x: λ'(x) = λ(x − s) is the same Legendre series on a
+    // domain shifted by s.
+    Spectrograph shifted = m.spec;
+    if (f.frame_class == FrameClass::Science && sc.flexure_px != 0.0) {
+      for (auto& a : shifted.apertures) {
+        a.wavelength.x_min += sc.flexure_px;
+        a.wavelength.x_max += sc.flexure_px;
+      }
+      shifted.slit_wavelength.x_min += sc.flexure_px;
+      shifted.slit_wavelength.x_max += sc.flexure_px;
+    }
+    SceneBuilder scene(shifted, state);
     if (f.frame_class == FrameClass::Flat) scene.add_flat_lamp();
     if (f.frame_class == FrameClass::Arc) scene.add_arc();
     if (f.frame_class == FrameClass::Science) scene.add_sky().add_stars();
@@ -551,6 +564,7 @@ NightResult simulate_night(SimConfig c) {
     if (f.frame_class == FrameClass::Science) {
       g.set_attr("trace_offset_px", state.trace_offset_px);
       g.set_attr("sigma_scale", state.sigma_scale);
+      g.set_attr("flexure_px", sc.flexure_px);
       if (!fiber) {
         g.set_attr("seeing_fwhm_arcsec", sc.seeing_fwhm_arcsec);
         g.set_attr("transit_model", state.transit_model);

@@ -74,6 +74,8 @@ WavelengthSolution correct(const std::vector<ArcPeak>& peaks, long npix, const s
     m.fit_angstrom = s.lambda(fx[k]);
     m.residual_px = (m.wavelength_angstrom - m.fit_angstrom) / std::abs(s.lambda.derivative(fx[k]));
     m.snr = peaks[pairs[k].first].snr;
+    m.flux = peaks[pairs[k].first].flux;
+    m.sigma_px = peaks[pairs[k].first].sigma_px;
     m.used = f.used[k] != 0;
     m.id = lines[pairs[k].second].id;
     if (m.used) {

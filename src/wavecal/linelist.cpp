@@ -171,4 +171,56 @@ LineList merge_linelists(const std::vector<LineList>& lists, double same_line_an
   return out;
 }
 
+LineList load_linelists(const std::vector<std::string>& entries, Medium medium,
+                        const std::vector<std::filesystem::path>& search_dirs) {
+  std::vector<LineList> lists;
+  for (const auto& raw : entries) {
+    const std::string entry = trim(raw);
+    if (entry.empty()) continue;
+    std::string file = entry;
+    std::vector<std::string> species;
+    if (const auto open = entry.find('['); open != std::string::npos) {
+      const auto close = entry.find(']', open);
+      if (close == std::string::npos || trim(entry.substr(close + 1)) != "")
+        throw ConfigError(fmt::format("line-list entry '{}': species go in brackets at the end, e.g. "
+                                      "'idhenear.dat[Ne]' or 'thar.dat[Th Ar]'",
+                                      entry));
+      file = trim(entry.substr(0, open));
+      std::istringstream ss(entry.substr(open + 1, close - open - 1));
+      for (std::string sp; ss >> sp;) species.push_back(sp);
+      if (species.empty()) throw ConfigError(fmt::format("line-list entry '{}' names no species in brackets", entry));
+    }
+    std::filesystem::path path(file);
+    std::vector<std::string> tried;
+    if (path.is_relative()) {
+      for (const auto& d : search_dirs) {
+        tried.push_back((d / path).string());
+        if (std::filesystem::exists(d / path)) {
+          path = d / path;
+          break;
+        }
+      }
+    } else {
+      tried.push_back(path.string());
+    }
+    if (!std::filesystem::exists(path)) {
+      std::string where;
+      for (const auto& t : tried) where += (where.empty() ? "" : ", ") + t;
+      throw ConfigError(fmt::format("line list '{}' not found (looked for {}); Debian's iraf-noao package ships "
+                                    "the IRAF lists under /usr/lib/iraf/noao/lib/linelists",
+                                    file, where.empty() ? file : where));
+    }
+    LineList l = read_linelist(path, medium);
+    if (!species.empty()) {
+      l = select_species(l, species);
+      if (l.empty())
+        throw ConfigError(fmt::format("line list '{}' has no line identified as {}", path.string(),
+                                      entry.substr(entry.find('['))));
+    }
+    lists.push_back(std::move(l));
+  }
+  if (lists.empty()) throw ConfigError("no arc line list given ([wavelength] linelists of the instrument profile)");
+  return lists.size() == 1 ? lists.front() : merge_linelists(lists);
+}
+
 }  // namespace kspecdr::wavecal

@@ -143,13 +143,14 @@ ResampledSpectrum resample(const std::vector<double>& wavelengths, const Spectru
 }
 
 SpectrumSet resample_spectra(const SpectrumSet& ex, const std::vector<std::vector<double>>& wavelengths,
-                             const WavelengthGrid& grid, const ResampleConfig& cfg) {
+                             const WavelengthGrid& grid, const ResampleConfig& cfg, ImageArray* covariance_next) {
   ex.check_shapes("resample_spectra input");
   if (wavelengths.size() != static_cast<std::size_t>(ex.naper()))
     throw DataError(fmt::format("resample_spectra: {} wavelength arrays for {} apertures", wavelengths.size(),
                                 ex.naper()));
   const auto m = static_cast<Eigen::Index>(grid.size());
   SpectrumSet out(ex.naper(), m);
+  if (covariance_next) *covariance_next = ImageArray::Zero(ex.naper(), m);
   out.apertures = ex.apertures;
   out.diagnostics = ex.diagnostics;
   out.header = ex.header;
@@ -173,6 +174,7 @@ SpectrumSet resample_spectra(const SpectrumSet& ex, const std::vector<std::vecto
       out.flux(ap, x) = static_cast<float>(main.flux[u]);
       out.variance(ap, x) = static_cast<float>(main.variance[u]);
       out.mask(ap, x) = main.mask[u];
+      if (covariance_next) (*covariance_next)(ap, x) = static_cast<float>(main.covariance_next[u]);
     }
     // Variance components resample like the variance: their flux slot carries the component.
     struct Part {
@@ -200,14 +202,46 @@ SpectrumSet resample_spectra(const SpectrumSet& ex, const std::vector<std::vecto
       }
     }
   }
-  // A linear or log WCS (Greisen et al. 2006: WAVE, or WAVE-LOG with λ = CRVAL1·exp(CDELT1·(p − CRPIX1)/CRVAL1)).
-  const bool log = grid.spacing == ResampleConfig::Spacing::Log;
-  out.header.set("CTYPE1", log ? "WAVE-LOG" : "WAVE", "wavelength axis");
-  out.header.set("CUNIT1", "Angstrom");
-  out.header.set("CRPIX1", 1.0, "reference pixel (1-based)");
-  out.header.set("CRVAL1", grid.centres.empty() ? 0.0 : grid.centres.front(), "[Angstrom] wavelength at CRPIX1");
-  out.header.set("CDELT1", log ? grid.centres.front() * grid.step : grid.step, "[Angstrom] step at CRPIX1");
+  set_wavelength_wcs(out.header, grid);
   return out;
+}
+
+void set_wavelength_wcs(Header& h, const WavelengthGrid& grid) {
+  if (grid.centres.empty()) throw DataError("wavelength WCS of an empty grid");
+  const bool log = grid.spacing == ResampleConfig::Spacing::Log;
+  h.set("CTYPE1", log ? "WAVE-LOG" : "WAVE", log ? "wavelength, logarithmic steps" : "wavelength, linear steps");
+  h.set("CUNIT1", "Angstrom", "unit of CRVAL1 and CDELT1");
+  h.set("CRPIX1", 1.0, "reference pixel (1-based)");
+  h.set("CRVAL1", grid.centres.front(), "[Angstrom] wavelength at CRPIX1");
+  h.set("CDELT1", log ? grid.centres.front() * grid.step : grid.step, "[Angstrom] step at CRPIX1");
+}
+
+WavelengthGrid grid_from_wcs(const Header& h, long nwave, const std::string& file) {
+  auto ctx = [&](const char* key) { return ErrorContext{.file = file, .keyword = key}; };
+  const std::string ctype = h.get_string("CTYPE1").value_or("");
+  if (ctype != "WAVE" && ctype != "WAVE-LOG")
+    throw DataError(fmt::format("CTYPE1 is '{}', not a wavelength axis ('WAVE' or 'WAVE-LOG')", ctype), ctx("CTYPE1"));
+  if (h.get_string("CUNIT1").value_or("") != "Angstrom")
+    throw DataError("CUNIT1 is not 'Angstrom'", ctx("CUNIT1"));
+  const double crpix = h.get_double("CRPIX1").value_or(1.0);
+  const auto crval = h.get_double("CRVAL1"), cdelt = h.get_double("CDELT1");
+  if (!crval || !(*crval > 0)) throw DataError("CRVAL1 missing or not positive", ctx("CRVAL1"));
+  if (!cdelt || !(*cdelt > 0)) throw DataError("CDELT1 missing or not positive", ctx("CDELT1"));
+  if (nwave < 1) throw DataError("a wavelength grid needs at least one pixel", ctx("NAXIS1"));
+  WavelengthGrid g;
+  const bool log = ctype == "WAVE-LOG";
+  g.spacing = log ? ResampleConfig::Spacing::Log : ResampleConfig::Spacing::Linear;
+  g.step = log ? *cdelt / *crval : *cdelt;
+  // Pixel p (1-based) = index k + 1; the first centre is at k0 = CRPIX1 − 1 steps from CRVAL1.
+  auto at = [&](double k) {
+    const double w = (k + 1.0 - crpix);
+    return log ? *crval * std::exp(w * g.step) : *crval + w * g.step;
+  };
+  g.centres.resize(static_cast<std::size_t>(nwave));
+  g.edges.resize(static_cast<std::size_t>(nwave) + 1);
+  for (long k = 0; k < nwave; ++k) g.centres[static_cast<std::size_t>(k)] = at(static_cast<double>(k));
+  for (long k = 0; k <= nwave; ++k) g.edges[static_cast<std::size_t>(k)] = at(static_cast<double>(k) - 0.5);
+  return g;
 }
 
 }  // namespace kspecdr::wavecal

@@ -123,6 +123,8 @@ WavelengthSolution match_and_fit(const std::vector<ArcPeak>& peaks, long npix, c
       m.x_err_px = p.x_err_px;
       m.wavelength_angstrom = fy[k];
       m.snr = p.snr;
+      m.flux = p.flux;
+      m.sigma_px = p.sigma_px;
       m.used = fit.used[k] != 0;
       m.id = lines[pairs[k].second].id;
       if (m.used) {

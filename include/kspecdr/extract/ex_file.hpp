@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kspecdr/core/spectrum.hpp"
+#include "kspecdr/io/fits.hpp"
 
 namespace kspecdr::extract {
 
@@ -50,5 +51,16 @@ void write_ex_file(const std::filesystem::path& path, const SpectrumSet& spectra
 
 /// Reads an EX file written by write_ex_file. Throws FitsError/DataError naming the file and HDU.
 SpectrumSet read_ex_file(const std::filesystem::path& path);
+
+// ---- shared with the RED file, which is an EX layout on a wavelength grid plus HDUs of its own
+
+/// Appends the EX layout's HDUs for `spectra` to an empty file: the images (primary header = spectra.header
+/// plus NAPER), MASK, FIBRES, DIAGNOSTICS and the extra images.
+void write_spectrum_hdus(fits::Fits& f, const SpectrumSet& spectra);
+/// Reads what write_spectrum_hdus wrote; image HDUs after the tables become extra images except those
+/// named in `skip` (HDUs the caller reads itself). `path` names the file in messages.
+SpectrumSet read_spectrum_hdus(fits::Fits& f, const std::string& path, const std::vector<std::string>& skip);
+/// Throws DataError when an extra image name is empty, repeated, or one of the layout's own HDUs or `reserved`.
+void check_extra_names(const SpectrumSet& spectra, const std::string& path, const std::vector<std::string>& reserved);
 
 }  // namespace kspecdr::extract

@@ -10,12 +10,14 @@
 
 #include "kspecdr/detector/config.hpp"
 #include "kspecdr/pipeline/extract_stage.hpp"
+#include "kspecdr/pipeline/red_stage.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 
 namespace kspecdr {
 
-/// The last stage a run goes to: IM (detector calibration) or EX (traces, sky, extraction).
-enum class ReduceStage { Im, Ex };
+/// The last stage a run goes to: IM (detector calibration), EX (traces, sky, extraction) or RED
+/// (wavelength calibration, resampling, master sky in fiber mode).
+enum class ReduceStage { Im, Ex, Red };
 
 struct ReduceConfig {
   std::filesystem::path raw_dir;
@@ -25,6 +27,7 @@ struct ReduceConfig {
   bool overwrite = false;          ///< replace existing IM files (otherwise they are kept and skipped)
   detector::DetectorConfig detector;
   ExStageConfig ex;
+  RedStageConfig red;
   std::string resolved_config;     ///< INI text of every option used (written to config-used.ini)
 };
 

@@ -34,6 +34,9 @@ struct SimConfig {
   double flat_exptime_s = 5.0;
   double arc_exptime_s = 10.0;            ///< first arc; later arcs are 3x longer so the brightest lines saturate
   double science_exptime_s = 0.0;         ///< 0: fiber 600, slit 240
+  /// Flexure: the spectra of science exposure i move along dispersion by flexure_px · (2 t_i − 1) px,
+  /// t_i = i / (n − 1) (a drift from −flexure_px to +flexure_px over the night; arcs and flats at 0).
+  double flexure_px = 0.4;
   double overhead_s = 60.0;               ///< readout and set-up time between exposures
   double mjd_start = 0.0;                 ///< start of the calibrations (0: fiber 60384.30, slit 60384.85)
 

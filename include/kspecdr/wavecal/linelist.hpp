@@ -51,4 +51,11 @@ LineList to_medium(const LineList& list, Medium medium);
 /// closer than `same_line_angstrom` are the same transition listed twice: the first list's entry wins.
 LineList merge_linelists(const std::vector<LineList>& lists, double same_line_angstrom = 0.05);
 
+/// The lamps' lines as an instrument profile lists them: each entry a file, absolute or relative to one
+/// of `search_dirs` (tried in order), optionally followed by species in brackets to keep only those lines
+/// ("idhenear.dat[Ne]"; several: "thar.dat[Th Ar]"); all in `medium`, merged in the order given.
+/// Throws ConfigError naming the entry when a file is missing or a selection is empty.
+LineList load_linelists(const std::vector<std::string>& entries, Medium medium,
+                        const std::vector<std::filesystem::path>& search_dirs);
+
 }  // namespace kspecdr::wavecal

@@ -12,6 +12,7 @@
 // are at least as wide as input pixels).
 #include <vector>
 
+#include "kspecdr/core/header.hpp"
 #include "kspecdr/core/spectrum.hpp"
 #include "kspecdr/wavecal/config.hpp"
 #include "kspecdr/wavecal/peaks.hpp"
@@ -48,7 +49,17 @@ ResampledSpectrum resample(const std::vector<double>& wavelengths, const Spectru
 
 /// Resamples every aperture of an EX set (flux, variance and its components, sky, mask) onto `grid`;
 /// `wavelengths[a]` are aperture a's pixel wavelengths. An aperture with no wavelengths becomes NODATA.
+/// `covariance_next`, when given, receives cov(j, j + 1) of the flux (NAPER × NWAVE, e-²).
 SpectrumSet resample_spectra(const SpectrumSet& ex, const std::vector<std::vector<double>>& wavelengths,
-                             const WavelengthGrid& grid, const ResampleConfig& cfg);
+                             const WavelengthGrid& grid, const ResampleConfig& cfg,
+                             ImageArray* covariance_next = nullptr);
+
+/// Sets the FITS WCS of `grid` on axis 1 of `h`: CTYPE1 'WAVE' (λ = CRVAL1 + CDELT1 (p − CRPIX1)) or
+/// 'WAVE-LOG' (λ = CRVAL1 exp(CDELT1 (p − CRPIX1) / CRVAL1); Greisen et al. 2006), CUNIT1 'Angstrom',
+/// CRPIX1 = 1 (the first pixel, 1-based as FITS counts), CRVAL1, CDELT1.
+void set_wavelength_wcs(Header& h, const WavelengthGrid& grid);
+/// The grid of `nwave` pixels that the WCS keywords of `h` describe. Throws DataError naming the
+/// keyword when one is missing or not a wavelength axis in Angstrom.
+WavelengthGrid grid_from_wcs(const Header& h, long nwave, const std::string& file = "");
 
 }  // namespace kspecdr::wavecal

@@ -34,6 +34,8 @@ struct LineMatch {
   double fit_angstrom = 0.0;         ///< λ(x_px) of the solution
   double residual_px = 0.0;          ///< (list − fit) / |dλ/dx| (px)
   double snr = 0.0;
+  double flux = 0.0;                 ///< integrated line flux of the peak (e-)
+  double sigma_px = 0.0;             ///< Gaussian σ of the peak (px)
   bool used = false;                 ///< false: rejected by the clipping
   std::string id;
 };
