@@ -23,6 +23,30 @@ double difference_px(const LegendreSeries& a, const LegendreSeries& b, long npix
   return std::sqrt(ss / std::max(1, n));
 }
 
+/// The same after removing the best straight line in x from the difference: what a per-fiber shift and
+/// scale correction cannot absorb.
+double difference_after_linear_px(const LegendreSeries& a, const LegendreSeries& b, long npix) {
+  std::vector<double> xs, ds;
+  for (long x = 0; x < npix; x += std::max(1L, npix / 64)) {
+    const double xd = static_cast<double>(x);
+    xs.push_back(xd);
+    ds.push_back((a(xd) - b(xd)) / a.derivative(xd));
+  }
+  const double n = static_cast<double>(xs.size());
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    sx += xs[i];
+    sy += ds[i];
+    sxx += xs[i] * xs[i];
+    sxy += xs[i] * ds[i];
+  }
+  const double den = n * sxx - sx * sx;
+  const double slope = den != 0 ? (n * sxy - sx * sy) / den : 0.0, icpt = (sy - slope * sx) / n;
+  double ss = 0;
+  for (std::size_t i = 0; i < xs.size(); ++i) ss += std::pow(ds[i] - icpt - slope * xs[i], 2);
+  return std::sqrt(ss / std::max(1.0, n));
+}
+
 LegendreSeries evaluate_smooth(const std::vector<LegendreSeries>& smooth, double coord, long npix) {
   LegendreSeries s;
   s.xmin = 0.0;
@@ -34,7 +58,8 @@ LegendreSeries evaluate_smooth(const std::vector<LegendreSeries>& smooth, double
 /// Corrects the smooth model with a fiber's own lines: a shift with fewer than 6 lines, shift and
 /// scale with more. Few lines cannot constrain the full order, but they do pin the zero point.
 WavelengthSolution correct(const std::vector<ArcPeak>& peaks, long npix, const std::vector<ArcLine>& lines,
-                           Medium medium, const LegendreSeries& model, const WavecalConfig& cfg) {
+                           Medium medium, const LegendreSeries& model, double model_error_px, int n_model_fibers,
+                           const WavecalConfig& cfg) {
   WavelengthSolution s;
   s.npix = npix;
   s.medium = medium;
@@ -93,8 +118,27 @@ WavelengthSolution correct(const std::vector<ArcPeak>& peaks, long npix, const s
   s.rms_angstrom = std::sqrt(sa / std::max(1, s.n_used));
   s.expected_rms_px = std::sqrt(se / std::max(1, s.n_used));
   s.chi2_dof = f.chi2_dof;
+  // Error of the solution: the correction's from the centroid errors, scaled up by the lines' scatter over
+  // what their centroid errors predict when it is larger (list errors, faint blends), plus the smooth model's
+  // own error.
+  const int npar = order + 1;
+  const double expected = s.expected_rms_px * (s.n_used > npar ? std::sqrt(static_cast<double>(s.n_used - npar) / s.n_used) : 1.0);
+  const double inflate = expected > 0 ? std::max(1.0, s.rms_px / expected) : 1.0;
+  double sv = 0;
+  int nv = 0;
+  s.max_predicted_error_px = 0.0;
+  for (long x = 0; x < npix; x += std::max(1L, npix / 256)) {
+    const double xd = static_cast<double>(x);
+    const double v = detail::series_variance(f, xd) * inflate * inflate / std::pow(s.lambda.derivative(xd), 2) +
+                     model_error_px * model_error_px;
+    sv += v;
+    s.max_predicted_error_px = std::max(s.max_predicted_error_px, std::sqrt(v));
+    ++nv;
+  }
+  s.predicted_error_px = std::sqrt(sv / std::max(1, nv));
   s.status = SolutionStatus::Smoothed;
-  s.message = fmt::format("rescued: smooth model corrected with {} own line(s)", s.n_used);
+  s.message = fmt::format("smooth model of {} fibers corrected with {} own line(s) ({})", n_model_fibers, s.n_used,
+                          order == 0 ? "shift" : "shift and scale");
   return s;
 }
 
@@ -175,10 +219,25 @@ FiberCalibration calibrate_fibers(const std::vector<std::vector<ArcPeak>>& peaks
       keep = next;
     }
     out.smooth = smooth;
+    // Error of the smooth model at a fiber, beyond what the fiber's own shift and scale correct: the
+    // scatter of the kept fibers' own solutions about it once a straight line is removed (their noise and
+    // any real non-smooth part) over the √(fibers per parameter).
+    double ss_dev = 0;
+    int n_kept = 0;
+    for (std::size_t g = 0; g < good.size(); ++g)
+      if (keep[g]) {
+        ss_dev += std::pow(difference_after_linear_px(out.solutions[good[g]].lambda,
+                                                      evaluate_smooth(smooth, coordinate[good[g]], npix), npix),
+                           2);
+        ++n_kept;
+      }
+    const double model_error_px =
+        n_kept > 0 ? std::sqrt(ss_dev / n_kept) * std::sqrt(static_cast<double>(sorder + 1) / n_kept) : 0.0;
     const LineList l = to_medium(list, cfg.output_medium);
     for (std::size_t i = 0; i < nf; ++i) {
       const auto g = std::find(good.begin(), good.end(), i);
-      if (g != good.end() && keep[static_cast<std::size_t>(g - good.begin())]) continue;  // own solution stands
+      const bool own_stands = g != good.end() && keep[static_cast<std::size_t>(g - good.begin())];
+      if (own_stands && !cfg.fiber_refit_all) continue;  // own solution stands
       if (peaks[i].empty()) continue;
       const LegendreSeries model = evaluate_smooth(smooth, coordinate[i], npix);
       const double xmax = static_cast<double>(npix - 1);
@@ -188,8 +247,10 @@ FiberCalibration calibrate_fibers(const std::vector<std::vector<ArcPeak>>& peaks
                                               cfg.list_blend_px * D);
       const std::string why = out.solutions[i].ok() ? "its own solution departs from its neighbours'"
                                                     : out.solutions[i].message;
-      WavelengthSolution r = correct(peaks[i], npix, lines, l.medium, model, cfg);
+      WavelengthSolution r = correct(peaks[i], npix, lines, l.medium, model, model_error_px, n_kept, cfg);
       r.reversed = out.solutions[i].reversed;
+      // A well-measured fiber keeps its own solution if the corrected model cannot be fitted to its lines.
+      if (own_stands && !r.ok()) continue;
       if (!r.ok()) r.message += " (own fit: " + why + ")";
       out.solutions[i] = r;
     }

@@ -179,12 +179,17 @@ WavelengthSolution match_and_fit(const std::vector<ArcPeak>& peaks, long npix, c
   s.rms_angstrom = std::sqrt(ss_a / std::max(1, s.n_used));
   s.expected_rms_px = std::sqrt(ss_exp / std::max(1, s.n_used) * dof_factor);
   s.chi2_dof = fit.chi2_dof;
+  // The fit's error from the centroid errors, scaled up by the ratio of the lines' scatter to what their
+  // centroid errors alone predict when they scatter more (list errors, faint blends): the error the solution
+  // honestly has. (fit.chi2_dof would not do: its weights include the centroid floor.)
+  const double inflate2 =
+      s.expected_rms_px > 0 ? std::max(1.0, std::pow(s.rms_px / s.expected_rms_px, 2)) : 1.0;
   double sv = 0;
   s.max_predicted_error_px = 0.0;
   int nv = 0;
   for (long x = 0; x < npix; x += std::max(1L, npix / 256)) {
     const double xd = static_cast<double>(x);
-    const double v = detail::series_variance(fit, xd) / std::pow(s.lambda.derivative(xd), 2);
+    const double v = detail::series_variance(fit, xd) * inflate2 / std::pow(s.lambda.derivative(xd), 2);
     sv += v;
     s.max_predicted_error_px = std::max(s.max_predicted_error_px, std::sqrt(v));
     ++nv;

@@ -87,6 +87,10 @@ struct WavecalConfig {
   double fiber_clip_sigma = 3.0;
   /// A fiber whose own fit has fewer lines than this is refitted as a correction of the smooth model.
   int fiber_min_own_lines = 12;
+  /// Every fiber's solution is the smooth model corrected with its own lines (a shift, and a scale with six
+  /// or more lines): the higher orders come from all fibers together, which averages the line noise of
+  /// single fibers down. false: only fibers without a good solution of their own are refitted.
+  bool fiber_refit_all = true;
 
   // ---- flexure (per exposure)
   /// Search range (px) of the shift against the arc epoch.
