@@ -19,6 +19,8 @@ int run_reduce(int argc, char** argv) {
       "stage", po::value<std::string>()->default_value("im"),
       "last stage to run: im (detector calibration) | ex (traces, sky, extraction) | red (wavelength calibration, "
       "resampling, fiber master sky)")(
+      "night", po::value<std::string>()->default_value(""),
+      "night name for <night>.rainbow.h5 (default: the raw folder's name, its parent's if it is 'raw')")(
       "overwrite", po::bool_switch(), "replace existing outputs (otherwise they are kept and skipped)");
   po::options_description det("detector options ([detector] section of a --config file)");
   det.add_options()("detector.bias-combine", po::value<std::string>()->default_value(to_string(d.bias_combine)),
@@ -82,6 +84,7 @@ int run_reduce(int argc, char** argv) {
   cfg.out_dir = vm["out"].as<std::string>();
   cfg.instrument = vm["instrument"].as<std::string>();
   cfg.overwrite = vm["overwrite"].as<bool>();
+  cfg.night_name = vm["night"].as<std::string>();
   const std::string stage = vm["stage"].as<std::string>();
   if (stage == "im")
     cfg.stage = ReduceStage::Im;

@@ -569,7 +569,14 @@ void Fits::write_table(const Table& t, const Header& h, const std::string& extna
   for (auto& s : forms) pf.push_back(s.data());
   for (auto& s : units) pu.push_back(s.data());
   int status = 0;
-  if (num_hdus() == 0) fits_create_img(ff(f_), BYTE_IMG, 0, nullptr, &status);
+  // A table cannot be the primary HDU: give an empty file an empty primary first. (fits_get_num_hdus does
+  // not count a primary whose header is still being written, so ask whether the current HDU has keywords.)
+  int nkeys = 0, nmore = 0;
+  fits_get_hdrspace(ff(f_), &nkeys, &nmore, &status);
+  if (status || nkeys == 0) {
+    status = 0;
+    fits_create_img(ff(f_), BYTE_IMG, 0, nullptr, &status);
+  }
   fits_create_tbl(ff(f_), BINARY_TBL, static_cast<LONGLONG>(t.nrows()), static_cast<int>(t.columns.size()), pn.data(),
                   pf.data(), pu.data(), extname.c_str(), &status);
   check(status, fmt::format("cannot create table {}", extname));

@@ -24,6 +24,8 @@
 #include "kspecdr/extract/extract.hpp"
 #include "kspecdr/pipeline/obslog.hpp"
 #include "kspecdr/pipeline/red_stage.hpp"
+#include "kspecdr/series/rainbow.hpp"
+#include "kspecdr/core/version.hpp"
 #include "kspecdr/trace/trace_file.hpp"
 
 namespace kspecdr {
@@ -43,12 +45,14 @@ struct PlannedFrame {
   FrameClass frame_class = FrameClass::Unknown;
   std::string object;  ///< tabs and newlines replaced by blanks
   double mjd = 0.0;    ///< MJD (UTC) at mid-exposure
+  double exptime_s = 0.0, airmass = 0.0, ra_deg = 0.0, dec_deg = 0.0;
 };
 
 std::string serialize(const std::vector<PlannedFrame>& plan) {
   std::ostringstream os;
   for (const auto& p : plan)
     os << to_string(p.frame_class) << '\t' << p.setup << '\t' << p.name << '\t' << fmt::format("{:.10f}", p.mjd)
+       << '\t' << fmt::format("{:.17g}\t{:.17g}\t{:.17g}\t{:.17g}", p.exptime_s, p.airmass, p.ra_deg, p.dec_deg)
        << '\t' << p.object << '\t' << p.file << '\n';
   return os.str();
 }
@@ -60,13 +64,14 @@ std::vector<PlannedFrame> deserialize(const std::string& text) {
   while (std::getline(is, line)) {
     std::vector<std::string> f;
     std::size_t pos = 0;
-    for (int i = 0; i < 5; ++i) {
+    for (int i = 0; i < 9; ++i) {
       auto tab = line.find('\t', pos);
       f.push_back(line.substr(pos, tab - pos));
       pos = tab + 1;
     }
     f.push_back(line.substr(pos));  // the file name last: it may hold any character but a newline
-    plan.push_back({f[2], f[5], f[1], frame_class_from_string(f[0]), f[4], std::stod(f[3])});
+    plan.push_back({f[2], f[9], f[1], frame_class_from_string(f[0]), f[8], std::stod(f[3]), std::stod(f[4]),
+                    std::stod(f[5]), std::stod(f[6]), std::stod(f[7])});
   }
   return plan;
 }
@@ -300,7 +305,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
 void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const std::string& setup,
                const std::vector<const PlannedFrame*>& work, const std::map<std::string, std::string>& trace_keys,
                const fs::path& exdir, const fs::path& reddir, const mpi::Comm& comm, ReduceSummary& summary,
-               const std::string& config_hash) {
+               const std::string& config_hash, std::vector<series::SeriesSet>& series_sets) {
   auto ex_path = [&](const PlannedFrame& p) { return exdir / (p.name + ".ex.fits"); };
   std::map<std::string, std::vector<const PlannedFrame*>> arcs, science;
   for (const auto* p : work) {
@@ -323,7 +328,17 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
     }
   }
   const std::string slug = setup_slug(setup);
-  for (const auto& [key, frames] : science) {
+  for (const auto& [key, frames_unsorted] : science) {
+    std::vector<const PlannedFrame*> frames = frames_unsorted;
+    std::stable_sort(frames.begin(), frames.end(),
+                     [](const PlannedFrame* a, const PlannedFrame* b) { return a->mjd < b->mjd; });
+    series::SeriesSet ss;
+    ss.setup = setup;
+    ss.traceset = key;
+    for (const auto* p : frames)
+      ss.exposures.push_back({p->name, reddir / (p->name + ".red.fits"), p->mjd, p->exptime_s, p->airmass, p->ra_deg,
+                              p->dec_deg});
+    series_sets.push_back(std::move(ss));
     const std::string what = key.empty() ? fmt::format("setup '{}'", setup)
                                          : fmt::format("setup '{}', object '{}'", setup, key);
     // Arc solution, grid, throughput and reference: a failure fails this trace set's exposures only.
@@ -430,6 +445,16 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
   }
 }
 
+/// The night's name: the configured one, else the raw folder's name (its parent's when it is called "raw").
+std::string night_name(const ReduceConfig& cfg) {
+  if (!cfg.night_name.empty()) return setup_slug(cfg.night_name);
+  fs::path p = cfg.raw_dir.lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  if (p.filename() == "raw" && p.has_parent_path()) p = p.parent_path();
+  const std::string n = p.filename().string();
+  return n.empty() || n == "." || n == ".." ? "night" : setup_slug(n);
+}
+
 }  // namespace
 
 ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
@@ -462,9 +487,11 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       return s;
     };
     for (const auto& f : log.frames)
-      plan.push_back({f.name, f.file.string(), clean(f.setup), f.frame_class, clean(f.object), f.mjd_mid});
+      plan.push_back({f.name, f.file.string(), clean(f.setup), f.frame_class, clean(f.object), f.mjd_mid,
+                      f.exptime_s, f.airmass, f.ra_deg, f.dec_deg});
     for (const auto& u : log.unreadable)
-      plan.push_back({fs::path(u.file).filename().string(), u.file.string(), "", FrameClass::Unknown, "", 0.0});
+      plan.push_back({fs::path(u.file).filename().string(), u.file.string(), "", FrameClass::Unknown, "", 0.0, 0.0,
+                      0.0, 0.0, 0.0});
     plan_text = serialize(plan);
     for (const auto& [setup, set] : log.sets)
       spdlog::info("setup '{}': {} bias, {} dark, {} flat, {} arc, {} science, {} imaging, {} unknown", setup,
@@ -484,6 +511,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     if (std::find(setups.begin(), setups.end(), p.setup) == setups.end()) setups.push_back(p.setup);
   }
 
+  std::vector<series::SeriesSet> series_sets;
   for (const auto& setup : setups) {
     const std::string slug = setup_slug(setup);
     const fs::path bias_path = calib / fmt::format("master_bias_{}.fits", slug);
@@ -585,7 +613,36 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       extract_setup(cfg, profile, setup, work, flat ? &*flat : nullptr, bias ? &*bias : nullptr, imdir, exdir, comm,
                     summary, config_hash, trace_keys);
       if (cfg.stage == ReduceStage::Red)
-        red_setup(cfg, profile, setup, work, trace_keys, exdir, reddir, comm, summary, config_hash);
+        red_setup(cfg, profile, setup, work, trace_keys, exdir, reddir, comm, summary, config_hash, series_sets);
+    }
+  }
+
+  // Per star a Rainbow cube of the night (collective), then chromatic's FITS of each star (rank 0).
+  if (cfg.stage == ReduceStage::Red && !series_sets.empty()) {
+    const fs::path cube = cfg.out_dir / (night_name(cfg) + ".rainbow.h5");
+    try {
+      const series::Site site{profile.site_longitude_deg, profile.site_latitude_deg, profile.site_height_m};
+      const std::string provenance = fmt::format("kspecdr {} ({}); config hash {}; instrument profile {}; raw {}",
+                                                 version(), git_sha(), config_hash, profile.name,
+                                                 cfg.raw_dir.string());
+      const auto rs = series::write_rainbow_file(cube, series_sets, site, provenance, comm, true);
+      if (comm.is_root()) {
+        spdlog::info("time series: {} star group(s) in {} ({} exposure(s) without a usable RED marked ok = 0){}",
+                     rs.groups.size(), cube.string(), rs.failed_exposures,
+                     rs.no_collective_cause ? fmt::format("; collective MPI-IO was NOT used (cause bits {:#x})",
+                                                          rs.no_collective_cause)
+                                            : "");
+        for (const auto& g : rs.groups) {
+          std::string file = g;
+          std::replace(file.begin(), file.end(), '/', '_');
+          series::write_chromatic_fits(cube, g, cfg.out_dir / (file + ".rainbow.fits"), true);
+        }
+      }
+    } catch (const std::exception& e) {
+      if (comm.is_root()) {
+        spdlog::error("time-series cube {} not written: {}", cube.string(), e.what());
+        summary.failures.push_back({"rainbow", cube.string(), e.what()});
+      }
     }
   }
 

@@ -287,6 +287,11 @@ kspecdr::testing::PullStats red_flux_pulls(const ReducedNight& n, char type) {
   return kspecdr::testing::pull_stats(pulls);
 }
 
+/// The cube group of arc-solution aperture `a`: "<object>/<aperture>" in slit mode, the fiber name otherwise.
+std::string series_group(const ReducedNight& n, std::size_t a) {
+  return n.config.mode == SpectroMode::Slit ? n.arc.traceset + "/" + n.arc.apertures[a].name : n.arc.apertures[a].name;
+}
+
 }  // namespace
 
 class RedRecoverySlit : public ::testing::Test {
@@ -343,3 +348,45 @@ TEST_F(RedRecoveryFiber, DISABLED_RedFluxPullsAgainstTheResampledTruth) {
     EXPECT_NEAR(p.stddev, 1.0, 0.05) << type;
   }
 }
+
+// The night's Rainbow cube holds each exposure's RED spectrum of each star in time order, with the
+// exposure's BJD_TDB, flexure and diagnostics in timelike.
+void check_cube(const ReducedNight& n) {
+  const fs::path cube = n.out / "night.rainbow.h5";
+  ASSERT_TRUE(fs::exists(cube)) << cube;
+  const h5::File f = h5::File::open(cube);
+  int checked = 0;
+  for (std::size_t a = 0; a < n.arc.naper(); ++a) {
+    if (n.arc.apertures[a].type == aperture_type::kUnused) continue;
+    const std::string g = series_group(n, a);
+    ASSERT_TRUE(f.root().exists(g)) << g;
+    h5::Dims dims;
+    const auto flux = f.root().read<float>(g + "/fluxlike/flux", &dims);
+    ASSERT_EQ(dims.size(), 2u);
+    ASSERT_EQ(dims[1], n.science.size());
+    const auto time = f.root().read<double>(g + "/timelike/time");
+    const auto shift = f.root().read<double>(g + "/timelike/wavelength_shift_px");
+    for (std::size_t t = 0; t < n.science.size(); ++t) {
+      const auto red = wavecal::read_red_file(n.red_file(n.science[t]));
+      ASSERT_EQ(static_cast<hsize_t>(red.spectra.npix()), dims[0]);
+      long diff = 0;
+      for (Eigen::Index j = 0; j < red.spectra.npix(); ++j) {
+        const float c = flux[static_cast<std::size_t>(j) * dims[1] + t];
+        const bool nodata = red.spectra.mask(static_cast<Eigen::Index>(a), j) & kMaskNoData;
+        diff += nodata ? !std::isnan(c) : c != red.spectra.flux(static_cast<Eigen::Index>(a), j);
+      }
+      EXPECT_EQ(diff, 0) << g << " " << n.science[t];
+      EXPECT_EQ(shift[t], red.spectra.header.get_double("FLEXPX").value_or(NAN)) << g;
+      const double mjd = n.truth.root().open_group("frames/" + n.science[t]).attr_double("mjd_mid");
+      // BJD_TDB − JD_UTC is the Rømer delay (≤ 8.4 min) plus TT − UTC (69.2 s since 2017).
+      const double dt_s = (time[t] - (mjd + 2400000.5)) * 86400.0;
+      EXPECT_LT(std::abs(dt_s - 69.184), 8.4 * 60.0) << g;
+      if (t > 0) EXPECT_GT(time[t], time[t - 1]) << g << ": not in time order";
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+TEST_F(RedRecoverySlit, TheRainbowCubeHoldsTheRedSpectraInTimeOrder) { check_cube(*night_); }
+TEST_F(RedRecoveryFiber, TheRainbowCubeHoldsTheRedSpectraInTimeOrder) { check_cube(*night_); }

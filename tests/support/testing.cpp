@@ -34,6 +34,11 @@ fs::path kspecdr_bin() {
   return env ? env : KSPECDR_TEST_BIN;
 }
 
+std::string mpiexec_command(int np) {
+  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(KSPECDR_TEST_MPIEXEC) + " -n " +
+         std::to_string(np) + " --oversubscribe";
+}
+
 PullStats pull_stats(const std::vector<double>& pulls) {
   PullStats s;
   s.n = pulls.size();

@@ -26,6 +26,8 @@ class TempDir {
 std::optional<std::filesystem::path> shared_dir();
 /// The path of the kspecdr program built with the tests.
 std::filesystem::path kspecdr_bin();
+/// The MPI launcher CMake found, with the flags a container needs: "ENV... mpiexec -n <np> --oversubscribe".
+std::string mpiexec_command(int np);
 
 struct PullStats {
   double mean = 0, stddev = 0;

@@ -23,6 +23,7 @@ struct ReduceConfig {
   std::filesystem::path raw_dir;
   std::filesystem::path out_dir;
   std::string instrument;          ///< profile name or path
+  std::string night_name;          ///< names the Rainbow cube <night>.rainbow.h5 (cli: the raw folder's name)
   ReduceStage stage = ReduceStage::Im;
   bool overwrite = false;          ///< replace existing IM files (otherwise they are kept and skipped)
   detector::DetectorConfig detector;

@@ -1,0 +1,325 @@
+#include "kspecdr/series/rainbow.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <optional>
+
+#include "kspecdr/core/error.hpp"
+#include "kspecdr/core/mask.hpp"
+#include "kspecdr/io/atomic.hpp"
+#include "kspecdr/io/fits.hpp"
+#include "kspecdr/io/hdf5.hpp"
+#include "kspecdr/wavecal/red_file.hpp"
+
+namespace kspecdr::series {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+std::string safe(const std::string& s) {
+  std::string out;
+  for (char c : s) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '+') ? c : '_';
+  return out.empty() ? "_" : out;
+}
+
+/// The fluxlike float arrays: name, RED member, unit, description.
+struct FluxItem {
+  const char* name;
+  ImageArray SpectrumSet::*member;  ///< nullptr: computed (uncertainty)
+  const char* unit;
+};
+const FluxItem kFlux[] = {
+    {"flux", &SpectrumSet::flux, "electron"},         {"uncertainty", nullptr, "electron"},
+    {"sky", &SpectrumSet::sky, "electron"},           {"var_star", &SpectrumSet::var_star, "electron2"},
+    {"var_sky", &SpectrumSet::var_sky, "electron2"},  {"var_read", &SpectrumSet::var_read, "electron2"},
+    {"var_cal", &SpectrumSet::var_cal, "electron2"},
+};
+/// FITS has no unit "electron" (astropy's FITS unit parser refuses it): chromatic's FITS columns count
+/// electrons as "ct" (ct2 for variances), the HDF5 file says electron.
+const char* fits_unit(const char* unit) {
+  const std::string u = unit;
+  return u == "electron" ? "ct" : u == "electron2" ? "ct2" : unit;
+}
+
+const char* const kTime[] = {"time",           "mjd_utc",        "exptime_s",           "airmass",     "trace_offset_px",
+                             "trace_width_px", "wavelength_shift_px", "sky_median_e", "snr_median"};
+const char* const kTimeUnits[] = {"d", "d", "s", "", "pixel", "pixel", "pixel", "electron", ""};
+constexpr std::size_t kNTime = sizeof(kTime) / sizeof(kTime[0]);
+
+/// What every rank must know about a set before the collective creation: the grid and the apertures.
+struct SetLayout {
+  std::vector<double> wavelength;
+  std::vector<ApertureInfo> apertures;
+  std::string medium = "air";
+  bool ok = false;
+};
+
+SetLayout layout_of(const SeriesSet& set) {
+  SetLayout l;
+  for (const auto& e : set.exposures) {
+    if (!fs::exists(e.red)) continue;
+    try {
+      const wavecal::RedSpectra red = wavecal::read_red_file(e.red);
+      l.wavelength = red.grid.centres;
+      l.apertures = red.spectra.apertures;
+      l.medium = red.spectra.header.get_string("WAVEMED").value_or("air");
+      l.ok = true;
+      return l;
+    } catch (const std::exception& ex) {
+      spdlog::warn("{}: RED file {} unreadable: {}", e.name, e.red.string(), ex.what());
+    }
+  }
+  return l;
+}
+
+}  // namespace
+
+std::string star_group(const std::string& traceset, const std::string& aperture) {
+  return traceset.empty() ? safe(aperture) : safe(traceset) + "/" + safe(aperture);
+}
+
+RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<SeriesSet>& sets, const Site& site,
+                                  const std::string& provenance, const mpi::Comm& comm, bool overwrite) {
+  RainbowSummary summary;
+  // Every rank reads the layout from the same files: the same answer everywhere without messages.
+  std::vector<SetLayout> layouts;
+  bool any = false;
+  for (const auto& s : sets) {
+    layouts.push_back(layout_of(s));
+    any = any || layouts.back().ok;
+  }
+  if (!comm.all_true(any))
+    throw DataError(fmt::format("no readable RED file for the time series of {}", path.string()));
+
+  // Rank 0 owns the temporary name; every rank opens that file.
+  std::unique_ptr<io::AtomicOutput> out;
+  std::string temp, error;
+  if (comm.is_root()) {
+    try {
+      out = std::make_unique<io::AtomicOutput>(path, overwrite);
+      temp = out->temp_path().string();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  comm.bcast(error);
+  if (!error.empty()) throw Error(error);
+  comm.bcast(temp);
+
+  h5::File f = h5::File::create_parallel(temp, comm.get());
+  f.root().set_attr("provenance", provenance);
+  f.root().set_attr("format", "kspecdr Rainbow cube: per star wavelike/, timelike/, fluxlike/ (nwave, ntime)");
+  const auto nranks = static_cast<std::size_t>(comm.size());
+  std::uint32_t causes = 0;
+  for (std::size_t si = 0; si < sets.size(); ++si) {
+    const SeriesSet& set = sets[si];
+    const SetLayout& lay = layouts[si];
+    if (!lay.ok) continue;
+    const hsize_t nwave = lay.wavelength.size(), ntime = set.exposures.size();
+    const hsize_t k = std::max<hsize_t>(1, std::min<hsize_t>(16, ntime));
+    struct Star {
+      std::size_t aperture;
+      h5::Group g;
+      std::vector<h5::Dataset> flux, time;
+      h5::Dataset flux_ok, time_ok;
+    };
+    std::vector<Star> stars;
+    std::vector<std::string> names;
+    for (const auto& e : set.exposures) names.push_back(e.name);
+    for (std::size_t a = 0; a < lay.apertures.size(); ++a) {
+      const ApertureInfo& ap = lay.apertures[a];
+      if (ap.type == aperture_type::kUnused) continue;
+      Star s;
+      s.aperture = a;
+      const std::string gname = star_group(set.traceset, ap.name);
+      s.g = f.root().create_group(gname);
+      summary.groups.push_back(gname);
+      s.g.set_attr("name", ap.name);
+      s.g.set_attr("type", std::string(1, ap.type));
+      s.g.set_attr("ra_deg", std::isfinite(ap.ra_deg) ? ap.ra_deg : kNaN);
+      s.g.set_attr("dec_deg", std::isfinite(ap.dec_deg) ? ap.dec_deg : kNaN);
+      s.g.set_attr("setup", set.setup);
+      s.g.set_attr("traceset", set.traceset);
+      h5::Group wl = s.g.create_group("wavelike");
+      wl.write("wavelength", lay.wavelength);
+      h5::Dataset wd = wl.open_dataset("wavelength");
+      wd.set_attr("units", "Angstrom");
+      wd.set_attr("medium", lay.medium);
+      for (const auto& it : kFlux) {
+        s.flux.push_back(s.g.create_dataset<float>(std::string("fluxlike/") + it.name, {nwave, ntime},
+                                                   {nwave, H5S_UNLIMITED}, {nwave, k}));
+        s.flux.back().set_attr("units", it.unit);
+      }
+      s.flux_ok = s.g.create_dataset<std::uint8_t>("fluxlike/ok", {nwave, ntime}, {nwave, H5S_UNLIMITED}, {nwave, k});
+      for (std::size_t t = 0; t < kNTime; ++t) {
+        s.time.push_back(s.g.create_dataset<double>(std::string("timelike/") + kTime[t], {ntime}, {H5S_UNLIMITED}, {k}));
+        s.time.back().set_attr("units", kTimeUnits[t]);
+      }
+      s.time.front().set_attr("scale", "BJD_TDB (Julian Date, barycentric, TDB)");
+      s.time_ok = s.g.create_dataset<std::uint8_t>("timelike/ok", {ntime}, {H5S_UNLIMITED}, {k});
+      stars.push_back(std::move(s));
+    }
+
+    // Rounds of one exposure per rank (the RED stage's dealing): each rank writes the time slice of its
+    // exposure into every star's datasets; a rank without one writes an empty selection.
+    const std::size_t rounds = (set.exposures.size() + nranks - 1) / nranks;
+    for (std::size_t round = 0; round < rounds; ++round) {
+      const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
+      const bool mine = i < set.exposures.size();
+      std::optional<wavecal::RedSpectra> red;
+      if (mine) {
+        const SeriesExposure& e = set.exposures[i];
+        if (fs::exists(e.red)) {
+          try {
+            red = wavecal::read_red_file(e.red);
+            if (red->spectra.npix() != static_cast<Eigen::Index>(nwave) ||
+                red->spectra.naper() != static_cast<Eigen::Index>(lay.apertures.size()))
+              throw DataError(fmt::format("{} × {} spectra, the series has {} × {}", red->spectra.naper(),
+                                          red->spectra.npix(), lay.apertures.size(), nwave));
+          } catch (const std::exception& ex) {
+            spdlog::error("{}: RED file {} left out of the time series: {}", e.name, e.red.string(), ex.what());
+            red.reset();
+          }
+        }
+        if (!red) ++summary.failed_exposures;
+      }
+      const hsize_t t0 = mine ? static_cast<hsize_t>(i) : 0, cnt = mine ? 1 : 0;
+      std::vector<float> col(nwave);
+      std::vector<std::uint8_t> okcol(nwave);
+      for (auto& s : stars) {
+        const auto a = static_cast<Eigen::Index>(s.aperture);
+        for (std::size_t q = 0; q < std::size(kFlux); ++q) {
+          if (mine) {
+            for (hsize_t w = 0; w < nwave; ++w) {
+              const auto j = static_cast<Eigen::Index>(w);
+              float v = std::numeric_limits<float>::quiet_NaN();
+              if (red && !(red->spectra.mask(a, j) & kMaskNoData)) {
+                if (kFlux[q].member) v = (red->spectra.*(kFlux[q].member))(a, j);
+                else v = std::sqrt(red->spectra.variance(a, j));
+              }
+              col[w] = v;
+            }
+          }
+          s.flux[q].write_slab(mine ? col.data() : nullptr, {0, t0}, {nwave, cnt}, true);
+          causes |= s.flux[q].last_no_collective_cause();
+        }
+        if (mine)
+          for (hsize_t w = 0; w < nwave; ++w) {
+            const auto j = static_cast<Eigen::Index>(w);
+            okcol[w] = red && red->spectra.mask(a, j) == 0 && std::isfinite(red->spectra.variance(a, j)) ? 1 : 0;
+          }
+        s.flux_ok.write_slab(mine ? okcol.data() : nullptr, {0, t0}, {nwave, cnt}, true);
+        causes |= s.flux_ok.last_no_collective_cause();
+
+        double tv[kNTime];
+        std::uint8_t tok = 0;
+        if (mine) {
+          const SeriesExposure& e = set.exposures[i];
+          const ApertureInfo& ap = lay.apertures[s.aperture];
+          const bool own = std::isfinite(ap.ra_deg) && std::isfinite(ap.dec_deg);
+          tv[0] = bjd_tdb(e.mjd_mid_utc, own ? ap.ra_deg : e.ra_deg, own ? ap.dec_deg : e.dec_deg, site);
+          tv[1] = e.mjd_mid_utc;
+          tv[2] = e.exptime_s;
+          tv[3] = e.airmass > 0 ? e.airmass : kNaN;
+          for (std::size_t t = 4; t < kNTime; ++t) tv[t] = kNaN;
+          if (red) {
+            const auto& d = red->spectra.diagnostics[s.aperture];
+            tv[4] = d.shift_px;
+            tv[5] = d.width_px;
+            tv[6] = red->spectra.header.get_double("FLEXPX").value_or(kNaN);
+            tv[7] = d.sky_median_e;
+            tv[8] = d.snr_median;
+            tok = d.status == "ok" ? 1 : 0;
+          }
+        }
+        for (std::size_t t = 0; t < kNTime; ++t) {
+          s.time[t].write_slab(mine ? &tv[t] : nullptr, {t0}, {cnt}, true);
+          causes |= s.time[t].last_no_collective_cause();
+        }
+        s.time_ok.write_slab(mine ? &tok : nullptr, {t0}, {cnt}, true);
+        causes |= s.time_ok.last_no_collective_cause();
+      }
+    }
+    // The exposure names in time order (an attribute: variable-length string datasets cannot be written
+    // over MPI-IO).
+    std::string joined;
+    for (const auto& n : names) joined += (joined.empty() ? "" : ",") + n;
+    for (auto& s : stars) {
+      s.g.set_attr("n_time", static_cast<long long>(ntime));
+      s.g.set_attr("exposures", joined);
+    }
+  }
+  f.close();
+  summary.failed_exposures = static_cast<std::size_t>(comm.sum(static_cast<long long>(summary.failed_exposures)));
+  summary.no_collective_cause = static_cast<std::uint32_t>(comm.max(static_cast<long long>(causes)));
+  if (comm.is_root()) out->commit();
+  comm.barrier();
+  return summary;
+}
+
+void write_chromatic_fits(const fs::path& h5path, const std::string& group, const fs::path& outpath,
+                          bool overwrite) {
+  const h5::File f = h5::File::open(h5path);
+  const h5::Group g = f.root().open_group(group);
+  const auto wave = g.read<double>("wavelike/wavelength");
+  const auto nwave = wave.size();
+  io::AtomicOutput out(outpath, overwrite);
+  {
+    auto fits = fits::Fits::create(out.temp_path());
+    Header h;
+    h.add_comment("Data are stored in three main extensions");
+    h.add_comment(" [1]=['FLUXLIKE'] contains (nwave, ntime)-shaped arrays");
+    h.add_comment(" [2]=['WAVELIKE'] contains (nwave)-shaped arrays");
+    h.add_comment(" [3]=['TIMELIKE'] contains (ntime)-shaped arrays");
+    h.add_comment("The primary extension header contains some metadata.");
+    h.set("NAME", g.attr_string("name"), "star (aperture) name");
+    h.set("APERTYPE", g.attr_string("type"), "aperture type: P program, C standard, S sky");
+    // An aperture without its own position (a slit star) has none in the header; its times use the pointing.
+    if (std::isfinite(g.attr_double("ra_deg"))) h.set("RA", g.attr_double("ra_deg"), "[deg] ICRS right ascension");
+    if (std::isfinite(g.attr_double("dec_deg"))) h.set("DEC", g.attr_double("dec_deg"), "[deg] ICRS declination");
+    h.set("SETUP", g.attr_string("setup"), "instrument setup");
+    h.set("TIMESCL", "BJD_TDB", "time: barycentric Julian Date, TDB");
+    h.set("FLUXUNIT", "electron", "fluxlike counts are electrons (FITS unit ct)");
+    h.set("SOURCE", h5path.filename().string() + ":" + group, "kspecdr Rainbow HDF5 file and group");
+    fits.write_empty_primary(h);
+
+    fits::Table fl;
+    h5::Dims dims;
+    for (const auto& it : kFlux) {
+      const auto v = g.read<float>(std::string("fluxlike/") + it.name, &dims);
+      const long ntime = static_cast<long>(dims.size() == 2 ? dims[1] : 0);
+      fl.add_double(it.name, std::vector<double>(v.begin(), v.end()), fits_unit(it.unit), std::max(1L, ntime));
+    }
+    {
+      const auto v = g.read<std::uint8_t>("fluxlike/ok", &dims);
+      // FITS logical vector columns are not in our table writer: the mask travels as 0/1 integers per pixel.
+      fl.add_double("ok", std::vector<double>(v.begin(), v.end()), "", std::max<long>(1, static_cast<long>(dims[1])));
+    }
+    fits.write_table(fl, Header{}, "FLUXLIKE");
+    fits::Table wl;
+    wl.add_double("wavelength", wave, "Angstrom");
+    fits.write_table(wl, Header{}, "WAVELIKE");
+    fits::Table tl;
+    for (std::size_t t = 0; t < kNTime; ++t) tl.add_double(kTime[t], g.read<double>(std::string("timelike/") + kTime[t]), fits_unit(kTimeUnits[t]));
+    {
+      const auto v = g.read<std::uint8_t>("timelike/ok");
+      std::vector<bool> b;
+      for (auto x : v) b.push_back(x != 0);
+      tl.add_logical("ok", b);
+    }
+    fits.write_table(tl, Header{}, "TIMELIKE");
+    (void)nwave;
+    fits.close();
+  }
+  out.commit();
+}
+
+}  // namespace kspecdr::series
