@@ -74,7 +74,8 @@ struct Ap {
   std::size_t off = 0;        ///< offset of P(r0..r1) and c(r0..r1) in Work::prof / Work::box
   double ptot = 0;            ///< Σ P over the window (on and off the detector)
   double f = 0;               ///< amplitude (e-)
-  int rejected = 0;
+  int rejected = 0;            ///< pixels rejected (outliers and grown)
+  int primary = 0;             ///< outliers rejected as the worst of a round (bounded by max_reject)
 };
 
 /// Scratch space of one column, sized once: nothing is allocated per pixel.
@@ -158,12 +159,14 @@ class GroupFit {
     return std::max(w_.rn2[i] + s + w_.bv[i] + s * s * w_.fr[i], 1e-6);
   }
 
-  /// Weighted least squares with the current weights (unit weights when `unweighted`); sets every f.
-  bool solve(bool unweighted) {
+  /// Weighted least squares; sets every f and the model. `from_data`: the variance of each pixel from its
+  /// own value instead of the model (the robust start only: a cosmic ray then weighs little and cannot
+  /// pull a faint neighbour's amplitude up, but such weights bias fluxes low, so they never make a result).
+  bool solve(bool from_data) {
     for (long r = lo_; r <= hi_; ++r) {
       const auto i = static_cast<std::size_t>(r);
-      w_.vmodel[i] = w_.model[i];
-      w_.var[i] = unweighted ? 1.0 : model_var(r, w_.model[i]);
+      w_.vmodel[i] = from_data ? w_.d[i] : w_.model[i];
+      w_.var[i] = model_var(r, w_.vmodel[i]);
     }
     if (!factor()) return false;
     w_.rhs.assign(n_, 0.0);
@@ -196,20 +199,42 @@ class GroupFit {
     int n_rej = 0;
     for (std::size_t a = 0; a < n_; ++a) {
       Ap& A = ap(a);
-      if (A.rejected >= cfg_.max_reject) continue;
-      double worst = cfg_.reject_sigma;
-      long rw = -1;
+      if (A.primary >= cfg_.max_reject) continue;
+      // Positive outliers first: a cosmic ray on a faint fiber's core pulls its amplitude up until the good
+      // pixels beside it lie further *below* the model than the hit lies above it; rejecting by |z| alone
+      // would then take the good pixels. Pixels below the model go only when none lies above.
+      double worst_hi = cfg_.reject_sigma, worst_lo = cfg_.reject_sigma;
+      long rhi = -1, rlo = -1;
       for (long r = A.q0; r <= A.q1; ++r) {
         const auto i = static_cast<std::size_t>(r);
         if (w_.owner[i] != static_cast<int>(a) || !w_.usable(r)) continue;
-        const double z = std::abs(w_.d[i] - w_.model[i]) / std::sqrt(model_var(r, w_.model[i]));
-        if (z > worst) worst = z, rw = r;
+        const double z = (w_.d[i] - w_.model[i]) / std::sqrt(model_var(r, w_.model[i]));
+        if (z > worst_hi) worst_hi = z, rhi = r;
+        if (-z > worst_lo) worst_lo = -z, rlo = r;
       }
+      const long rw = rhi >= 0 ? rhi : rlo;
       if (rw < 0) continue;
       w_.rej[static_cast<std::size_t>(rw)] = 1;
-      ++A.rejected;
+      ++A.rejected, ++A.primary;
       ++n_rej;
     }
+    // The fainter pixels of a cosmic-ray track beside a rejected one: each may lie below reject_sigma, yet
+    // together they pull the amplitude up by many σ. Grow the rejection to the rows next to rejected ones
+    // that lie above the current model by reject_grow_sigma (for pure noise a 1 % event, and only next to
+    // an outlier). Grown pixels do not count against max_reject, which bounds the outliers themselves.
+    if (cfg_.reject_grow_sigma > 0)
+      for (long r = lo_; r <= hi_; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        if (!w_.usable(r) || w_.owner[i] < 0) continue;
+        const bool beside = (r > lo_ && w_.rej[i - 1]) || (r < hi_ && w_.rej[i + 1]);
+        Ap& A = ap(static_cast<std::size_t>(w_.owner[i]));
+        if (!beside) continue;
+        if ((w_.d[i] - w_.model[i]) / std::sqrt(model_var(r, w_.model[i])) > cfg_.reject_grow_sigma) {
+          w_.rej[i] = 1;
+          ++A.rejected;
+          ++n_rej;
+        }
+      }
     return n_rej;
   }
 
@@ -438,11 +463,16 @@ void extract_joint(const Image& im, const TraceSet& traces, const ExtractConfig&
       long reach = w.aps[g0].q1;
       while (g1 < w.aps.size() && w.aps[g1].q0 <= reach) reach = std::max(reach, w.aps[g1].q1), ++g1;
       GroupFit fit(w, cfg, g0, g1);
-      // Unweighted start, then the model variance from the fitted amplitudes, iterated.
+      // A robust start (each pixel's variance from its own value), and outliers against it rejected
+      // before any fit gives them full weight: with several free amplitudes a cosmic ray could otherwise
+      // be absorbed by a faint fiber's amplitude and the good pixels around it rejected instead. Then the
+      // model variance from the fitted amplitudes, iterated; then further rounds of rejection (a pixel per
+      // aperture and round, at most max_reject per aperture), each refitted.
       bool ok = fit.solve(true);
+      bool more = ok && cfg.max_reject > 0 && fit.reject() > 0;
       for (int it = 0; ok && it < std::max(1, cfg.variance_iterations); ++it) ok = fit.solve(false);
-      // Outliers against the model, a pixel per aperture and round, each round refitted.
-      for (int round = 0; ok && round < cfg.max_reject; ++round) {
+      // A round may only grow a track found before, so allow twice max_reject rounds.
+      for (int round = 1; ok && more && round < 2 * cfg.max_reject; ++round) {
         if (fit.reject() == 0) break;
         for (int it = 0; ok && it < 2; ++it) ok = fit.solve(false);
       }

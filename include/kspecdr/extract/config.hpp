@@ -132,8 +132,11 @@ struct ExtractConfig {
   int profile_smooth_px = 81;
   /// Pixels deviating from the profile model by more than this many σ are rejected, worst first.
   double reject_sigma = 5.0;
-  /// At most this many pixels per column are rejected.
+  /// At most this many pixels per column are rejected (joint extraction: per aperture and column).
   int max_reject = 3;
+  /// Joint extraction: a pixel beside a rejected one (same column) that lies this many σ above the model is
+  /// rejected too, the faint end of a cosmic-ray track; ≤ 0 = no growing.
+  double reject_grow_sigma = 2.5;
   /// Fit-and-variance rounds of optimal extraction (the variance depends on the fitted flux).
   int variance_iterations = 3;
   /// A column whose good pixels hold less than this fraction of the profile is NODATA. The profile fit
