@@ -271,14 +271,14 @@ class GroupFit {
       for (double v : w_.unit) ymax = std::max(ymax, std::abs(v));
       long wlo = A.q0, whi = A.q1;
       for (std::size_t b = 0; b < n_; ++b)
-        if (std::abs(w_.unit[b]) > 1e-15 * ymax) wlo = std::min(wlo, ap(b).q0), whi = std::max(whi, ap(b).q1);
+        if (std::abs(w_.unit[b]) > 1e-12 * ymax) wlo = std::min(wlo, ap(b).q0), whi = std::max(whi, ap(b).q1);
       for (long r = wlo; r <= whi; ++r) w_.wbuf[static_cast<std::size_t>(r)] = 0.0;
       if (boxcar)
         for (long r = A.q0; r <= A.q1; ++r)
           if (w_.usable(r)) w_.wbuf[static_cast<std::size_t>(r)] = w_.c(A, r);
       for (std::size_t b = 0; b < n_; ++b) {
         const double yb = w_.unit[b];
-        if (!(std::abs(yb) > 1e-15 * ymax)) continue;
+        if (!(std::abs(yb) > 1e-12 * ymax)) continue;
         const Ap& B = ap(b);
         for (long r = B.q0; r <= B.q1; ++r)
           if (w_.usable(r)) w_.wbuf[static_cast<std::size_t>(r)] += yb * w_.p(B, r) / w_.var[static_cast<std::size_t>(r)];
