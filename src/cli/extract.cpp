@@ -60,7 +60,7 @@ int run_extract(int argc, char** argv) {
   pos.add("im", 1);
   auto opts = parse_options("extract",
                             "kspecdr extract IMFILE --out EXFILE [--traces TRACEFILE] [--trace.reference x,y ...] "
-                            "[--trace.stars N] [--extract.method optimal|boxcar] [--sky.method median|poly|none] "
+                            "[--trace.stars N] [--extract.method optimal|boxcar|joint] [--sky.method median|poly|none] "
                             "[--repeat N] [--overwrite]\n\n"
                             "No master bias or flat is read: the extraction's model variance leaves out their noise "
                             "(VAR_CAL = 0, CALNOISE = 'NONE'), which understates the variance of bright spectra from "

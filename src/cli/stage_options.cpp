@@ -33,7 +33,9 @@ po::options_description stage_options() {
       "sky.write-image", po::value<bool>()->default_value(e.write_sky_image),
       "slit mode: also write the 2D sky model, its variance and the sky windows into each EX file")(
       "extract.method", po::value<std::string>()->default_value(extract::to_string(e.extract.method)),
-      "optimal (Horne 1986) | boxcar")(
+      "optimal (Horne 1986) | boxcar | joint (all apertures of a column fitted at once)")(
+      "extract.deblend", po::value<std::string>()->default_value(extract::to_string(e.extract.deblend)),
+      "fit overlapping neighbours jointly: auto (fiber mode, when the apertures overlap) | on | off")(
       "extract.profile", po::value<std::string>()->default_value(extract::to_string(e.extract.profile)),
       "optimal-extraction profile: gaussian (from the trace width) | data (smoothed data)")(
       "extract.boxcar-sigma", po::value<double>()->default_value(e.extract.boxcar_halfwidth_sigma),
@@ -63,6 +65,7 @@ void read_stage_options(const po::variables_map& vm, const std::string& command,
     cfg.sky.poly_order = vm["sky.order"].as<int>();
     cfg.write_sky_image = vm["sky.write-image"].as<bool>();
     cfg.extract.method = extract::extract_method_from_string(vm["extract.method"].as<std::string>());
+    cfg.extract.deblend = extract::deblend_from_string(vm["extract.deblend"].as<std::string>());
     cfg.extract.profile = extract::profile_source_from_string(vm["extract.profile"].as<std::string>());
     cfg.extract.boxcar_halfwidth_sigma = vm["extract.boxcar-sigma"].as<double>();
     cfg.extract.reject_sigma = vm["extract.reject-sigma"].as<double>();

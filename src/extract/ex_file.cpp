@@ -77,7 +77,8 @@ std::vector<FormatItem> build_format() {
   f.push_back({"MASK", K::Image, "MASK", "uint16", "", "mask bits per aperture and pixel (MASKBn keywords name them); 0 = good"});
   f.push_back({"PRIMARY", K::Keyword, "BUNIT", "string", "", "unit of the flux: electron"});
   f.push_back({"PRIMARY", K::Keyword, "NAPER", "int64", "", "number of apertures (rows)"});
-  f.push_back({"PRIMARY", K::Keyword, "EXTMETH", "string", "", "extraction method: boxcar | optimal"});
+  f.push_back({"PRIMARY", K::Keyword, "EXTMETH", "string", "", "extraction method: boxcar | optimal | joint"});
+  f.push_back({"PRIMARY", K::Keyword, "DEBLEND", "logical", "", "overlapping neighbours fitted jointly per column"});
   f.push_back({"PRIMARY", K::Keyword, "EXTPROF", "string", "", "spatial profile of the optimal weights: gaussian | data"});
   f.push_back({"PRIMARY", K::Keyword, "SKYMETH", "string", "", "local sky method: none | median | poly"});
   f.push_back({"MASK", K::Keyword, "MASKBn", "string", "", "name of mask bit n"});

@@ -11,21 +11,16 @@
 
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/trace/profile.hpp"
+#include "column.hpp"
 
 namespace kspecdr::extract {
 
 namespace {
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+using detail::ColumnFail;
+using detail::ColumnResult;
+using detail::kNaN;
+using detail::overlap;
 constexpr int kMaxCoef = 4;
-
-
-/// Length of the overlap of pixel [r − ½, r + ½] with [lo, hi].
-inline double overlap(double r, double lo, double hi) {
-  return std::clamp(std::min(r + 0.5, hi) - std::max(r - 0.5, lo), 0.0, 1.0);
-}
-
-/// Why a column could not be extracted.
-enum class ColumnFail { None, OffDetector, Masked, NoSky, NoProfile };
 
 /// Per-column scratch space, sized once per aperture: the extraction allocates nothing per pixel.
 struct ColumnWork {
@@ -37,23 +32,35 @@ struct ColumnWork {
   }
 };
 
-struct ColumnResult {
-  double flux = 0, var_star = 0, var_sky = 0, var_read = 0, var_cal = 0, sky = 0;
-  double offset = kNaN, width = kNaN, peak = kNaN, masked = 0;
-  int rejected = 0;
-  long row0 = 0;  ///< row of work-buffer entry 0 (w.rej etc.)
-  std::size_t nrows = 0;
-  ColumnFail fail = ColumnFail::None;
-};
-
 }  // namespace
 
-std::string to_string(ExtractMethod m) { return m == ExtractMethod::Boxcar ? "boxcar" : "optimal"; }
+std::string to_string(ExtractMethod m) {
+  switch (m) {
+    case ExtractMethod::Boxcar: return "boxcar";
+    case ExtractMethod::Joint: return "joint";
+    default: return "optimal";
+  }
+}
 ExtractMethod extract_method_from_string(const std::string& s) {
   if (s == "boxcar") return ExtractMethod::Boxcar;
   if (s == "optimal") return ExtractMethod::Optimal;
-  throw ConfigError(fmt::format("extraction method '{}' is not one of: boxcar, optimal", s),
+  if (s == "joint") return ExtractMethod::Joint;
+  throw ConfigError(fmt::format("extraction method '{}' is not one of: boxcar, optimal, joint", s),
                     ErrorContext{.keyword = "extract.method"});
+}
+std::string to_string(Deblend d) {
+  switch (d) {
+    case Deblend::On: return "on";
+    case Deblend::Off: return "off";
+    default: return "auto";
+  }
+}
+Deblend deblend_from_string(const std::string& s) {
+  if (s == "auto") return Deblend::Auto;
+  if (s == "on") return Deblend::On;
+  if (s == "off") return Deblend::Off;
+  throw ConfigError(fmt::format("deblend '{}' is not one of: auto, on, off", s),
+                    ErrorContext{.keyword = "extract.deblend"});
 }
 std::string to_string(ProfileSource p) { return p == ProfileSource::Gaussian ? "gaussian" : "data"; }
 ProfileSource profile_source_from_string(const std::string& s) {
@@ -394,8 +401,36 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
                     ErrorContext{.exposure = exposure});
   const long nx = im.nx();
   const long na = static_cast<long>(traces.size());
+  // Joint fit of all apertures per column when asked for, or (deblend auto) when there is no local sky
+  // and the apertures' windows overlap: fibers packed closely.
+  bool joint = cfg.method == ExtractMethod::Joint || cfg.deblend == Deblend::On;
+  if (joint && use_sky)
+    throw ConfigError("joint (deblended) extraction fits every aperture of a column without a local sky: use "
+                      "sky method none (fiber mode) or extract.deblend = off",
+                      ErrorContext{.keyword = "extract.deblend", .exposure = exposure});
+  if (joint && cfg.profile != ProfileSource::Gaussian)
+    throw ConfigError("joint (deblended) extraction models the apertures with the traces' Gaussian profiles: use "
+                      "extract.profile = gaussian",
+                      ErrorContext{.keyword = "extract.profile", .exposure = exposure});
+  if (!joint && cfg.deblend == Deblend::Auto && !use_sky && apertures_overlap(traces, cfg)) {
+    if (cfg.profile == ProfileSource::Gaussian)
+      joint = true;
+    else
+      spdlog::warn("{}the apertures overlap but the data profile cannot be deblended: each is extracted alone and "
+                   "picks up its neighbours' wings (use extract.profile = gaussian)",
+                   exposure.empty() ? std::string() : exposure + ": ");
+  }
+  const ExtractMethod method =
+      joint ? (cfg.method == ExtractMethod::Boxcar ? ExtractMethod::Boxcar : ExtractMethod::Joint) : cfg.method;
+  std::vector<ColumnResult> joint_results;
+  if (joint) {
+    ExtractConfig jc = cfg;
+    jc.method = method;
+    detail::extract_joint(im, traces, jc, joint_results);
+  }
   SpectrumSet out(na, nx);
-  out.header.set("EXTMETH", to_string(cfg.method), "extraction method");
+  out.header.set("EXTMETH", to_string(method), "extraction method");
+  out.header.set("DEBLEND", joint, "overlapping neighbours fitted jointly per column");
   out.header.set("EXTPROF", to_string(cfg.profile), "spatial profile of the optimal weights");
   out.header.set("SKYMETH", use_sky ? to_string(sky->method) : std::string("none"), "local sky method");
   ColumnWork work;
@@ -428,7 +463,7 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
       continue;
     }
     DataProfile dprof;
-    const bool data_profile = cfg.profile == ProfileSource::Data;
+    const bool data_profile = !joint && cfg.profile == ProfileSource::Data;
     if (data_profile) dprof = build_data_profile(im, tr, asky, cfg);
     long n_off = 0, n_masked = 0, n_nosky = 0, n_noprof = 0, n_rej = 0;
     double masked_sum = 0, peak_max = -std::numeric_limits<double>::infinity();
@@ -437,7 +472,9 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
       const double xd = static_cast<double>(x);
       const double yc = tr.y(xd), sg = tr.sigma(xd);
       ColumnResult c;
-      if (!(sg > 0) || !std::isfinite(yc)) {
+      if (joint) {
+        c = joint_results[ai * static_cast<std::size_t>(nx) + static_cast<std::size_t>(x)];
+      } else if (!(sg > 0) || !std::isfinite(yc)) {
         c.fail = ColumnFail::NoProfile;
       } else if (data_profile) {
         c = extract_column(im, x, yc, sg, asky, cfg, work, [&](long r, double) -> double {

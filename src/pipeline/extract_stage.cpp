@@ -141,6 +141,9 @@ SpectrumSet extract_exposure(const Image& im, const TraceSet& master, const Inst
                              const std::string& file, const detector::MasterFlat* flat,
                              const detector::MasterBias* bias) {
   extract::ExtractConfig ecfg = cfg.extract;
+  // Slit apertures are extracted alone against their local sky; fibers overlapping their neighbours are
+  // fitted jointly per column (deblend auto, see extract/joint.cpp).
+  if (profile.mode == SpectroMode::Slit) ecfg.deblend = extract::Deblend::Off;
   ecfg.read_noise = read_noise_from_header(im, file);
   ecfg.calibration_noise = calibration_noise_for(im, flat, bias, file);
   TraceSet traces = master;
@@ -173,7 +176,8 @@ SpectrumSet extract_exposure(const Image& im, const TraceSet& master, const Inst
   // Carry the IM's identity and provenance; the stage's own settings follow.
   for (const auto& c : im.header.cards())
     if (!s.header.has(c.key)) s.header.set_raw(c.key, c.value, c.comment);
-  s.header.set("EXTMETH", extract::to_string(ecfg.method), "extraction method");
+  // EXTMETH and DEBLEND come from the extraction: "optimal" becomes "joint" when overlapping fibers were
+  // fitted together.
   s.header.set("SKYMETH", profile.mode == SpectroMode::Slit ? extract::to_string(cfg.sky.method) : std::string("none"),
                "local sky method (fiber mode: master sky after wavelength alignment)");
   s.header.set("TRMEAS", trace::to_string(cfg.trace.measure), "trace centroid/width measure");

@@ -563,6 +563,127 @@ TEST(ExtractionBadInput, MaskedColumnsOffDetectorAndEmptySkyAreFlaggedOthersExtr
   EXPECT_THROW(extract_spectra(small, ts, nullptr, ec), DataError);
 }
 
+// ---------------------------------------------------------------- overlapping fibers: joint extraction
+
+namespace {
+/// Four fibers 5 px apart with σ ≈ 1.5 px (3.3σ: each one's ±5σ window holds its neighbours' cores), a
+/// faint one (300 e-) between two bright ones. Amplitudes are the true electrons per column (the full
+/// profile). The brightest peaks at ≈ 2100 e-/px, so the test's fainter cosmic-ray pixels (from ≈ 170 e-)
+/// can still be told from the noise: a hit below any threshold biases every extraction alike.
+Scene overlapping_fibers(long nx) {
+  Scene sc(nx, 40);
+  const double y0[] = {10.0, 15.0, 20.0, 25.0}, flux[] = {2000.0, 8000.0, 300.0, 5000.0};
+  for (int i = 0; i < 4; ++i) {
+    StarSpec f;
+    f.y0 = y0[i], f.tilt = 0.4, f.curv = 0.3, f.sigma0 = 1.5, f.sigma_slope = 0.03, f.sigma_curv = 0.02;
+    f.flux = flux[i];
+    sc.add_star(f);
+  }
+  return sc;
+}
+}  // namespace
+
+TEST(JointExtraction, OverlappingFibersHaveUnitPullsWhileAloneTheyAreBiased) {
+  Scene sc = overlapping_fibers(2048);
+  const TraceSet ts = sc.traces();
+  ASSERT_TRUE(apertures_overlap(ts, base_config(ExtractMethod::Optimal, sc.read_noise)));
+  std::mt19937_64 rng(1234);
+  const std::size_t nf = sc.stars.size();
+  std::vector<Pulls> joint(nf), box(nf), alone(nf);
+  long rejected = 0, nodata = 0;
+  for (int rep = 0; rep < 8; ++rep) {
+    Image im = sc.realise(rng);
+    // Half the hits flagged (the IM stage found them), half not (the fit must reject them): 0.7 % of the
+    // pixels, as in the slit pull test (about 50 times a long exposure's rate).
+    add_cosmics(im, rng, 100, true);
+    add_cosmics(im, rng, 100, false);
+    ExtractConfig cj = base_config(ExtractMethod::Joint, sc.read_noise);
+    const SpectrumSet sj = extract_spectra(im, ts, nullptr, cj);
+    ExtractConfig cb = base_config(ExtractMethod::Boxcar, sc.read_noise);  // deblend auto: overlapping
+    const SpectrumSet sb = extract_spectra(im, ts, nullptr, cb);
+    ExtractConfig co = base_config(ExtractMethod::Optimal, sc.read_noise);
+    co.deblend = Deblend::Off;
+    const SpectrumSet so = extract_spectra(im, ts, nullptr, co);
+    EXPECT_EQ(sj.header.get_string("EXTMETH").value_or(""), "joint");
+    EXPECT_EQ(sb.header.get_string("EXTMETH").value_or(""), "boxcar");
+    EXPECT_TRUE(sb.header.get_bool("DEBLEND").value_or(false));
+    EXPECT_FALSE(so.header.get_bool("DEBLEND").value_or(true));
+    for (std::size_t a = 0; a < nf; ++a) {
+      const auto ai = static_cast<Eigen::Index>(a);
+      rejected += sj.diagnostics[a].rejected;
+      for (long x = 0; x < sc.nx; ++x) {
+        if ((sj.mask(ai, x) | sb.mask(ai, x) | so.mask(ai, x)) & kMaskNoData) {
+          ++nodata;
+          continue;
+        }
+        const double truth = sc.true_counts[a][static_cast<std::size_t>(x)];
+        joint[a].add(sj.flux(ai, x), truth, sj.variance(ai, x));
+        box[a].add(sb.flux(ai, x), truth, sb.variance(ai, x));
+        alone[a].add(so.flux(ai, x), truth, so.variance(ai, x));
+        for (const SpectrumSet* sp : {&sj, &sb}) {
+          const double sum = static_cast<double>(sp->var_star(ai, x)) + sp->var_sky(ai, x) + sp->var_read(ai, x) +
+                             sp->var_cal(ai, x);
+          ASSERT_NEAR(sum, sp->variance(ai, x), 1e-5 * sp->variance(ai, x));
+        }
+      }
+    }
+  }
+  // n ≈ 16384 pulls per fiber: σ(mean) = 0.008, σ(width) = 0.006.
+  for (std::size_t a = 0; a < nf; ++a) {
+    const auto j = joint[a].stats(), b = box[a].stats(), o = alone[a].stats();
+    std::printf("[fiber %zu, %.0f e-] joint pull mean %+.4f width %.4f | deblended boxcar %+.4f %.4f | alone (optimal) "
+                "%+.4f %.4f (n=%zu)\n",
+                a + 1, sc.stars[a].flux, j.mean, j.stddev, b.mean, b.stddev, o.mean, o.stddev, j.n);
+    RecordProperty("fiber" + std::to_string(a + 1) + "_joint_pull_mean", std::to_string(j.mean));
+    RecordProperty("fiber" + std::to_string(a + 1) + "_joint_pull_width", std::to_string(j.stddev));
+    EXPECT_GT(j.n, 16000u);
+    EXPECT_LT(std::abs(j.mean), 0.05) << "joint, fiber " << a + 1;
+    EXPECT_NEAR(j.stddev, 1.0, 0.05) << "joint, fiber " << a + 1;
+    EXPECT_LT(std::abs(b.mean), 0.05) << "deblended boxcar, fiber " << a + 1;
+    EXPECT_NEAR(b.stddev, 1.0, 0.05) << "deblended boxcar, fiber " << a + 1;
+  }
+  // Alone, the faint fiber between two bright ones takes their wings for its own light.
+  EXPECT_GT(alone[2].stats().mean, 1.0) << "the independent optimal extraction should be biased by the overlap";
+  EXPECT_GT(rejected, 400) << "unflagged cosmic rays on the fibers should be rejected";
+  EXPECT_LE(nodata, 64);
+}
+
+TEST(JointExtraction, EqualsOptimalExtractionWhereProfilesDoNotOverlap) {
+  Scene sc(512, 80);
+  StarSpec a, b;
+  a.y0 = 20.0, b.y0 = 55.0, b.flux = 800.0;
+  sc.add_star(a).add_star(b);
+  const TraceSet ts = sc.traces();
+  ExtractConfig co = base_config(ExtractMethod::Optimal, sc.read_noise), cj = co;
+  cj.method = ExtractMethod::Joint;
+  ASSERT_FALSE(apertures_overlap(ts, co));
+  std::mt19937_64 rng(5);
+  const Image im = sc.realise(rng);
+  const SpectrumSet so = extract_spectra(im, ts, nullptr, co), sj = extract_spectra(im, ts, nullptr, cj);
+  EXPECT_EQ(so.header.get_string("EXTMETH").value_or(""), "optimal") << "deblend auto: no overlap, no joint fit";
+  for (Eigen::Index ap = 0; ap < 2; ++ap)
+    for (long x = 0; x < sc.nx; ++x) {
+      ASSERT_NEAR(sj.flux(ap, x), so.flux(ap, x), 1e-4 * std::sqrt(so.variance(ap, x))) << ap << " " << x;
+      ASSERT_NEAR(sj.variance(ap, x), so.variance(ap, x), 1e-4 * so.variance(ap, x)) << ap << " " << x;
+    }
+}
+
+TEST(JointExtraction, NeedsNoLocalSkyAndTheGaussianProfile) {
+  Scene sc = overlapping_fibers(64);
+  sc.add_sky(50.0, 0.0);
+  const TraceSet ts = sc.traces();
+  std::mt19937_64 rng(3);
+  const Image im = sc.realise(rng);
+  ExtractConfig c = base_config(ExtractMethod::Joint, sc.read_noise);
+  const SkyModel sky = fit_slit_sky(im, ts, SkyConfig{}, c.read_noise);
+  EXPECT_THROW(extract_spectra(im, ts, &sky, c), ConfigError);
+  c.profile = ProfileSource::Data;
+  EXPECT_THROW(extract_spectra(im, ts, nullptr, c), ConfigError);
+  EXPECT_EQ(extract_method_from_string("joint"), ExtractMethod::Joint);
+  EXPECT_EQ(deblend_from_string("off"), Deblend::Off);
+  EXPECT_THROW(deblend_from_string("maybe"), ConfigError);
+}
+
 // ---------------------------------------------------------------- fiber mode: throughput and master sky
 
 TEST(FiberSky, ThroughputAndMasterSkyFromAlignedSpectra) {

@@ -87,9 +87,24 @@ struct SkyConfig {
 enum class ExtractMethod {
   Boxcar,   ///< sum over a box of ±halfwidth around the centre, fractional pixels at the edges
   Optimal,  ///< Horne (1986) profile-weighted extraction with model variance and outlier rejection
+  /// All apertures of a column at once: a weighted linear least-squares fit of every profile's amplitude
+  /// (the "simultaneous" or "deblended" optimal extraction of fiber spectrographs). Equals Optimal where
+  /// the profiles do not overlap; where they do, each flux is free of its neighbours' wings.
+  Joint,
 };
 std::string to_string(ExtractMethod m);
-ExtractMethod extract_method_from_string(const std::string& s);  ///< "boxcar" | "optimal"
+ExtractMethod extract_method_from_string(const std::string& s);  ///< "boxcar" | "optimal" | "joint"
+
+/// Whether the neighbours' light is modelled when the apertures' profiles overlap (fibers packed closely).
+enum class Deblend {
+  /// On when no local sky model is given (fiber mode) and two apertures' optimal windows
+  /// (±`optimal_halfwidth_sigma` σ) overlap somewhere; off otherwise. The pipeline turns it off in slit mode.
+  Auto,
+  On,   ///< always (needs no local sky model and the Gaussian profile)
+  Off,  ///< never: every aperture is extracted alone, as in slit mode
+};
+std::string to_string(Deblend d);
+Deblend deblend_from_string(const std::string& s);  ///< "auto" | "on" | "off"
 
 /// Where the spatial profile of optimal extraction comes from.
 enum class ProfileSource {
@@ -100,7 +115,10 @@ std::string to_string(ProfileSource p);
 ProfileSource profile_source_from_string(const std::string& s);  ///< "gaussian" | "data"
 
 struct ExtractConfig {
+  /// With deblending on (see `deblend`), Optimal becomes Joint and Boxcar subtracts the neighbours'
+  /// modelled light from its box; Joint always deblends.
   ExtractMethod method = ExtractMethod::Optimal;
+  Deblend deblend = Deblend::Auto;
   /// Boxcar half-width (px); ≤ 0 = `boxcar_halfwidth_sigma` × σ(x).
   double boxcar_halfwidth_px = 0.0;
   /// Boxcar half-width in units of the local σ when `boxcar_halfwidth_px` ≤ 0. Four σ lose 6e-5 of a
@@ -114,8 +132,11 @@ struct ExtractConfig {
   int profile_smooth_px = 81;
   /// Pixels deviating from the profile model by more than this many σ are rejected, worst first.
   double reject_sigma = 5.0;
-  /// At most this many pixels per column are rejected.
+  /// At most this many pixels per column are rejected (joint extraction: per aperture and column).
   int max_reject = 3;
+  /// Joint extraction: a pixel beside a rejected one (same column) that lies this many σ above the model is
+  /// rejected too, the faint end of a cosmic-ray track; ≤ 0 = no growing.
+  double reject_grow_sigma = 2.5;
   /// Fit-and-variance rounds of optimal extraction (the variance depends on the fitted flux).
   int variance_iterations = 3;
   /// A column whose good pixels hold less than this fraction of the profile is NODATA. The profile fit

@@ -16,12 +16,19 @@
 namespace kspecdr::extract {
 
 /// Extracts every trace of `traces` from `image` (e-), subtracting `sky` when it is given (slit mode;
-/// nullptr = no local sky). Per-aperture problems — an unusable trace, a trace off the detector, a fully
+/// nullptr = no local sky). With deblending (ExtractMethod::Joint, Deblend::On, or Deblend::Auto when
+/// `sky` is nullptr and the apertures overlap) all apertures of a column are fitted at once (see
+/// extract/joint.cpp); the header's EXTMETH and DEBLEND say what was done. Joint extraction with a local
+/// sky or a data profile is a ConfigError. Per-aperture problems — an unusable trace, a trace off the detector, a fully
 /// masked aperture, an empty sky window — never stop the others: the affected pixels are NODATA with
 /// infinite variance, and the aperture's diagnostics status carries the DataError message (aperture and
 /// exposure named). Throws DataError only when the image, traces and sky do not fit together.
 SpectrumSet extract_spectra(const Image& image, const TraceSet& traces, const SkyModel* sky,
                             const ExtractConfig& config, const std::string& exposure = "");
+
+/// Whether two usable traces' extraction windows (±max(boxcar, optimal) half-width) overlap in some column,
+/// i.e. whether each aperture alone would count its neighbours' light: the test of Deblend::Auto.
+bool apertures_overlap(const TraceSet& traces, const ExtractConfig& config);
 
 /// Copies per-exposure trace shifts (trace::measure_trace_shifts) into the diagnostics.
 void record_trace_shifts(SpectrumSet& spectra, const std::vector<TraceShift>& shifts);
