@@ -464,7 +464,7 @@ def fig_red(red, name, path):
         ax2.set_ylim(min(0, np.nanmin(sk)), top * 1.3)
     ax2.set_xlabel("wavelength (Å, air)")
     ax2.set_ylabel("sky (e- per pixel)")
-    ax2.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8)
     ax2.set_xlim(lam[0], lam[-1])
     fig.tight_layout()
     fig.savefig(path, dpi=80)
