@@ -2,6 +2,7 @@
 """kspecdr's traces, sky and extraction side by side with specreduce's, on one simulated IM frame.
 
   /usr/bin/python3 scripts/compare_specreduce.py [--build-dir build] [--workdir DIR] [--seed 1] [--repeat 5]
+      [--part all|extraction|wavelength]
 
 Simulates a slit night with `kspecdr simulate`, reduces it to IM with `kspecdr reduce --stage im`, picks the
 middle science frame and runs on it, for every star of the slit:
@@ -16,12 +17,26 @@ middle science frame and runs on it, for every star of the slit:
 Truth comes from the simulator's truth.h5: the trace centre of every star in this exposure and the star's
 electrons per column. Prints one Markdown table (the one in docs/benchmarks.md).
 
+Wavelength calibration (--part wavelength or all): the simulated slit night (the same seed) and a simulated
+fiber night are reduced with `kspecdr reduce --stage red`; their arc solution files (calib/arcsol_*.fits) hold
+the combined arc spectrum of every aperture, kspecdr's solution and its identified lines. specreduce is given,
+per aperture, the same arc spectrum and the same lines (pixel centroid X and list wavelength WAVE of the lines
+kspecdr used) and a polynomial of the same order (kspecdr's ORDER), as Polynomial1D and as Legendre1D on
+[XMIN, XMAX]: `specreduce.wavelength_calibration.WavelengthCalibration1D(...).fitted_model`. specreduce
+1.3.0 (Debian's python3-specreduce) does not have that module (it came with specreduce 1.4); there the script
+does what that class's fitted_model does, an unweighted `LinearLSQFitter(calc_uncertainties=True)` fit of
+the model to (X, WAVE) with astropy.modeling, and says so in the table. Both solutions are scored against
+the simulator's λ(x) of the aperture: the rms over all detector pixels of (solution − truth) / (dλ/dx), in
+px. specreduce's fit is timed with time.perf_counter (median of --repeat runs per aperture); kspecdr writes
+no timing of its arc fit (it is one step of `reduce`), so its fit time is reported as not available.
+
 specreduce 1.3 reports no uncertainty for either extraction, so both are given the honest one: each of its
 extractions is linear in the pixels, flux = sum_i w_i D_i; the weights w_i are rebuilt here (and checked to
 reproduce specreduce's fluxes), and the variance is sum_i w_i^2 V_i plus (sum_i w_i)^2 times the variance of
 the background estimate, with V from the IM's VARIANCE plane.
 """
 import argparse
+import glob
 import os
 import shutil
 import statistics
@@ -214,6 +229,127 @@ def robust_width(p):
     return 1.4826 * np.median(np.abs(p - np.median(p)))
 
 
+# ---------------------------------------------------------------- wavelength calibration
+
+def reduce_to_red(kspecdr, workdir, mode, seed, night, log):
+    """The night reduced with --stage red (reused when a previous run left its arc solution in `workdir`)."""
+    if night is None:
+        night = os.path.join(workdir, f"night-{mode}-seed{seed}")
+        if not os.path.exists(os.path.join(night, "truth.h5")):
+            shutil.rmtree(night, ignore_errors=True)
+            run([kspecdr, "simulate", "--mode", mode, "--out", night, "--seed", str(seed)], log)
+    red = os.path.join(workdir, f"reduced-{mode}-red-seed{seed}")
+    if not glob.glob(os.path.join(red, "calib", "arcsol_*.fits")):
+        run([kspecdr, "reduce", "--raw", os.path.join(night, "raw"), "--instrument", f"sim-{mode}", "--out", red,
+             "--stage", "red", "--overwrite"], log)
+    return night, red
+
+
+def specreduce_fit(kind):
+    """A function (arc spectrum, x, wave, order, xmin, xmax) -> fitted astropy model, and what it runs."""
+    def model_of(order, xmin, xmax):
+        if kind == "Legendre1D":
+            return models.Legendre1D(order, domain=[xmin, xmax])
+        return models.Polynomial1D(order)
+
+    try:
+        from specreduce.wavelength_calibration import WavelengthCalibration1D
+        from astropy.table import QTable
+        from specutils import Spectrum1D
+    except ImportError:
+        def fit(flux, x, wave, order, xmin, xmax):
+            return fitting.LinearLSQFitter(calc_uncertainties=True)(model_of(order, xmin, xmax), x, wave)
+        return fit, (f"astropy LinearLSQFitter + {kind} (what WavelengthCalibration1D.fitted_model runs; "
+                     f"specreduce {specreduce.__version__} has no wavelength_calibration module)")
+
+    def fit(flux, x, wave, order, xmin, xmax):
+        spec = Spectrum1D(flux=flux * u.electron, spectral_axis=np.arange(flux.size) * u.pix)
+        lines = QTable([x * u.pix, wave * u.AA], names=["pixel_center", "wavelength"])
+        return WavelengthCalibration1D(spec, matched_line_list=lines,
+                                       input_model=model_of(order, xmin, xmax)).fitted_model
+    return fit, f"specreduce {specreduce.__version__} WavelengthCalibration1D + {kind}"
+
+
+def compare_wavelength(kspecdr, workdir, slit_night, args, log):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import plot_wavelength as pw
+
+    kinds = ("Polynomial1D", "Legendre1D")
+    fits_ = {k: specreduce_fit(k) for k in kinds}
+    summary = {}
+    for mode in ("slit", "fiber"):
+        night, red = reduce_to_red(kspecdr, workdir, mode, args.seed, slit_night if mode == "slit" else None, log)
+        arcs = sorted(glob.glob(os.path.join(red, "calib", "arcsol_*.fits")))
+        rows = []
+        with h5py.File(os.path.join(night, "truth.h5"), "r") as truth:
+            for path in arcs:
+                arc = pw.read_arc(path)
+                npix = arc["flux"].shape[1]
+                x = np.arange(npix, dtype=float)
+                truths = pw.truth_wavelengths(truth, arc, red, npix)
+                for ap in arc["apertures"]:
+                    if ap["status"] == "failed":
+                        continue
+                    tname, lam = truths[ap["name"]]
+                    disp = np.gradient(lam, x)
+                    ln = pw.lines_of(arc, ap["index"])
+                    used = ln["USED"] == 1
+                    lx, lw = ln["X"][used].astype(float), ln["WAVE"][used].astype(float)
+                    row = dict(mode=mode, name=ap["name"], truth=tname, n=int(used.sum()), order=ap["order"],
+                               status=ap["status"])
+                    err = (pw.wave_of(ap, x) - lam) / disp
+                    row["ks"] = dict(rms=float(np.sqrt(np.mean(err ** 2))), max=float(np.max(np.abs(err))),
+                                     lines=float(np.sqrt(np.mean(ln["RESID_PX"][used] ** 2))), ms=float("nan"))
+                    for k in kinds:
+                        fit, _ = fits_[k]
+                        m, ms = timed(lambda: fit(arc["flux"][ap["index"]], lx, lw, ap["order"], ap["xmin"],
+                                                  ap["xmax"]), args.repeat)
+                        e = (m(x) - lam) / disp
+                        r = (lw - m(lx)) / np.interp(lx, x, disp)
+                        row[k] = dict(rms=float(np.sqrt(np.mean(e ** 2))), max=float(np.max(np.abs(e))),
+                                      lines=float(np.sqrt(np.mean(r ** 2))), ms=ms)
+                    rows.append(row)
+                    print(f"{mode} {ap['name']} = {tname} ({ap['status']}, {row['n']} lines, order {ap['order']}): "
+                          f"solution - truth rms kspecdr {row['ks']['rms']:.4f} px, "
+                          + ", ".join(f"{k} {row[k]['rms']:.4f} px ({row[k]['ms']:.2f} ms)" for k in kinds),
+                          file=sys.stderr)
+        summary[mode] = rows
+
+    print(f"\nwavelength calibration, simulated slit and fiber nights (seed {args.seed}); the same used lines "
+          f"(X, WAVE) and order for every fit; times are medians of {args.repeat} runs")
+    for k in kinds:
+        print(f"specreduce {k}: {fits_[k][1]}")
+    cols = [("ks", "kspecdr"), ("Polynomial1D", "specreduce Polynomial1D"), ("Legendre1D", "specreduce Legendre1D")]
+    print("\n| | " + " | ".join(f"{mode}: {c}" for mode in summary for _, c in cols) + " |")
+    print("|---|" + "---:|" * (len(cols) * len(summary)))
+
+    def cell(mode, key, f):
+        return [f(summary[mode], key) for key, _ in cols]
+
+    table = [
+        ("apertures", lambda rs, k: f"{len(rs)}"),
+        ("lines used per aperture (median)", lambda rs, k: f"{np.median([r['n'] for r in rs]):.0f}"),
+        ("rms of the line residuals (px, median over apertures)",
+         lambda rs, k: f"{np.median([r[k]['lines'] for r in rs]):.4f}"),
+        ("solution − truth, rms over the detector (px, median over apertures)",
+         lambda rs, k: f"{np.median([r[k]['rms'] for r in rs]):.4f}"),
+        ("solution − truth, rms over the detector (px, worst aperture)",
+         lambda rs, k: f"{np.max([r[k]['rms'] for r in rs]):.4f}"),
+        ("solution − truth, largest absolute error (px)", lambda rs, k: f"{np.max([r[k]['max'] for r in rs]):.4f}"),
+        ("fit time per aperture (ms, median)",
+         lambda rs, k: "n/a ᵃ" if k == "ks" else f"{np.median([r[k]['ms'] for r in rs]):.2f}"),
+    ]
+    for label, f in table:
+        print(f"| {label} | " + " | ".join(c for mode in summary for c in cell(mode, None, f)) + " |")
+    print("\nᵃ kspecdr writes no timing of its arc fit (it is one step of `reduce`, with peak finding and "
+          "identification)")
+    print("\nper aperture, slit: solution − truth rms (px)\n")
+    print("| aperture | truth | lines | " + " | ".join(c for _, c in cols) + " |")
+    print("|---|---|---:|" + "---:|" * len(cols))
+    for r in summary.get("slit", []):
+        print(f"| {r['name']} | {r['truth']} | {r['n']} | " + " | ".join(f"{r[k]['rms']:.4f}" for k, _ in cols) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build-dir", default=os.path.join(REPO, "build"), help="folder holding the kspecdr program")
@@ -221,6 +357,8 @@ def main():
                     help="folder for the simulated night, its IM files and the EX files (reused when present)")
     ap.add_argument("--seed", type=int, default=1, help="simulator seed")
     ap.add_argument("--repeat", type=int, default=5, help="timed repetitions of every step (the median is shown)")
+    ap.add_argument("--part", choices=("all", "extraction", "wavelength"), default="all",
+                    help="which comparison to run (default: both)")
     args = ap.parse_args()
 
     kspecdr = os.path.join(os.path.abspath(args.build_dir), "kspecdr")
@@ -230,6 +368,14 @@ def main():
     os.makedirs(workdir, exist_ok=True)
     log = os.path.join(workdir, "commands.log")
     night, red = prepare_night(kspecdr, workdir, args.seed, log)
+    if args.part in ("all", "extraction"):
+        compare_extraction(kspecdr, workdir, night, red, args, log)
+    if args.part in ("all", "wavelength"):
+        compare_wavelength(kspecdr, workdir, night, args, log)
+    print(f"\nload average while running: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+
+
+def compare_extraction(kspecdr, workdir, night, red, args, log):
 
     with h5py.File(os.path.join(night, "truth.h5"), "r") as truth:
         frame = pick_frame(truth, os.path.join(red, "im"))
@@ -348,7 +494,6 @@ def main():
         print(f"| {label} | " + " | ".join(fmt.format(stats[c][key]) for c, _ in cols) + " |")
     speed = [stats[sr]["t_total"] / stats[k]["t_total"] for k, sr in (("ks_opt", "sr_horne"), ("ks_box", "sr_box"))]
     print(f"| speed-up of kspecdr (total) | {speed[0]:.0f}x | | {speed[1]:.0f}x | |")
-    print(f"\nload average while running: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
