@@ -3,9 +3,14 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <Eigen/Cholesky>
+
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/core/version.hpp"
@@ -407,59 +412,203 @@ MasterDark read_master_dark(const fs::path& path) {
 
 // ------------------------------------------------------------------ flat
 
-ImageArray flat_large_scale_model(const ImageArray& combined, double bin_px) {
-  const Eigen::Index ny = combined.rows(), nx = combined.cols();
-  ImageArray model(ny, nx);
-  const Eigen::Index nb = std::max<Eigen::Index>(1, static_cast<Eigen::Index>(std::lround(static_cast<double>(nx) / std::max(2.0, bin_px))));
-  std::vector<double> xc, vc, vals;
-  for (Eigen::Index y = 0; y < ny; ++y) {
-    xc.clear();
-    vc.clear();
-    for (Eigen::Index b = 0; b < nb; ++b) {
-      const Eigen::Index x0 = b * nx / nb, x1 = (b + 1) * nx / nb;
-      vals.clear();
-      for (Eigen::Index x = x0; x < x1; ++x)
-        if (std::isfinite(combined(y, x))) vals.push_back(combined(y, x));
-      if (vals.size() < 3) continue;
-      ClippedStats st = clipped_stats(vals, 3.0, 5);
-      xc.push_back(0.5 * static_cast<double>(x0 + x1 - 1));
-      vc.push_back(st.mean);
-    }
-    const std::size_t k = xc.size();
-    if (k == 0) {
-      model.row(y).setZero();
-      continue;
-    }
-    if (k == 1) {
-      model.row(y).setConstant(static_cast<float>(vc[0]));
-      continue;
-    }
-    // Cubic Hermite with finite-difference (Catmull-Rom) tangents: local, no overshoot of
-    // the knots' trend on scales wider than a bin, linear beyond the end knots.
-    std::vector<double> m(k);
-    for (std::size_t j = 0; j < k; ++j) {
-      const std::size_t a = j == 0 ? 0 : j - 1, b = j + 1 == k ? j : j + 1;
-      m[j] = (vc[b] - vc[a]) / (xc[b] - xc[a]);
-    }
-    std::size_t j = 0;
-    for (Eigen::Index x = 0; x < nx; ++x) {
-      const double xd = static_cast<double>(x);
-      double v;
-      if (xd <= xc.front()) {
-        v = vc.front() + m.front() * (xd - xc.front());
-      } else if (xd >= xc.back()) {
-        v = vc.back() + m.back() * (xd - xc.back());
-      } else {
-        while (xc[j + 1] < xd) ++j;
-        const double hgt = xc[j + 1] - xc[j], t = (xd - xc[j]) / hgt;
-        const double t2 = t * t, t3 = t2 * t;
-        v = (2 * t3 - 3 * t2 + 1) * vc[j] + (t3 - 2 * t2 + t) * hgt * m[j] + (-2 * t3 + 3 * t2) * vc[j + 1] +
-            (t3 - t2) * hgt * m[j + 1];
-      }
-      model(y, x) = static_cast<float>(v);
+namespace {
+
+/// Degree of the local polynomial of the flat model along x.
+constexpr int kFlatDegree = 4;
+constexpr int kNc = kFlatDegree + 1;      ///< coefficients
+constexpr int kNm = 2 * kFlatDegree + 1;  ///< moments of the normal matrix
+
+/// Running sums over the window of one row about the current centre x, for the local polynomial
+/// fit: g u^j (j < kNm), g c u^j (j < kNc) and g v u^j (j < kNm), where u = (k - x) / h is the
+/// column offset from the centre in units of the half-width h, g = 1 for pixels that take part in
+/// the fit (0 otherwise), c the combined flat and v its variance.
+struct WindowSums {
+  std::array<double, kNm> m{}, vv{};
+  std::array<double, kNc> c{};
+
+  void add(double u, double cv, double var, double sign) {
+    double p = sign;
+    for (int j = 0; j < kNm; ++j) {
+      const auto js = static_cast<std::size_t>(j);
+      m[js] += p;
+      vv[js] += p * var;
+      if (j < kNc) c[js] += p * cv;
+      p *= u;
     }
   }
-  return model;
+  /// Moves the centre by d in u: every sum of u^j becomes the sum of (u - d)^j (binomial expansion).
+  template <std::size_t N>
+  static void shift(std::array<double, N>& s, double d) {
+    std::array<double, N> out{};
+    for (std::size_t j = 0; j < N; ++j) {
+      // (u - d)^j = sum_i binom(j, i) u^i (-d)^(j - i)
+      double binom = 1.0, pw = 1.0;  // binom(j, j), (-d)^0
+      for (std::size_t i = j + 1; i-- > 0;) {
+        out[j] += binom * pw * s[i];
+        binom = binom * static_cast<double>(i) / static_cast<double>(j - i + 1);
+        pw *= -d;
+      }
+    }
+    s = out;
+  }
+  void shift(double d) {
+    shift(m, d);
+    shift(vv, d);
+    shift(c, d);
+  }
+};
+
+}  // namespace
+
+FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& variance, double window_px,
+                                 double clip_sigma) {
+  const Eigen::Index ny = combined.rows(), nx = combined.cols();
+  if (variance.rows() != ny || variance.cols() != nx)
+    throw DataError("flat model: combined flat and its variance differ in shape");
+  FlatModel fm;
+  fm.model.resize(ny, nx);
+  fm.noise_variance.resize(ny, nx);
+  fm.weight_sq.resize(ny, nx);
+  fm.self_weight.resize(ny, nx);
+  // Half-width of the window: at least kFlatDegree + 1 (twice as many points as coefficients), at
+  // most what the row holds.
+  const Eigen::Index h = std::max<Eigen::Index>(
+      kFlatDegree + 1,
+      std::min<Eigen::Index>(static_cast<Eigen::Index>(std::lround(0.5 * (window_px - 1.0))), (nx - 1) / 2));
+  const double inv_h = 1.0 / static_cast<double>(h);
+  // Pixels that take part: finite value and variance. `use` is cleared for clipped pixels.
+  std::vector<std::uint8_t> use(static_cast<std::size_t>(ny * nx));
+  for (Eigen::Index i = 0; i < combined.size(); ++i)
+    use[static_cast<std::size_t>(i)] = std::isfinite(combined(i)) && std::isfinite(variance(i)) && variance(i) >= 0.0f;
+
+  // One local polynomial fit of every pixel of every row with the current `use`.
+  auto fit = [&] {
+    using Mat = Eigen::Matrix<double, kNc, kNc>;
+    using Vec = Eigen::Matrix<double, kNc, 1>;
+    Mat normal;
+    std::vector<Vec> full_coeffs(static_cast<std::size_t>(2 * h + 1));
+    std::vector<std::uint8_t> have_full(full_coeffs.size(), 0);
+    for (Eigen::Index y = 0; y < ny; ++y) {
+      const float* cr = combined.data() + y * nx;
+      const float* vr = variance.data() + y * nx;
+      const std::uint8_t* ur = use.data() + y * nx;
+      // The window [lo, lo + 2h], centred on x, shifted inwards at the row ends.
+      auto window_lo = [&](Eigen::Index x) {
+        return std::clamp<Eigen::Index>(x - h, 0, std::max<Eigen::Index>(0, nx - 1 - 2 * h));
+      };
+      auto add = [&](WindowSums& s, Eigen::Index k, Eigen::Index x, double sign) {
+        if (ur[k]) s.add(static_cast<double>(k - x) * inv_h, cr[k], vr[k], sign);
+      };
+      WindowSums s;
+      Eigen::Index lo = 0, hi = -1;
+      for (Eigen::Index x = 0; x < nx; ++x) {
+        // Rebuilt from scratch every 64 columns so that rounding in the shifted sums cannot grow.
+        if (x % 64 == 0) {
+          s = WindowSums{};
+          lo = window_lo(x);
+          hi = std::min(nx - 1, lo + 2 * h);
+          for (Eigen::Index k = lo; k <= hi; ++k) add(s, k, x, 1.0);
+        } else {
+          s.shift(inv_h);
+          const Eigen::Index nlo = window_lo(x), nhi = std::min(nx - 1, nlo + 2 * h);
+          for (; lo < nlo; ++lo) add(s, lo, x, -1.0);
+          while (hi < nhi) add(s, ++hi, x, 1.0);
+        }
+        // Value at u = 0 of the least-squares polynomial: a . c with a = N^-1 e0, N the moment
+        // (Hankel) matrix. The fit is linear in the pixels with weights w(u) = sum_j a_j u^j,
+        // whose squares, summed against the variances, give the model's variance.
+        const auto& mm = s.m;
+        const std::size_t i = static_cast<std::size_t>(y * nx + x);
+        if (mm[0] < 0.5) {
+          // No usable pixel in the window: a model of 0 puts the pixel outside the footprint.
+          fm.model(y, x) = 0.0f;
+          fm.noise_variance(y, x) = fm.weight_sq(y, x) = fm.self_weight(y, x) = 0.0f;
+          continue;
+        }
+        Vec a = Vec::Zero();
+        bool solved = false;
+        // With every pixel of the window in use the coefficients depend only on where x lies in
+        // the window: computed once per position (the Savitzky-Golay weights).
+        const bool full = mm[0] == static_cast<double>(hi - lo + 1) && hi - lo == 2 * h;
+        const auto pos = static_cast<std::size_t>(x - lo);
+        if (full && have_full[pos]) {
+          a = full_coeffs[pos];
+          solved = true;
+        } else if (mm[0] >= 2.0 * kNc) {
+          // At least twice as many pixels as coefficients; the polynomial is dropped to the
+          // window mean when the pixels are too few or too lopsided for a well-conditioned fit.
+          for (int r = 0; r < kNc; ++r)
+            for (int q = 0; q < kNc; ++q) normal(r, q) = mm[static_cast<std::size_t>(r + q)];
+          Eigen::LDLT<Mat> ldlt(normal);
+          if (ldlt.info() == Eigen::Success && ldlt.isPositive() && ldlt.rcond() > 1e-10) {
+            a = ldlt.solve(Vec::Unit(0));
+            solved = a.allFinite();
+            if (solved && full) {
+              full_coeffs[pos] = a;
+              have_full[pos] = 1;
+            }
+          }
+        }
+        if (!solved) {
+          a.setZero();
+          a(0) = 1.0 / mm[0];
+        }
+        double value = 0, nvar = 0, wsq = 0;
+        for (int r = 0; r < kNc; ++r) {
+          value += a(r) * s.c[static_cast<std::size_t>(r)];
+          for (int q = 0; q < kNc; ++q) {
+            nvar += a(r) * a(q) * s.vv[static_cast<std::size_t>(r + q)];
+            wsq += a(r) * a(q) * mm[static_cast<std::size_t>(r + q)];
+          }
+        }
+        fm.model(y, x) = static_cast<float>(value);
+        fm.noise_variance(y, x) = static_cast<float>(std::max(0.0, nvar));
+        fm.weight_sq(y, x) = static_cast<float>(std::max(0.0, wsq));
+        fm.self_weight(y, x) = use[i] ? static_cast<float>(a(0)) : 0.0f;
+      }
+    }
+  };
+
+  // Pixel-to-pixel response scatter s^2 from the residuals of bright pixels (model above half the
+  // brightest model value of its row): r = c/m - 1 has variance (v/m^2 + s^2)(1 - w0) for a
+  // linear smoother that includes the pixel with weight w0. Robustly: the squared normalised MAD
+  // of r (dead and hot pixels, residual cosmic rays do not move it) less the median noise term.
+  auto response_variance = [&] {
+    std::vector<double> r, noise, w0s;
+    for (Eigen::Index y = 0; y < ny; ++y) {
+      float rowmax = 0.0f;
+      for (Eigen::Index x = 0; x < nx; ++x)
+        if (std::isfinite(fm.model(y, x))) rowmax = std::max(rowmax, fm.model(y, x));
+      for (Eigen::Index x = 0; x < nx; ++x) {
+        const float m = fm.model(y, x);
+        if (!use[static_cast<std::size_t>(y * nx + x)] || !(m > 0.5f * rowmax) || !(m > 0.0f)) continue;
+        r.push_back(std::abs(combined(y, x) / m - 1.0));
+        noise.push_back(variance(y, x) / (static_cast<double>(m) * m));
+        w0s.push_back(fm.self_weight(y, x));
+      }
+    }
+    if (r.size() < 10) return 0.0;
+    const double sig = 1.4826 * median_inplace(r);
+    const double w0 = std::clamp(median_inplace(w0s), 0.0, 0.5);
+    return std::max(0.0, sig * sig / (1.0 - w0) - median_inplace(noise));
+  };
+
+  fit();
+  fm.response_variance = response_variance();
+  // Two rounds of clipping against the noise of each pixel (Poisson and read noise from the
+  // variance, response scatter from s^2), each followed by a new fit; a clipped pixel may come
+  // back when the refit model moves towards it.
+  for (int round = 0; round < 2; ++round) {
+    for (Eigen::Index i = 0; i < combined.size(); ++i) {
+      const double c = combined(i), v = variance(i), m = fm.model(i);
+      if (!std::isfinite(c) || !std::isfinite(v) || v < 0.0) continue;
+      const double sigma = std::sqrt(v + m * m * fm.response_variance);
+      use[static_cast<std::size_t>(i)] = std::abs(c - m) <= clip_sigma * sigma;
+    }
+    fit();
+  }
+  return fm;
 }
 
 MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const InstrumentProfile& profile,
@@ -517,7 +666,12 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
   mf.nframes = static_cast<int>(nf);
   mf.inputs = s.names;
   mf.calhash = calibration_hash(flat_files, flat_config_text(profile, cfg, bias, dark));
-  mf.illumination = flat_large_scale_model(comb, cfg.flat_smooth_px);
+  // Pixels the combine could not use have no value: NaN keeps them out of the model.
+  ImageArray comb_fit = comb;
+  for (Eigen::Index i = 0; i < comb.size(); ++i)
+    if (c.used(i) == 0) comb_fit(i) = std::numeric_limits<float>::quiet_NaN();
+  FlatModel fm = flat_large_scale_model(comb_fit, var_comb, cfg.flat_smooth_px);
+  mf.illumination = fm.model;
   const ImageArray local_max = running_max_rows(mf.illumination, cfg.illumination_halfwindow);
   Image& pf = mf.pixel_flat;
   pf.data.resize(ny, nx);
@@ -540,9 +694,18 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
       pf.mask(i) = kMaskBad;
       continue;
     }
+    // p = c0 / m with m = sum_k w_k c_k. To first order the error of p is
+    //   (1 - p w0) n0 / m  -  p sum_{k != 0} w_k n_k / m  -  p sum_k w_k (S_k - 1),
+    // with n_k the noise of pixel k and S_k its response: the pixel's own noise (partly cancelled
+    // because it is in its own model), the noise of the others in the window, and the response
+    // averaged by the model, whose scatter about the detector-wide mean 1 is s^2 sum_k w_k^2.
     const double p = comb(i) / mdl;
+    const double v0 = var_comb(i), w0 = fm.self_weight(i);
+    const double others = std::max(0.0, static_cast<double>(fm.noise_variance(i)) - w0 * w0 * v0);
+    const double var_p = ((1.0 - p * w0) * (1.0 - p * w0) * v0 + p * p * others) / (mdl * mdl) +
+                         p * p * fm.response_variance * fm.weight_sq(i);
     pf.data(i) = static_cast<float>(p);
-    pf.variance(i) = static_cast<float>(var_comb(i) / (mdl * mdl));
+    pf.variance(i) = static_cast<float>(var_p);
     if (p < cfg.low_flat_threshold) {
       pf.mask(i) |= kMaskLowFlat;
       ++nlow;
@@ -551,12 +714,15 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
       ++nhigh;
     }
   }
-  spdlog::info("master flat: {} frames, {:.1f} % of pixels illuminated, {} low and {} high pixel-flat values", nf,
-               100.0 * static_cast<double>(nlit) / static_cast<double>(comb.size()), nlow, nhigh);
+  spdlog::info("master flat: {} frames, {:.1f} % of pixels illuminated, {} low and {} high pixel-flat values, "
+               "response rms {:.4f}",
+               nf, 100.0 * static_cast<double>(nlit) / static_cast<double>(comb.size()), nlow, nhigh,
+               std::sqrt(fm.response_variance));
   pf.unit = "";
   provenance(pf.header, "FLAT", mf.calhash, mf.nframes, mf.inputs);
   pf.header.set("COMBINE", to_string(cfg.flat_combine), "per-pixel combination");
-  pf.header.set("FLATSMTH", cfg.flat_smooth_px, "[px] bin width of the large-scale model along x");
+  pf.header.set("FLATSMTH", cfg.flat_smooth_px, "[px] window of the local quadratic model along x");
+  pf.header.set("FLATRESP", std::sqrt(fm.response_variance), "pixel-to-pixel response rms from the flat");
   pf.header.set("ILLUMTHR", cfg.illumination_threshold, "illuminated: model above this fraction of local max");
   pf.header.set("LOWFLAT", cfg.low_flat_threshold, "pixel flat below this: LOWFLAT mask bit");
   pf.header.set("BIASCORR", sub_bias ? std::string("MASTER") : std::string("OVERSCAN"), "bias used for the flats");

@@ -480,6 +480,47 @@ TEST(DetectorMasters, PixelFlatRecoveredWithinItsNoiseAndIlluminationMasked) {
   EXPECT_NEAR(st.stddev, 1.0, 0.05);
 }
 
+// Narrow fiber profiles (sigma 1.3 px) on traces that drift by 12 px across 1024 columns, with a
+// curvature: along a detector row the light rises and falls over ~100 columns. The model must
+// follow that within its own stated noise (Poisson of the window plus the response averaged by
+// the window), as measured against the noiseless illumination times the true response.
+TEST(DetectorMasters, FlatModelFollowsCurvedNarrowFiberTraces) {
+  constexpr Eigen::Index ny = 120, nx = 1024;
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> g;
+  ImageArray illum = ImageArray::Zero(ny, nx), resp(ny, nx), comb(ny, nx), var(ny, nx);
+  for (Eigen::Index y = 0; y < ny; ++y)
+    for (Eigen::Index x = 0; x < nx; ++x) {
+      const double u = (static_cast<double>(x) - 511.5) / 512.0;
+      double v = 0;
+      for (int f = 0; f < 10; ++f) {
+        const double dy = static_cast<double>(y) - (12.0 + 10.0 * f + 3.0 * u + 9.0 * u * u);
+        v += std::exp(-0.5 * dy * dy / 1.69);
+      }
+      illum(y, x) = static_cast<float>(v * (1.0 + 0.3 * u));
+      resp(y, x) = static_cast<float>(1.0 + 0.01 * g(rng));
+    }
+  constexpr double kPeakE = 60000.0;  // electrons at the brightest pixel of the stack
+  for (Eigen::Index i = 0; i < comb.size(); ++i) {
+    const double e = kPeakE * illum(i) * resp(i) + 25.0;  // light and read noise (5 e-)
+    comb(i) = static_cast<float>((kPeakE * illum(i) * resp(i) + std::sqrt(e) * g(rng)) / kPeakE);
+    var(i) = static_cast<float>(e / (kPeakE * kPeakE));
+  }
+  const FlatModel fm = flat_large_scale_model(comb, var, 64.0);
+  EXPECT_NEAR(std::sqrt(fm.response_variance), 0.01, 0.001);
+  std::vector<double> pulls;
+  for (Eigen::Index i = 0; i < comb.size(); ++i) {
+    if (illum(i) < 0.3) continue;
+    const double m = fm.model(i), truth = illum(i);
+    pulls.push_back((m - truth) / std::sqrt(fm.noise_variance(i) + truth * truth * fm.response_variance * fm.weight_sq(i)));
+  }
+  const auto st = kt::pull_stats(pulls);
+  std::cout << "flat model on curved fiber traces: pulls mean " << st.mean << " width " << st.stddev << " over " << st.n
+            << " pixels\n";
+  EXPECT_LT(std::abs(st.mean), 0.1);
+  EXPECT_NEAR(st.stddev, 1.0, 0.1);
+}
+
 TEST(DetectorMasters, ProductsRoundTripThroughFitsAndCarryTheirHash) {
   auto& n = night();
   DetectorConfig cfg;

@@ -39,9 +39,10 @@ struct DetectorConfig {
   bool mask_saturated = true;
 
   // ---- master flat
-  /// Width (pixels along the dispersion axis) of the bins whose clipped means, joined by a
-  /// cubic curve, model the large-scale flat (lamp spectrum x slit/fiber illumination). Must
-  /// be wider than pixel-to-pixel structure and narrower than lamp-spectrum features.
+  /// Window (pixels along the dispersion axis) of the local quartic that models the large-scale
+  /// flat (lamp spectrum x slit/fiber illumination) row by row. Must be wider than pixel-to-pixel
+  /// structure and short enough that a tilted or curved trace moves by less than about its
+  /// profile width over half the window.
   double flat_smooth_px = 64.0;
   /// A pixel is illuminated when the large-scale model exceeds this fraction of the local
   /// maximum of the model along the spatial axis (fiber gaps and outside-slit pixels are not).

@@ -79,14 +79,34 @@ MasterDark build_master_dark(const std::vector<std::filesystem::path>& dark_file
                              const MasterBias* bias, const DetectorConfig& cfg);
 
 /// Master flat: bias-subtracted flats, each normalised by its median over illuminated pixels,
-/// combined; each row then modelled along x (dispersion) by clipped bin means joined by a cubic
-/// curve; pixel flat = combined / model where the model is above the illumination threshold.
+/// combined; each row then modelled along x (dispersion) by a clipped local quadratic fit in a
+/// window of cfg.flat_smooth_px columns; pixel flat = combined / model where the model is above
+/// the illumination threshold, with a variance that includes the model's own.
 MasterFlat build_master_flat(const std::vector<std::filesystem::path>& flat_files, const InstrumentProfile& profile,
                              const MasterBias* bias, const MasterDark* dark, const DetectorConfig& cfg);
 
-/// The large-scale model of a combined flat (exposed for tests): per row, clipped means in bins
-/// of `bin_px` along x joined by a Catmull-Rom cubic.
-ImageArray flat_large_scale_model(const ImageArray& combined, double bin_px);
+/// The large-scale model of a combined, normalised flat and what is needed for its noise.
+struct FlatModel {
+  ImageArray model;           ///< smooth model (lamp spectrum x slit/fiber profile), flat units
+  ImageArray noise_variance;  ///< sum_k w_k^2 v_k: variance of the model from the noise of its pixels
+  ImageArray weight_sq;       ///< sum_k w_k^2 over the pixels of the fit (1 / effective pixel count)
+  ImageArray self_weight;     ///< w_0, the weight of the pixel's own value in its model (0 if clipped)
+  /// Pixel-to-pixel variance of the detector response estimated from the residuals (relative
+  /// units): the model averages the response over its window, so its own value scatters by
+  /// response_variance * weight_sq about the truth.
+  double response_variance = 0.0;
+};
+
+/// The large-scale model of a combined flat (exposed for tests). For every pixel, a quadratic in
+/// x fitted by least squares to the pixels of its row within a window of `window_px` columns
+/// centred on it (shifted inwards at the row ends) and evaluated at the pixel: a Savitzky-Golay
+/// smoother along the dispersion axis. Unlike a model that is constant over a wider bin it
+/// follows a curved or tilted fiber profile as the trace drifts across the row, as long as the
+/// trace moves by less than about its width over the window. Pixels off the model by more than
+/// `clip_sigma` times their noise (variance plus response scatter) are left out of the fit (two
+/// rounds). `variance` is the variance of `combined`; non-finite pixels take no part.
+FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& variance, double window_px,
+                                 double clip_sigma = 4.0);
 
 /// Read noise per amplifier from pair differences of bias frames (e-), with its uncertainty:
 /// disjoint pairs (0,1), (2,3) ...; each pair gives the clipped standard deviation of the
