@@ -336,9 +336,7 @@ TEST_F(RedRecoverySlit, RedFluxPullsAgainstTheResampledTruth) {
   EXPECT_NEAR(p.stddev, 1.0, 0.05);
 }
 
-// Known shortfall (the extraction issue): each fiber is extracted alone, so a bright neighbour's wings in a
-// fiber's aperture count as its light; program fibers come out high (pull mean +0.21, width 1.11).
-TEST_F(RedRecoveryFiber, DISABLED_RedFluxPullsAgainstTheResampledTruth) {
+TEST_F(RedRecoveryFiber, RedFluxPullsAgainstTheResampledTruth) {
   for (char type : {aperture_type::kProgram, aperture_type::kStandard}) {
     const auto p = red_flux_pulls(*night_, type);
     std::cout << "fiber RED flux, type " << type << ": " << p.n << " pixels, pull mean " << p.mean << ", width "
