@@ -109,6 +109,51 @@ std::string fnv1a_hex(const std::string& text) {
   return fmt::format("{:016x}", h);
 }
 
+/// True when `path` is a complete output of this configuration: every HDU's CHECKSUM/DATASUM verifies and
+/// the primary header's CFGHASH is `config_hash`. Otherwise false, with the reason in `why` (a file cut short
+/// by a kill, a file of another configuration, an unreadable file).
+bool output_is_current(const fs::path& path, const std::string& config_hash, std::string& why) {
+  try {
+    auto f = fits::Fits::open(path);
+    if (!f.verify_checksums()) {
+      why = "its checksums do not verify (written incompletely?)";
+      return false;
+    }
+    f.move_to(0);
+    const std::string h = f.read_header().get_string("CFGHASH").value_or("");
+    if (h != config_hash) {
+      why = fmt::format("it was made with another configuration (CFGHASH {} instead of {})", h.empty() ? "none" : h,
+                        config_hash);
+      return false;
+    }
+    return true;
+  } catch (const std::exception& e) {
+    why = std::string("it cannot be read: ") + e.what();
+    return false;
+  }
+}
+
+/// Whether to skip an existing output: kept when current (and --overwrite is not given), redone otherwise.
+bool keep_existing(const ReduceConfig& cfg, const fs::path& out, const std::string& config_hash,
+                   const std::string& exposure) {
+  if (!fs::exists(out) || cfg.overwrite) return false;
+  std::string why;
+  if (output_is_current(out, config_hash, why)) return true;
+  spdlog::warn("{}: {} exists but {}; redoing it", exposure, out.string(), why);
+  return false;
+}
+
+/// The configuration text whose hash names the outputs' provenance: the resolved configuration without
+/// the options that choose how far and how a run goes rather than what it computes.
+std::string provenance_text(const std::string& resolved) {
+  std::istringstream is(resolved);
+  std::string out, line;
+  while (std::getline(is, line))
+    if (line.rfind("stage =", 0) != 0 && line.rfind("overwrite =", 0) != 0 && line.rfind("night =", 0) != 0)
+      out += line + "\n";
+  return out;
+}
+
 std::string utc_now() {
   std::time_t t = std::time(nullptr);
   std::tm tm{};
@@ -267,7 +312,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
       const PlannedFrame& p = *usable[i];
       const fs::path out = exdir / (p.name + ".ex.fits");
       did = 1;
-      if (fs::exists(out) && !cfg.overwrite) {
+      if (keep_existing(cfg, out, config_hash, p.name)) {
         ++summary.skipped;
       } else {
         try {
@@ -283,7 +328,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
           s.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
           s.header.set("DATE", utc_now(), "UTC time this file was written");
           s.header.set("TRACESET", key, "object whose master traces were used ('' = fiber mode)");
-          extract::write_ex_file(out, s, cfg.overwrite);
+          extract::write_ex_file(out, s, true);
           ++summary.done;
         } catch (const std::exception& e) {
           spdlog::error("{} extraction failed: {}", p.name, e.what());
@@ -420,7 +465,7 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
         const PlannedFrame& p = *frames[i];
         const fs::path out = reddir / (p.name + ".red.fits");
         did = 1;
-        if (fs::exists(out) && !cfg.overwrite) {
+        if (keep_existing(cfg, out, config_hash, p.name)) {
           ++summary.skipped;
         } else {
           try {
@@ -429,7 +474,7 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
             wavecal::RedSpectra red = reduce_exposure_red(ex, ctx, profile, cfg.red, p.name, true);
             red.spectra.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
             red.spectra.header.set("DATE", utc_now(), "UTC time this file was written");
-            wavecal::write_red_file(out, red, cfg.overwrite);
+            wavecal::write_red_file(out, red, true);
             ++summary.done;
           } catch (const std::exception& e) {
             spdlog::error("{} wavelength calibration failed: {}", p.name, e.what());
@@ -459,7 +504,7 @@ std::string night_name(const ReduceConfig& cfg) {
 
 ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   ReduceSummary summary;
-  const std::string config_hash = fnv1a_hex(cfg.resolved_config);
+  const std::string config_hash = fnv1a_hex(provenance_text(cfg.resolved_config));
   // Every rank loads the profile (a small file): identical and cheap, and a bad profile fails
   // alike everywhere before any collective.
   InstrumentProfile profile = load_instrument(cfg.instrument);
@@ -473,6 +518,17 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       throw ConfigError(fmt::format("no readable FITS frames in {} ({} unreadable)", cfg.raw_dir.string(),
                                     log.unreadable.size()),
                         ErrorContext{.file = cfg.raw_dir.string()});
+    // Temporary files of a run that was killed before it could rename them: never outputs, removed.
+    std::size_t stale = 0;
+    for (const fs::path& d : {cfg.out_dir, calib, imdir, exdir, reddir}) {
+      if (!fs::is_directory(d)) continue;
+      for (const auto& e : fs::directory_iterator(d))
+        if (e.path().filename().string().rfind(".tmp-", 0) == 0 && e.is_regular_file()) {
+          std::error_code ec;
+          if (fs::remove(e.path(), ec)) ++stale;
+        }
+    }
+    if (stale) spdlog::info("removed {} temporary file(s) left by an interrupted run", stale);
     fs::create_directories(calib);
     fs::create_directories(imdir);
     if (cfg.stage == ReduceStage::Ex || cfg.stage == ReduceStage::Red) fs::create_directories(exdir);
@@ -581,8 +637,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
         const PlannedFrame& p = *work[i];
         const fs::path out = imdir / (p.name + ".im.fits");
         did = 1;
-        if (fs::exists(out) && !cfg.overwrite) {
-          spdlog::info("{}: {} exists; kept (pass --overwrite to redo it)", p.name, out.string());
+        if (keep_existing(cfg, out, config_hash, p.name)) {
+          spdlog::info("{}: {} exists and is current; kept (pass --overwrite to redo it)", p.name, out.string());
           ++summary.skipped;
         } else {
           try {
@@ -594,7 +650,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
             im.header.set("SETUP", setup, "setup key");
             im.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
             im.header.set("DATE", utc_now(), "UTC time this file was written");
-            detector::write_im(out, im, cfg.overwrite);
+            detector::write_im(out, im, true);
             ++summary.done;
             spdlog::debug("{} -> {}", p.name, out.string());
           } catch (const std::exception& e) {
