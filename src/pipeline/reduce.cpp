@@ -24,6 +24,7 @@
 #include "kspecdr/extract/extract.hpp"
 #include "kspecdr/pipeline/obslog.hpp"
 #include "kspecdr/pipeline/red_stage.hpp"
+#include "kspecdr/pipeline/diagnostics.hpp"
 #include "kspecdr/series/rainbow.hpp"
 #include "kspecdr/core/version.hpp"
 #include "kspecdr/trace/trace_file.hpp"
@@ -719,6 +720,24 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   }
   summary.failures = all;
   if (comm.is_root()) {
+    // Every number the stages measured, in one file for figures and systematics studies.
+    try {
+      std::vector<DiagnosticsExposure> dex;
+      for (const auto& p : plan) {
+        if (p.frame_class != FrameClass::Science && p.frame_class != FrameClass::Arc &&
+            p.frame_class != FrameClass::Imaging && !p.setup.empty())
+          continue;
+        std::string status = "ok";
+        for (const auto& f : summary.failures)
+          if (f.exposure == p.name) status = "failed: " + f.reason;
+        dex.push_back({p.name, to_string(p.frame_class), p.setup, p.object, p.mjd, p.exptime_s, p.airmass, status});
+      }
+      std::vector<std::vector<std::string>> fl;
+      for (const auto& f : summary.failures) fl.push_back({f.exposure, f.file, f.reason});
+      write_night_diagnostics(cfg.out_dir / "diagnostics.h5", cfg.out_dir, dex, fl);
+    } catch (const std::exception& e) {
+      spdlog::error("diagnostics.h5 not written: {}", e.what());
+    }
     spdlog::info("night done: {} exposures planned, {} files written, {} kept from earlier runs, {} failed", summary.exposures,
                  summary.done, summary.skipped, summary.failures.size());
     for (const auto& f : summary.failures) spdlog::error("failed exposure {} ({}): {}", f.exposure, f.file, f.reason);

@@ -386,5 +386,23 @@ void check_cube(const ReducedNight& n) {
   EXPECT_GT(checked, 0);
 }
 
+/// diagnostics.h5 names every science exposure with its stage, status, flexure and per-aperture numbers.
+void check_diagnostics(const ReducedNight& n) {
+  const h5::File f = h5::File::open(n.out / "diagnostics.h5");
+  for (const auto& run : n.science) {
+    const h5::Group g = f.root().open_group("exposures/" + run);
+    EXPECT_EQ(g.attr_string("status"), "ok") << run;
+    EXPECT_EQ(g.attr_string("stage"), "red") << run;
+    const auto red = wavecal::read_red_file(n.red_file(run));
+    EXPECT_EQ(g.attr_double("flexure_px"), red.spectra.header.get_double("FLEXPX").value_or(NAN)) << run;
+    const auto snr = g.read<double>("apertures/snr_median");
+    ASSERT_EQ(snr.size(), static_cast<std::size_t>(red.spectra.naper())) << run;
+    for (std::size_t a = 0; a < snr.size(); ++a) EXPECT_EQ(snr[a], red.spectra.diagnostics[a].snr_median) << run;
+  }
+  EXPECT_FALSE(f.root().open_group("calibration").members().empty());
+}
+
 TEST_F(RedRecoverySlit, TheRainbowCubeHoldsTheRedSpectraInTimeOrder) { check_cube(*night_); }
+TEST_F(RedRecoverySlit, TheNightDiagnosticsHoldEveryExposure) { check_diagnostics(*night_); }
+TEST_F(RedRecoveryFiber, TheNightDiagnosticsHoldEveryExposure) { check_diagnostics(*night_); }
 TEST_F(RedRecoveryFiber, TheRainbowCubeHoldsTheRedSpectraInTimeOrder) { check_cube(*night_); }
