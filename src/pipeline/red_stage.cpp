@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <cmath>
 #include <limits>
@@ -155,6 +156,7 @@ ArcCalibration calibrate_arcs(const std::vector<SpectrumSet>& arcs, const std::v
     }
   }
   const wavecal::DispersionHint hint = wavecal::hint_from_profile(profile, static_cast<long>(npix));
+  const auto t0 = std::chrono::steady_clock::now();
   if (profile.mode == SpectroMode::Fiber) {
     try {
       arc.solutions = wavecal::calibrate_fibers(combined, lines, hint, cfg.wavecal).solutions;
@@ -172,6 +174,9 @@ ArcCalibration calibrate_arcs(const std::vector<SpectrumSet>& arcs, const std::v
       }
     }
   }
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  arc.header.set("ARCTMS", ms / static_cast<double>(std::max<Eigen::Index>(1, naper)),
+                 "[ms] wall time per aperture: peaks, identification, fit (and fiber smoothing)");
   for (auto& s : arc.solutions) s.npix = static_cast<long>(npix);
   if (arc.n_ok() == 0) {
     std::string why = arc.solutions.empty() ? "no aperture" : arc.solutions.front().message;

@@ -118,24 +118,25 @@ WavelengthSolution correct(const std::vector<ArcPeak>& peaks, long npix, const s
   s.rms_angstrom = std::sqrt(sa / std::max(1, s.n_used));
   s.expected_rms_px = std::sqrt(se / std::max(1, s.n_used));
   s.chi2_dof = f.chi2_dof;
-  // Error of the solution: the correction's from the centroid errors, scaled up by the lines' scatter over
-  // what their centroid errors predict when it is larger (list errors, faint blends), plus the smooth model's
-  // own error.
-  const int npar = order + 1;
-  const double expected = s.expected_rms_px * (s.n_used > npar ? std::sqrt(static_cast<double>(s.n_used - npar) / s.n_used) : 1.0);
-  const double inflate = expected > 0 ? std::max(1.0, s.rms_px / expected) : 1.0;
-  double sv = 0;
-  int nv = 0;
-  s.max_predicted_error_px = 0.0;
-  for (long x = 0; x < npix; x += std::max(1L, npix / 256)) {
-    const double xd = static_cast<double>(x);
-    const double v = detail::series_variance(f, xd) * inflate * inflate / std::pow(s.lambda.derivative(xd), 2) +
-                     model_error_px * model_error_px;
-    sv += v;
-    s.max_predicted_error_px = std::max(s.max_predicted_error_px, std::sqrt(v));
-    ++nv;
+  // Error of the solution: the correction's from the centroid errors, scaled up by √(χ²/dof) of the lines
+  // against their centroid errors when they scatter more (list errors, faint blends), plus the smooth
+  // model's own error.
+  // Error of the solution: the correction's, from the lines' centroid errors plus the common extra scatter
+  // they show (list errors, faint blends), and the smooth model's own error.
+  std::vector<double> lx, ly, le, lr, ld;
+  for (std::size_t k = 0; k < s.lines.size(); ++k) {
+    const auto& ln = s.lines[k];
+    if (!ln.used || !(ln.x_err_px > 0)) continue;
+    lx.push_back(ln.x_px);
+    ly.push_back(ln.wavelength_angstrom - model(ln.x_px));
+    le.push_back(ln.x_err_px);
+    lr.push_back(ln.residual_px);
+    ld.push_back(std::abs(model.derivative(ln.x_px)));
   }
-  s.predicted_error_px = std::sqrt(sv / std::max(1, nv));
+  const double corr = detail::honest_error_px(lx, ly, le, lr, ld, order, model.xmin, model.xmax, cfg.centroid_floor_px,
+                                              npix, s.lambda);
+  s.predicted_error_px = std::hypot(std::isfinite(corr) ? corr : 0.0, model_error_px);
+  s.max_predicted_error_px = s.predicted_error_px;
   s.status = SolutionStatus::Smoothed;
   s.message = fmt::format("smooth model of {} fibers corrected with {} own line(s) ({})", n_model_fibers, s.n_used,
                           order == 0 ? "shift" : "shift and scale");

@@ -3,6 +3,7 @@
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace kspecdr::wavecal::detail {
 
@@ -178,6 +179,45 @@ std::vector<std::pair<std::size_t, std::size_t>> match_lines(const std::vector<A
   for (std::size_t i = 0; i < peaks.size(); ++i)
     if (line_of[i] >= 0) out.emplace_back(i, static_cast<std::size_t>(line_of[i]));
   return out;
+}
+
+double honest_error_px(const std::vector<double>& x, const std::vector<double>& y, const std::vector<double>& x_err_px,
+                       const std::vector<double>& resid_px, const std::vector<double>& disp, int order, double xmin,
+                       double xmax, double floor_px, long npix, const LegendreSeries& lambda) {
+  const std::size_t n = x.size();
+  const int m = order + 1;
+  if (n <= static_cast<std::size_t>(m)) return std::numeric_limits<double>::quiet_NaN();
+  auto chi2 = [&](double s2) {
+    double c = 0;
+    for (std::size_t i = 0; i < n; ++i) c += resid_px[i] * resid_px[i] / (x_err_px[i] * x_err_px[i] + s2);
+    return c;
+  };
+  const double dof = static_cast<double>(n) - m;
+  double s2 = 0.0;
+  if (chi2(0.0) > dof) {  // bisection on σ² (χ² falls monotonically with it)
+    double lo = 0.0, hi = 1.0;
+    while (chi2(hi) > dof && hi < 1e4) hi *= 4.0;
+    for (int it = 0; it < 80; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      (chi2(mid) > dof ? lo : hi) = mid;
+    }
+    s2 = hi;
+  }
+  std::vector<double> w_err(n), t_err(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    w_err[i] = std::hypot(x_err_px[i], floor_px) * disp[i];
+    t_err[i] = std::sqrt(x_err_px[i] * x_err_px[i] + s2) * disp[i];
+  }
+  const ClippedFit f = fit_legendre_clipped(x, y, w_err, t_err, order, xmin, xmax, 1e30, 0);
+  if (!f.ok) return std::numeric_limits<double>::quiet_NaN();
+  double sv = 0;
+  int nv = 0;
+  for (long px = 0; px < npix; px += std::max(1L, npix / 256)) {
+    const double xd = static_cast<double>(px);
+    sv += series_variance(f, xd) / std::pow(lambda.derivative(xd), 2);
+    ++nv;
+  }
+  return std::sqrt(sv / std::max(1, nv));
 }
 
 }  // namespace kspecdr::wavecal::detail

@@ -179,22 +179,35 @@ WavelengthSolution match_and_fit(const std::vector<ArcPeak>& peaks, long npix, c
   s.rms_angstrom = std::sqrt(ss_a / std::max(1, s.n_used));
   s.expected_rms_px = std::sqrt(ss_exp / std::max(1, s.n_used) * dof_factor);
   s.chi2_dof = fit.chi2_dof;
-  // The fit's error from the centroid errors, scaled up by the ratio of the lines' scatter to what their
-  // centroid errors alone predict when they scatter more (list errors, faint blends): the error the solution
-  // honestly has. (fit.chi2_dof would not do: its weights include the centroid floor.)
-  const double inflate2 =
-      s.expected_rms_px > 0 ? std::max(1.0, std::pow(s.rms_px / s.expected_rms_px, 2)) : 1.0;
+  // The fit's error from the centroid errors alone: the validation's measure of how far the solution is
+  // extrapolated beyond its lines.
   double sv = 0;
   s.max_predicted_error_px = 0.0;
   int nv = 0;
   for (long x = 0; x < npix; x += std::max(1L, npix / 256)) {
     const double xd = static_cast<double>(x);
-    const double v = detail::series_variance(fit, xd) * inflate2 / std::pow(s.lambda.derivative(xd), 2);
+    const double v = detail::series_variance(fit, xd) / std::pow(s.lambda.derivative(xd), 2);
     sv += v;
     s.max_predicted_error_px = std::max(s.max_predicted_error_px, std::sqrt(v));
     ++nv;
   }
   s.predicted_error_px = std::sqrt(sv / std::max(1, nv));
+  // The error the solution honestly has: the lines scatter more than their centroid errors say (list
+  // errors, faint blends), and that scatter propagates too.
+  {
+    std::vector<double> lx, ly, le, lr, ld;
+    for (const auto& ln : s.lines)
+      if (ln.used && ln.x_err_px > 0) {
+        lx.push_back(ln.x_px);
+        ly.push_back(ln.wavelength_angstrom);
+        le.push_back(ln.x_err_px);
+        lr.push_back(ln.residual_px);
+        ld.push_back(std::abs(s.lambda.derivative(ln.x_px)));
+      }
+    const double h = detail::honest_error_px(lx, ly, le, lr, ld, s.lambda.order(), s.lambda.xmin, s.lambda.xmax,
+                                             cfg.centroid_floor_px, npix, s.lambda);
+    if (std::isfinite(h)) s.predicted_error_px = std::max(s.predicted_error_px, h);
+  }
   // Chance coincidences: each usable peak lands within ±tol of some line with probability
   // 2·tol·|D|·(lines per Å) — the baseline a real identification must beat by far.
   const double lam0 = s.lambda(0.0), lam1 = s.lambda(xmax);

@@ -30,6 +30,15 @@ double series_variance(const ClippedFit& fit, double x);
 /// Median of a copy.
 double median(std::vector<double> v);
 
+/// The honest error of a fitted λ(x) (rms over `npix` pixels, px): the lines' residuals `resid_px` are
+/// explained by their centroid errors `x_err_px` plus one common extra scatter σ (list errors, faint blends),
+/// σ ≥ 0 chosen so that Σ r²/(x_err² + σ²) = n − (order + 1); the fit of `y` (Å) at `x` with the weights it
+/// was made with (centroid errors with `floor_px` in quadrature) is then given those errors and its sandwich
+/// covariance propagated to every pixel. `disp` is |dλ/dx| at each line.
+double honest_error_px(const std::vector<double>& x, const std::vector<double>& y, const std::vector<double>& x_err_px,
+                       const std::vector<double>& resid_px, const std::vector<double>& disp, int order, double xmin,
+                       double xmax, double floor_px, long npix, const LegendreSeries& lambda);
+
 }  // namespace kspecdr::wavecal::detail
 
 #include "kspecdr/wavecal/linelist.hpp"
