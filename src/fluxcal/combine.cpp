@@ -242,6 +242,19 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
       }
     }
   };
+  if (cfg.per_star_scale && use.size() > 1) {
+    // A robust first guess of the grey factors (the median level against the per-pixel median), so that the
+    // first clipping does not take the grey differences between stars for outliers.
+    const auto ref = pixel_median(stars, use, factor);
+    double sum_log = 0;
+    for (std::size_t s : use) {
+      const double l = log_level(stars[s], ref);
+      factor[s] = std::isfinite(l) ? std::exp(l) : 1.0;
+      sum_log += std::log(factor[s]);
+    }
+    const double g = std::exp(sum_log / static_cast<double>(use.size()));
+    for (std::size_t s : use) factor[s] /= g;
+  }
   combine_once();
   if (cfg.per_star_scale && use.size() > 1) {
     for (int it = 0; it < 4; ++it) {

@@ -187,8 +187,13 @@ PreparedModel prepare_model(const std::vector<double>& wl, const std::vector<dou
     throw DataError(fmt::format("the model grid ({:.1f}..{:.1f} Å) does not cover {:.1f}..{:.1f} Å (data range, RV "
                                 "search and 5 FWHM)",
                                 wl.front(), wl.back(), lo, hi));
-  // Even ln λ steps of 1/8 of the narrowest FWHM, but not finer than the model's own sampling needs.
-  const double step = std::max(1e-6, std::min(f_lo / lambda_min, f_hi / lambda_max) / 8.0);
+  // Even ln λ steps of 1/8 of the narrowest FWHM, or the model's own sampling where that is finer (linear
+  // interpolation onto a coarser grid would broaden its sharp lines), but not finer than 1/40 FWHM.
+  const double fw = std::min(f_lo / lambda_min, f_hi / lambda_max);
+  double model_step = 1e9;
+  for (std::size_t i = 1; i < wl.size(); ++i)
+    if (wl[i] >= lo && wl[i - 1] <= hi) model_step = std::min(model_step, std::log(wl[i] / wl[i - 1]));
+  const double step = std::max(fw / 40.0, std::min(fw / 8.0, model_step));
   const double x0 = std::log(lo), x1 = std::log(hi);
   const auto n = static_cast<std::size_t>(std::floor((x1 - x0) / step)) + 1;
   std::vector<double> x(n), in(n);

@@ -1,5 +1,6 @@
 // Template grids: the HDF5 format round trip, the labelled-synthetic grid of the simulator's star family,
 // the BOSZ 2024 reader on a small folder in the BOSZ layout, and `kspecdr templates`.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <zlib.h>
 
