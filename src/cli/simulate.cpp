@@ -97,7 +97,11 @@ int run_simulate(int argc, char** argv) {
       "plate-scale-arcsec-per-px", po::value<double>()->default_value(d.plate_scale_arcsec_per_px),
       "plate scale along the slit")(
       "slit-width-arcsec", po::value<double>()->default_value(d.slit_width_arcsec), "slit width [arcsec]")(
-      "drift-px", po::value<double>()->default_value(d.drift_px), "trace drift over the series [px]");
+      "drift-px", po::value<double>()->default_value(d.drift_px), "trace drift over the series [px]")(
+      "catalog-filters-dir", po::value<std::string>()->default_value(""),
+      "fiber mode: write DIR/catalog.csv with magnitudes through these filter curves (e.g. ../shared/data/filters)")(
+      "catalog-bands", po::value<std::string>()->default_value("ps1_g,ps1_r,ps1_i,gaia_g"),
+      "filter-file stems of the catalog bands (gaia_* are written as Vega magnitudes)");
   po::options_description all("simulate options");
   all.add(what).add(size).add(night).add(detector).add(light).add(fibers).add(slit);
 
@@ -160,6 +164,14 @@ int run_simulate(int argc, char** argv) {
   c.slit_width_arcsec = vm["slit-width-arcsec"].as<double>();
   c.drift_px = vm["drift-px"].as<double>();
   c.flexure_px = vm["flexure-px"].as<double>();
+  c.catalog_filters_dir = vm["catalog-filters-dir"].as<std::string>();
+  {
+    c.catalog_bands.clear();
+    std::stringstream ss(vm["catalog-bands"].as<std::string>());
+    std::string b;
+    while (std::getline(ss, b, ','))
+      if (!b.empty()) c.catalog_bands.push_back(b);
+  }
 
   const sim::NightResult r = sim::simulate_night(c);
   io::write_text_atomic(c.out_dir / "config-used.ini", resolved_config_ini("simulate", vm), true);

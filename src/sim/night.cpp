@@ -267,6 +267,9 @@ void write_truth_static(h5::File& file, const NightModel& m, const SimConfig& c,
       g.set_attr("mag_g", a.star->continuum_mag_ab(kLambdaG));
       g.set_attr("mag_r", a.star->continuum_mag_ab(kLambdaR));
       g.set_attr("mag_i", a.star->continuum_mag_ab(kLambdaI));
+      g.set_attr("logg", a.star->logg);
+      g.set_attr("mh", a.star->mh);
+      g.set_attr("alpha", a.star->alpha);
     }
     std::vector<double> cy(static_cast<std::size_t>(s.nx)), sg(cy.size()), wl(cy.size());
     for (long x = 0; x < s.nx; ++x) {
@@ -301,6 +304,12 @@ void write_truth_static(h5::File& file, const NightModel& m, const SimConfig& c,
   sp.set_attr("lsf_meaning", "Gaussian line-spread sigma(x) = lsf_sigma0_px (1 + 0.15 u^2), u = 2x/(nx-1) - 1");
   write_vector(sp, "wavelength", grid, "Angstrom (air)");
   write_vector(sp, "throughput", thr, "fraction (system, without fiber throughput or slit loss)");
+  {
+    std::vector<double> area;
+    for (double t : thr) area.push_back(t * s.telescope_area_cm2);
+    write_vector(sp, "effective_area_cm2", area,
+                 "cm2: telescope area x system throughput, as applied to the stars (x fiber throughput, x extinction)");
+  }
   write_vector(sp, "extinction", ext, "mag per airmass");
   write_vector(sp, "sky_continuum", skyc, "photons /s /Angstrom per spatial pixel (slit) or per fiber");
   write_vector(sp, "quartz_lamp", quartz, "relative photons /s /Angstrom (1 at 6000 Angstrom)");
@@ -318,6 +327,9 @@ void write_truth_static(h5::File& file, const NightModel& m, const SimConfig& c,
     t.set_attr("teff_k", a.star->teff_k);
     t.set_attr("rv_km_s", a.star->rv_km_s);
     t.set_attr("mag_r_ab", a.star->mag_r_ab);
+    t.set_attr("logg", a.star->logg);
+    t.set_attr("mh", a.star->mh);
+    t.set_attr("alpha", a.star->alpha);
     write_vector(t, "photon_flux", f, "photons /s /cm2 /Angstrom above the atmosphere (intrinsic, Doppler-shifted)");
   }
   if (c.mode == SpectroMode::Slit) {
@@ -427,6 +439,115 @@ std::vector<PlannedFrame> plan_night(const SimConfig& c) {
   for (int i = 0; i < c.n_science; ++i) add(FrameClass::Science, "OBJECT", field, "Off", c.science_exptime_s);
   return plan;
 }
+
+namespace {
+
+// ---------------------------------------------------------------- the photometric catalog
+
+/// A filter curve of the catalog: wavelength (µm in the file, Å here), photon transmission.
+struct SimFilter {
+  std::string name;
+  std::vector<double> angstrom, transmission;
+};
+
+SimFilter read_sim_filter(const fs::path& path, const std::string& name) {
+  std::ifstream in(path);
+  if (!in)
+    throw ConfigError(fmt::format("catalog band {}: cannot read the filter curve {}", name, path.string()),
+                      ErrorContext{.file = path.string(), .keyword = "catalog-filters-dir"});
+  SimFilter f;
+  f.name = name;
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto h = line.find('#');
+    if (h != std::string::npos) line.erase(h);
+    std::istringstream is(line);
+    double w = 0, t = 0;
+    if (is >> w >> t) f.angstrom.push_back(w * 1e4), f.transmission.push_back(std::max(t, 0.0));
+  }
+  if (f.angstrom.size() < 3)
+    throw ConfigError(fmt::format("catalog band {}: fewer than 3 rows in {}", name, path.string()),
+                      ErrorContext{.file = path.string()});
+  return f;
+}
+
+/// AB magnitude of a star above the atmosphere through a photon-counting band: the ratio of the photon
+/// rates of the star and of a 3631 Jy source, on a fine grid (trapezoids).
+double star_ab_mag(const StarTemplate& star, const SimFilter& f) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i + 1 < f.angstrom.size(); ++i) {
+    const double l0 = f.angstrom[i], l1 = f.angstrom[i + 1];
+    const int n = std::max(1, static_cast<int>(std::ceil((l1 - l0) / 0.25)));
+    for (int k = 0; k < n; ++k) {
+      const double l = l0 + (k + 0.5) * (l1 - l0) / n;
+      const double t = f.transmission[i] + (f.transmission[i + 1] - f.transmission[i]) * (l - l0) / (l1 - l0);
+      num += t * star.photon_flux(l) * (l1 - l0) / n;
+      den += t * ab_photon_flux(0.0, l) * (l1 - l0) / n;
+    }
+  }
+  return -2.5 * std::log10(num / den);
+}
+
+/// Gaia DR2 G is a Vega magnitude: m_Vega = m_AB − (ZP_AB − ZP_Vega) (Evans et al. 2018).
+double catalog_minus_ab(const std::string& band) {
+  if (band == "gaia_g") return -0.1050;
+  if (band == "gaia_bp") return -0.0292;
+  if (band == "gaia_rp") return -0.3542;
+  return 0.0;
+}
+
+/// DIR/catalog.csv: every star of the field (program and standard) with its catalog magnitudes (the true
+/// band magnitude plus a Gaussian error of the stated size), in shuffled order, with its own name and a
+/// position that differs from the fiber's by ~0.1". The truth of every row goes to /catalog.
+void write_catalog(const fs::path& dir, const Spectrograph& s, const SimConfig& c, h5::Group& root) {
+  std::vector<SimFilter> filters;
+  for (const auto& b : c.catalog_bands) filters.push_back(read_sim_filter(c.catalog_filters_dir / (b + ".dat"), b));
+  std::mt19937_64 rng(c.seed ^ 0xca7a1060ULL);
+  std::normal_distribution<double> gauss(0.0, 1.0);
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  std::vector<const Aperture*> stars;
+  for (const auto& a : s.apertures)
+    if (a.star && a.type != 'N') stars.push_back(&a);
+  for (std::size_t i = stars.size(); i > 1; --i)
+    std::swap(stars[i - 1], stars[std::uniform_int_distribution<std::size_t>(0, i - 1)(rng)]);
+  std::string csv = "name,ra,dec";
+  for (const auto& b : c.catalog_bands) csv += fmt::format(",{0},{0}_err", b);
+  csv += "\n";
+  std::vector<std::string> names, aps;
+  std::vector<std::vector<double>> true_ab(filters.size()), cat_mag(filters.size()), cat_err(filters.size());
+  for (const auto* a : stars) {
+    const double ra = a->ra_deg + 0.1 / 3600.0 * gauss(rng) / std::cos(a->dec_deg * std::numbers::pi / 180.0);
+    const double dec = a->dec_deg + 0.1 / 3600.0 * gauss(rng);
+    const std::string name = fmt::format("SIM J{:09.5f}{:+09.5f}", ra, dec);
+    csv += fmt::format("{},{:.7f},{:.7f}", name, ra, dec);
+    for (std::size_t b = 0; b < filters.size(); ++b) {
+      const double ab = star_ab_mag(*a->star, filters[b]);
+      const double err = c.catalog_mag_err * (1.0 + uni(rng));
+      const double m = ab + catalog_minus_ab(filters[b].name) + err * gauss(rng);
+      csv += fmt::format(",{:.4f},{:.4f}", m, err);
+      true_ab[b].push_back(ab);
+      cat_mag[b].push_back(m);
+      cat_err[b].push_back(err);
+    }
+    csv += "\n";
+    names.push_back(name);
+    aps.push_back(a->name);
+  }
+  io::write_text_atomic(dir / "catalog.csv", csv, true);
+  h5::Group g = root.create_group("catalog");
+  g.set_attr("file", "catalog.csv");
+  g.set_attr("meaning", "rows of catalog.csv in file order: the aperture of each star, its true AB magnitude "
+                        "above the atmosphere per band, and the catalog value (in the band's system) and error");
+  g.write_strings("name", names);
+  g.write_strings("aperture", aps);
+  for (std::size_t b = 0; b < filters.size(); ++b) {
+    write_vector(g, filters[b].name + "/true_ab", true_ab[b], "AB mag");
+    write_vector(g, filters[b].name + "/catalog", cat_mag[b],
+                 catalog_minus_ab(filters[b].name) != 0 ? "Vega mag" : "AB mag");
+    write_vector(g, filters[b].name + "/error", cat_err[b], "mag");
+  }
+}
+}  // namespace
 
 NightResult simulate_night(SimConfig c) {
   resolve_mode_defaults(c);
@@ -589,6 +710,7 @@ NightResult simulate_night(SimConfig c) {
                  exposure.saturated().any() ? fmt::format(", {} saturated pixels", exposure.saturated().cast<int>().sum())
                                             : "");
   }
+  if (!c.catalog_filters_dir.empty() && fiber) write_catalog(c.out_dir, m.spec, c, truth.root());
   truth.close();
   truth_out.commit();
   return result;

@@ -130,6 +130,7 @@ Spectrograph make_spectrograph(const SimConfig& c, const InstrumentProfile& prof
     types[order[k++]] = 'N';
 
     const int per_block = (c.n_fibers + c.n_fiber_blocks - 1) / c.n_fiber_blocks;
+    std::mt19937_64 std_rng(c.seed ^ 0x5eed5eed5eedULL);  // log g, [M/H], [α/M] of the standard stars
     for (int f = 0; f < c.n_fibers; ++f) {
       Aperture a;
       a.name = fmt::format("fib{:03d}", f + 1);
@@ -158,7 +159,15 @@ Spectrograph make_spectrograph(const SimConfig& c, const InstrumentProfile& prof
                              360.0);
       }
       if (a.type == 'P') a.star = StarTemplate{teff, rv, mag};
-      if (a.type == 'C') a.star = StarTemplate{std_teff, rv, std_mag};
+      if (a.type == 'C') {
+        // The other parameters come from a generator of their own, so that the draws of the night do not move.
+        std::uniform_real_distribution<double> u01(0.0, 1.0);
+        StarTemplate st{std_teff, rv, std_mag};
+        st.logg = 3.9 + 0.7 * u01(std_rng);
+        st.mh = -0.8 + 1.1 * u01(std_rng);
+        st.alpha = 0.4 * u01(std_rng);
+        a.star = st;
+      }
       s.apertures.push_back(std::move(a));
     }
   } else {

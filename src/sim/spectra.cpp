@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <numbers>
 #include <sstream>
 
 #include "kspecdr/core/error.hpp"
@@ -101,8 +102,9 @@ std::vector<StellarLine> StarTemplate::lines() const {
   const double balmer = 0.65 * std::exp(-std::pow((teff_k - 9500.0) / 4000.0, 2.0)) + 0.05;
   const double cool = 1.0 / (1.0 + std::exp((teff_k - 6800.0) / 700.0));
   const double very_cool = 1.0 / (1.0 + std::exp((teff_k - 5600.0) / 600.0));
-  const double bw = 3.0 + 12.0 * balmer;  // Balmer wings widen as the lines strengthen
-  return {
+  const double bw = (3.0 + 12.0 * balmer) *  // Balmer wings widen as the lines strengthen, and with gravity
+                    (logg == 4.4 ? 1.0 : std::pow(10.0, 0.1 * (logg - 4.4)));
+  std::vector<StellarLine> out = {
       {6562.80, balmer, bw},          {4861.33, balmer, bw},          {4340.47, balmer, bw},
       {4101.74, balmer, bw},          {3970.07, balmer, bw},          {3933.66, 0.7 * cool + 0.05, 4.0},
       {3968.47, 0.6 * cool + 0.05, 4.0}, {4305.00, 0.35 * very_cool, 6.0}, {5167.32, 0.35 * very_cool + 0.02, 1.2},
@@ -111,6 +113,31 @@ std::vector<StellarLine> StarTemplate::lines() const {
       {5889.95, 0.50 * very_cool + 0.03, 1.0}, {5895.92, 0.45 * very_cool + 0.03, 1.0},
       {8498.02, 0.40 * cool + 0.03, 2.0}, {8542.09, 0.55 * cool + 0.03, 2.5}, {8662.14, 0.50 * cool + 0.03, 2.5},
   };
+  if (mh == 0.0 && alpha == 0.0) return out;
+  // Abundances change the optical depth of a line: the residual intensity 1 − d goes to (1 − d)^f.
+  const double f_metal = std::pow(10.0, 0.5 * mh), f_alpha = std::pow(10.0, 0.5 * (mh + alpha));
+  for (auto& l : out) {
+    const double lam = l.lambda_angstrom;
+    const bool is_balmer = lam == 6562.80 || lam == 4861.33 || lam == 4340.47 || lam == 4101.74 || lam == 3970.07;
+    if (is_balmer) continue;
+    const bool is_alpha = lam < 3975.0 || (lam > 5160.0 && lam < 5190.0) || lam > 8400.0;
+    l.depth = 1.0 - std::pow(1.0 - l.depth, is_alpha ? f_alpha : f_metal);
+  }
+  return out;
+}
+
+double StarTemplate::surface_flux(double rest_lambda_angstrom, bool with_lines) const {
+  // π B_λ in cgs, then per Å: 2hc²/λ⁵ / (exp(hc/λkT) − 1).
+  constexpr double kC = 2.99792458e10;  // cm/s
+  const double lam_cm = rest_lambda_angstrom * 1e-8;
+  double f = std::numbers::pi * 2.0 * kPlanckErgS * kC * kC / std::pow(lam_cm, 5.0) /
+             std::expm1(kHcOverKAngstromK / (rest_lambda_angstrom * teff_k)) * 1e-8;
+  if (!with_lines) return f;
+  for (const auto& l : lines()) {
+    const double z = (rest_lambda_angstrom - l.lambda_angstrom) / l.sigma_angstrom;
+    if (std::abs(z) < 12.0) f *= 1.0 - l.depth * std::exp(-0.5 * z * z);
+  }
+  return f;
 }
 
 double StarTemplate::photon_flux(double lambda_angstrom, double lsf_sigma_angstrom) const {

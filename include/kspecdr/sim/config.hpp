@@ -66,6 +66,11 @@ struct SimConfig {
   int n_fiber_blocks = 3;                 ///< fibers come in blocks with a gap between blocks
   double fiber_gap_px = 20.0;             ///< extra empty space between blocks
   double fiber_sigma_px = 1.4;            ///< mean spatial sigma of a fiber profile
+  /// Folder of filter curves (two columns: µm, photon transmission; e.g. ../shared/data/filters). When set,
+  /// DIR/catalog.csv gets every star's catalog magnitudes through these bands, with errors, in shuffled order.
+  std::filesystem::path catalog_filters_dir;
+  std::vector<std::string> catalog_bands = {"ps1_g", "ps1_r", "ps1_i", "gaia_g"};  ///< file stems in that folder
+  double catalog_mag_err = 0.01;          ///< catalog errors are drawn from [1, 2] × this (mag)
 
   // ---- slit mode
   int n_stars = 3;                        ///< stars on the slit; the first has the transit

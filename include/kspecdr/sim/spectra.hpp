@@ -36,16 +36,26 @@ struct StellarLine {
 
 /// A parametric star: a blackbody continuum times Gaussian absorption lines whose strengths
 /// follow the temperature, Doppler-shifted by the radial velocity, scaled to an AB magnitude.
+/// The family has the four parameters of a model-atmosphere grid: Balmer wings widen with
+/// log g (pressure broadening), metal lines deepen with [M/H] and the α-element lines (Ca II,
+/// Mg b, the Ca triplet) with [M/H] + [α/M]; at log g = 4.4, [M/H] = [α/M] = 0 the lines are
+/// those of the temperature alone.
 struct StarTemplate {
   double teff_k = 5800.0;
   double rv_km_s = 0.0;
   double mag_r_ab = 15.0;  ///< AB magnitude of the continuum at the r-band effective wavelength
+  double logg = 4.4;
+  double mh = 0.0;         ///< [M/H]
+  double alpha = 0.0;      ///< [α/M]
   /// Photons /s /cm² /Å above the atmosphere. With `lsf_sigma_angstrom` > 0 the lines are
   /// broadened by a Gaussian line-spread function of that width (analytically).
   double photon_flux(double lambda_angstrom, double lsf_sigma_angstrom = 0.0) const;
   /// AB magnitude of the continuum at `lambda_angstrom` (the r, g, i catalogue magnitudes).
   double continuum_mag_ab(double lambda_angstrom) const;
   std::vector<StellarLine> lines() const;
+  /// Surface flux F_λ = π B_λ(Teff) × lines [erg s⁻¹ cm⁻² Å⁻¹] at a rest-frame wavelength (no RV,
+  /// no magnitude): what a model-atmosphere grid tabulates. `with_lines` = false gives the continuum.
+  double surface_flux(double rest_lambda_angstrom, bool with_lines = true) const;
 };
 
 /// Effective wavelengths of the catalogue bands (Å).

@@ -1,0 +1,562 @@
+#include "kspecdr/fluxcal/template_fit.hpp"
+
+#include <fmt/format.h>
+
+#include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numbers>
+
+#include "kspecdr/core/error.hpp"
+
+namespace kspecdr::fluxcal {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kFwhmToSigma = 1.0 / 2.354820045030949;
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return kNaN;
+  const auto mid = v.begin() + static_cast<long>(v.size() / 2);
+  std::nth_element(v.begin(), mid, v.end());
+  return *mid;
+}
+
+/// Linear interpolation on increasing x; NaN outside.
+double lerp_at(const std::vector<double>& x, const std::vector<double>& y, double u, std::size_t& hint) {
+  if (u < x.front() || u > x.back()) return kNaN;
+  if (hint >= x.size() - 1 || x[hint] > u) hint = 0;
+  while (hint + 2 < x.size() && x[hint + 1] <= u) ++hint;
+  const double t = (u - x[hint]) / (x[hint + 1] - x[hint]);
+  return y[hint] + t * (y[hint + 1] - y[hint]);
+}
+
+/// The observed spectrum and one model compared at one radial velocity.
+struct Comparison {
+  std::vector<double> model, dn, mn, sn;
+  std::vector<unsigned char> use;  ///< continuum pixels
+  double chi2 = 0, score = 0;
+  long n = 0;
+};
+
+std::vector<double> data_weights(const ObservedSpectrum& obs) {
+  std::vector<double> w(obs.flux.size(), 0.0);
+  for (std::size_t i = 0; i < w.size(); ++i)
+    if (obs.good[i] && std::isfinite(obs.flux[i]) && obs.variance[i] > 0 && std::isfinite(obs.variance[i]))
+      w[i] = 1.0 / obs.variance[i];
+  return w;
+}
+
+/// Normalises data and model the same way; the continuum pixels come from the model unless `use` is given.
+Comparison compare(const ObservedSpectrum& obs, const std::vector<double>& w, const PreparedModel& pm, double rv,
+                   const FitConfig& cfg, const std::vector<unsigned char>* use = nullptr) {
+  Comparison c;
+  c.model = resample_model(pm, rv, obs.wavelength_angstrom);
+  const std::size_t n = c.model.size();
+  std::vector<unsigned char> good(n, 0);
+  for (std::size_t i = 0; i < n; ++i) good[i] = w[i] > 0 && std::isfinite(c.model[i]) && c.model[i] > 0;
+  c.use = use ? *use : continuum_pixels(obs.wavelength_angstrom, c.model, w, good, cfg);
+  for (std::size_t i = 0; i < n; ++i) c.use[i] = c.use[i] && good[i];
+  const auto cd = fit_continuum(obs.wavelength_angstrom, obs.flux, w, c.use, cfg.continuum_degree);
+  const auto cm = fit_continuum(obs.wavelength_angstrom, c.model, w, c.use, cfg.continuum_degree);
+  c.dn.assign(n, kNaN);
+  c.mn.assign(n, kNaN);
+  c.sn.assign(n, kNaN);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!good[i] || !(cd[i] > 0) || !(cm[i] > 0)) continue;
+    c.dn[i] = obs.flux[i] / cd[i];
+    c.mn[i] = c.model[i] / cm[i];
+    c.sn[i] = std::sqrt(obs.variance[i]) / cd[i];
+    const double r = (c.dn[i] - c.mn[i]) / c.sn[i];
+    c.chi2 += r * r;
+    const double a = std::abs(r);
+    c.score += cfg.metric == "huber" ? (a <= cfg.huber_k ? r * r : 2.0 * cfg.huber_k * a - cfg.huber_k * cfg.huber_k)
+                                     : r * r;
+    ++c.n;
+  }
+  return c;
+}
+
+/// Cross-correlation of the normalised spectra on an even ln λ grid.
+void cross_correlate(const ObservedSpectrum& obs, const Comparison& c, const FitConfig& cfg, RvMeasurement& out) {
+  const auto& x = obs.wavelength_angstrom;
+  double step = 1e9;
+  for (std::size_t i = 1; i < x.size(); ++i) step = std::min(step, std::log(x[i] / x[i - 1]));
+  const double l0 = std::log(x.front()), l1 = std::log(x.back());
+  const auto n = static_cast<std::size_t>(std::floor((l1 - l0) / step)) + 1;
+  std::vector<double> a(n, 0.0), b(n, 0.0);
+  std::vector<double> dn1(x.size()), mn1(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    dn1[i] = std::isfinite(c.dn[i]) ? c.dn[i] - 1.0 : 0.0;
+    mn1[i] = std::isfinite(c.mn[i]) ? c.mn[i] - 1.0 : 0.0;
+  }
+  std::size_t h1 = 0, h2 = 0;
+  long ngood = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    const double lam = std::exp(l0 + static_cast<double>(k) * step);
+    const double va = lerp_at(x, dn1, lam, h1), vb = lerp_at(x, mn1, lam, h2);
+    // A cosine taper over the outer 5 % keeps the ends from correlating.
+    const double f = static_cast<double>(k) / static_cast<double>(n - 1);
+    const double edge = std::min(f, 1.0 - f) / 0.05;
+    const double taper = edge >= 1.0 ? 1.0 : 0.5 * (1.0 - std::cos(std::numbers::pi * edge));
+    a[k] = std::isfinite(va) ? va * taper : 0.0;
+    b[k] = std::isfinite(vb) ? vb * taper : 0.0;
+    ngood += a[k] != 0.0;
+  }
+  const long kmax = static_cast<long>(std::ceil(std::log(1.0 + cfg.rv_max_km_s / kSpeedOfLightKmS) / step)) + 1;
+  double saa = 0, sbb = 0;
+  for (std::size_t k = 0; k < n; ++k) saa += a[k] * a[k], sbb += b[k] * b[k];
+  const double norm = std::sqrt(saa * sbb);
+  std::vector<double> ccf(static_cast<std::size_t>(2 * kmax + 1), 0.0);
+  for (long lag = -kmax; lag <= kmax; ++lag) {
+    double s = 0;
+    for (long i = std::max(0L, lag); i < static_cast<long>(n) && i - lag < static_cast<long>(n); ++i)
+      s += a[static_cast<std::size_t>(i)] * b[static_cast<std::size_t>(i - lag)];
+    ccf[static_cast<std::size_t>(lag + kmax)] = norm > 0 ? s / norm : 0.0;
+  }
+  std::size_t best = 1;
+  for (std::size_t i = 1; i + 1 < ccf.size(); ++i)
+    if (ccf[i] > ccf[best]) best = i;
+  const double cm = ccf[best - 1], c0 = ccf[best], cp = ccf[best + 1];
+  const double curv = cm - 2.0 * c0 + cp;
+  const double off = curv < 0 ? 0.5 * (cm - cp) / curv : 0.0;
+  const double lag = static_cast<double>(static_cast<long>(best) - kmax) + off;
+  out.ccf_rv_km_s = kSpeedOfLightKmS * (std::exp(lag * step) - 1.0);
+  out.ccf_peak = c0;
+  // Zucker (2003, MNRAS 342, 1291): σ² = −[N C''/C · C²/(1 − C²)]⁻¹ in lag units.
+  const double var = (curv < 0 && c0 > 0 && c0 < 1) ? -1.0 / (static_cast<double>(ngood) * curv / c0 * c0 * c0 / (1.0 - c0 * c0))
+                                                    : kNaN;
+  out.ccf_err_km_s = kSpeedOfLightKmS * step * std::sqrt(var);
+}
+
+/// Refines the RV by the minimum of χ²(v) with a fixed set of continuum pixels; error from its curvature.
+Comparison refine_rv(const ObservedSpectrum& obs, const std::vector<double>& w, const PreparedModel& pm,
+                     const FitConfig& cfg, RvMeasurement& rv) {
+  const auto& x = obs.wavelength_angstrom;
+  const double pix_kms = kSpeedOfLightKmS * (x.back() - x.front()) / static_cast<double>(x.size() - 1) /
+                         (0.5 * (x.back() + x.front()));
+  double v = rv.ccf_rv_km_s;
+  Comparison c0 = compare(obs, w, pm, v, cfg);
+  const double h = 0.3 * pix_kms;
+  double curv = 0;
+  for (int it = 0; it < 3; ++it) {
+    const Comparison cm = compare(obs, w, pm, v - h, cfg, &c0.use), cp = compare(obs, w, pm, v + h, cfg, &c0.use);
+    curv = (cm.chi2 + cp.chi2 - 2.0 * c0.chi2) / (h * h);
+    if (!(curv > 0)) break;
+    double dv = 0.5 * h * (cm.chi2 - cp.chi2) / (cm.chi2 + cp.chi2 - 2.0 * c0.chi2);
+    dv = std::clamp(dv, -2.0 * h, 2.0 * h);
+    v += dv;
+    c0 = compare(obs, w, pm, v, cfg, &c0.use);
+    if (std::abs(dv) < 0.01 * h) break;
+  }
+  rv.rv_km_s = v;
+  rv.chi2 = c0.chi2;
+  rv.n_good = c0.n;
+  const double dof = static_cast<double>(c0.n - cfg.continuum_degree - 2);
+  const double inflate = dof > 0 ? std::max(1.0, std::sqrt(c0.chi2 / dof)) : 1.0;
+  rv.rv_err_km_s = curv > 0 ? std::sqrt(2.0 / curv) * inflate : kNaN;
+  return c0;
+}
+
+}  // namespace
+
+double Resolution::fwhm(double lambda) const {
+  double v = 0, p = 1;
+  for (double c : fwhm_poly_angstrom) v += c * p, p *= lambda;
+  return v;
+}
+
+std::vector<double> pixel_edges(const std::vector<double>& c) {
+  const std::size_t n = c.size();
+  std::vector<double> e(n + 1);
+  for (std::size_t i = 1; i < n; ++i) e[i] = 0.5 * (c[i - 1] + c[i]);
+  e[0] = c[0] - 0.5 * (c[1] - c[0]);
+  e[n] = c[n - 1] + 0.5 * (c[n - 1] - c[n - 2]);
+  return e;
+}
+
+PreparedModel prepare_model(const std::vector<double>& wl, const std::vector<double>& flux, const Resolution& res,
+                            double model_r, double lambda_min, double lambda_max) {
+  const double f_lo = res.fwhm(lambda_min), f_hi = res.fwhm(lambda_max);
+  if (!(f_lo > 0) || !(f_hi > 0))
+    throw ConfigError(fmt::format("instrument FWHM must be positive over {:.0f}..{:.0f} Å (got {} and {})", lambda_min,
+                                  lambda_max, f_lo, f_hi));
+  const double lo = lambda_min - 5.0 * f_lo, hi = lambda_max + 5.0 * f_hi;
+  if (wl.front() > lo || wl.back() < hi)
+    throw DataError(fmt::format("the model grid ({:.1f}..{:.1f} Å) does not cover {:.1f}..{:.1f} Å (data range, RV "
+                                "search and 5 FWHM)",
+                                wl.front(), wl.back(), lo, hi));
+  // Even ln λ steps of 1/8 of the narrowest FWHM, or the model's own sampling where that is finer (linear
+  // interpolation onto a coarser grid would broaden its sharp lines), but not finer than 1/40 FWHM.
+  const double fw = std::min(f_lo / lambda_min, f_hi / lambda_max);
+  double model_step = 1e9;
+  for (std::size_t i = 1; i < wl.size(); ++i)
+    if (wl[i] >= lo && wl[i - 1] <= hi) model_step = std::min(model_step, std::log(wl[i] / wl[i - 1]));
+  const double step = std::max(fw / 40.0, std::min(fw / 8.0, model_step));
+  const double x0 = std::log(lo), x1 = std::log(hi);
+  const auto n = static_cast<std::size_t>(std::floor((x1 - x0) / step)) + 1;
+  std::vector<double> x(n), in(n);
+  std::size_t hint = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    x[k] = x0 + static_cast<double>(k) * step;
+    in[k] = lerp_at(wl, flux, std::exp(x[k]), hint);
+  }
+  PreparedModel m;
+  m.ln_lambda = x;
+  m.flux.assign(n, kNaN);
+  std::vector<double> kern;
+  for (std::size_t k = 0; k < n; ++k) {
+    const double lam = std::exp(x[k]);
+    const double f = res.fwhm(lam), own = model_r > 0 ? lam / model_r : 0.0;
+    const double s = std::sqrt(std::max(f * f - own * own, 1e-6 * f * f)) * kFwhmToSigma / lam / step;
+    const long h = static_cast<long>(std::ceil(4.0 * s));
+    if (static_cast<long>(k) - h < 0 || static_cast<long>(k) + h >= static_cast<long>(n)) continue;
+    double sw = 0, sf = 0;
+    for (long j = -h; j <= h; ++j) {
+      const double kw = std::exp(-0.5 * (static_cast<double>(j) / s) * (static_cast<double>(j) / s));
+      sw += kw;
+      sf += kw * in[static_cast<std::size_t>(static_cast<long>(k) + j)];
+    }
+    m.flux[k] = sf / sw;
+  }
+  // Keep only the part with a full kernel.
+  std::size_t a = 0, b = n;
+  while (a < n && !std::isfinite(m.flux[a])) ++a;
+  while (b > a && !std::isfinite(m.flux[b - 1])) --b;
+  m.ln_lambda.assign(x.begin() + static_cast<long>(a), x.begin() + static_cast<long>(b));
+  m.flux.assign(m.flux.begin() + static_cast<long>(a), m.flux.begin() + static_cast<long>(b));
+  if (m.flux.size() < 3) throw DataError("model range too short for the instrument resolution");
+  return m;
+}
+
+std::vector<double> resample_model(const PreparedModel& m, double rv, const std::vector<double>& centres) {
+  const double shift = std::log1p(rv / kSpeedOfLightKmS);
+  const std::size_t n = m.flux.size();
+  std::vector<double> lam(n), cum(n, 0.0);
+  for (std::size_t k = 0; k < n; ++k) lam[k] = std::exp(m.ln_lambda[k] + shift);
+  for (std::size_t k = 1; k < n; ++k) cum[k] = cum[k - 1] + 0.5 * (m.flux[k] + m.flux[k - 1]) * (lam[k] - lam[k - 1]);
+  const auto edges = pixel_edges(centres);
+  std::vector<double> integral(edges.size(), kNaN);
+  std::size_t k = 0;
+  for (std::size_t e = 0; e < edges.size(); ++e) {
+    const double u = edges[e];
+    if (u < lam.front() || u > lam.back()) continue;
+    while (k + 2 < n && lam[k + 1] <= u) ++k;
+    const double t = u - lam[k];
+    const double slope = (m.flux[k + 1] - m.flux[k]) / (lam[k + 1] - lam[k]);
+    integral[e] = cum[k] + m.flux[k] * t + 0.5 * slope * t * t;
+  }
+  std::vector<double> out(centres.size(), kNaN);
+  for (std::size_t j = 0; j < centres.size(); ++j)
+    out[j] = (integral[j + 1] - integral[j]) / (edges[j + 1] - edges[j]);
+  return out;
+}
+
+std::vector<double> fit_continuum(const std::vector<double>& x, const std::vector<double>& y,
+                                  const std::vector<double>& weight, const std::vector<unsigned char>& use, int degree) {
+  const std::size_t n = x.size();
+  const double x0 = x.front(), x1 = x.back();
+  const int nc = degree + 1;
+  auto basis = [&](double xv, Eigen::VectorXd& p) {
+    const double u = 2.0 * (xv - x0) / (x1 - x0) - 1.0;
+    p(0) = 1.0;
+    if (nc > 1) p(1) = u;
+    for (int k = 1; k + 1 < nc; ++k) p(k + 1) = ((2.0 * k + 1.0) * u * p(k) - k * p(k - 1)) / (k + 1.0);
+  };
+  Eigen::MatrixXd ata = Eigen::MatrixXd::Zero(nc, nc);
+  Eigen::VectorXd atb = Eigen::VectorXd::Zero(nc), p(nc);
+  long used = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!use[i] || !(weight[i] > 0) || !std::isfinite(y[i])) continue;
+    basis(x[i], p);
+    ata.noalias() += weight[i] * p * p.transpose();
+    atb.noalias() += weight[i] * y[i] * p;
+    ++used;
+  }
+  std::vector<double> out(n, kNaN);
+  if (used < nc) return out;
+  const Eigen::VectorXd coef = ata.ldlt().solve(atb);
+  for (std::size_t i = 0; i < n; ++i) {
+    basis(x[i], p);
+    out[i] = p.dot(coef);
+  }
+  return out;
+}
+
+std::vector<unsigned char> continuum_pixels(const std::vector<double>& x, const std::vector<double>& model,
+                                            const std::vector<double>& weight, const std::vector<unsigned char>& good,
+                                            const FitConfig& cfg) {
+  const std::size_t n = x.size();
+  std::vector<unsigned char> use(good);
+  for (int it = 0; it < cfg.continuum_iterations; ++it) {
+    const auto c = fit_continuum(x, model, weight, use, cfg.continuum_degree);
+    std::vector<double> r;
+    for (std::size_t i = 0; i < n; ++i)
+      if (use[i] && c[i] > 0) r.push_back(model[i] / c[i] - 1.0);
+    if (r.size() < static_cast<std::size_t>(3 * (cfg.continuum_degree + 1))) break;
+    const double med = median_of(r);
+    for (auto& v : r) v = std::abs(v - med);
+    const double s = std::max(1.4826 * median_of(r), 2e-3);
+    std::vector<unsigned char> next(n, 0);
+    long kept = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!good[i] || !(c[i] > 0)) continue;
+      const double ri = model[i] / c[i] - 1.0;
+      next[i] = ri > -cfg.continuum_clip_low * s && ri < cfg.continuum_clip_high * s;
+      kept += next[i];
+    }
+    if (kept < 3 * (cfg.continuum_degree + 1) || next == use) break;
+    use = std::move(next);
+  }
+  return use;
+}
+
+void check_grid_covers(const TemplateGrid& grid, const ObservedSpectrum& obs, const FitConfig& cfg) {
+  const double lo = obs.wavelength_angstrom.front(), hi = obs.wavelength_angstrom.back();
+  const double z = cfg.rv_max_km_s / kSpeedOfLightKmS;
+  const double need_lo = lo / (1.0 + z) - 5.0 * cfg.resolution.fwhm(lo);
+  const double need_hi = hi / (1.0 - z) + 5.0 * cfg.resolution.fwhm(hi);
+  if (grid.wavelength_angstrom.front() > need_lo || grid.wavelength_angstrom.back() < need_hi)
+    throw DataError(fmt::format("the template grid ({:.1f}..{:.1f} Å) does not cover the spectrum ({:.1f}..{:.1f} Å): it "
+                                "needs {:.1f}..{:.1f} Å with the RV search (±{:.0f} km/s) and 5 FWHM",
+                                grid.wavelength_angstrom.front(), grid.wavelength_angstrom.back(), lo, hi, need_lo,
+                                need_hi, cfg.rv_max_km_s),
+                    ErrorContext{.aperture = obs.name});
+}
+
+namespace {
+PreparedModel prepare_for(const ObservedSpectrum& obs, const std::vector<double>& wl, const std::vector<double>& flux,
+                          double model_r, const FitConfig& cfg) {
+  const double z = cfg.rv_max_km_s / kSpeedOfLightKmS;
+  return prepare_model(wl, flux, cfg.resolution, model_r, obs.wavelength_angstrom.front() / (1.0 + z),
+                       obs.wavelength_angstrom.back() / (1.0 - z));
+}
+}  // namespace
+
+TemplateScore score_model(const ObservedSpectrum& obs, const std::vector<double>& wl, const std::vector<double>& flux,
+                          double model_r, const FitConfig& cfg) {
+  const auto w = data_weights(obs);
+  const PreparedModel pm = prepare_for(obs, wl, flux, model_r, cfg);
+  RvMeasurement rv;
+  const Comparison c0 = compare(obs, w, pm, 0.0, cfg);
+  cross_correlate(obs, c0, cfg, rv);
+  const Comparison c = compare(obs, w, pm, rv.ccf_rv_km_s, cfg);
+  TemplateScore s;
+  s.rv_km_s = rv.ccf_rv_km_s;
+  s.score = c.score;
+  s.chi2 = c.chi2;
+  s.n_good = c.n;
+  return s;
+}
+
+bool interpolate_model(const TemplateGrid& grid, const TemplateParams& p, std::vector<double>& flux) {
+  std::array<std::array<double, 2>, 4> val{};
+  std::array<std::array<double, 2>, 4> wt{};
+  for (int a = 0; a < 4; ++a) {
+    const auto ax = grid.axis(a);
+    const double v = param_value(p, a);
+    auto hi = std::lower_bound(ax.begin(), ax.end(), v - 1e-9);
+    if (hi == ax.end()) return false;
+    if (std::abs(*hi - v) < 1e-9 || hi == ax.begin()) {
+      if (std::abs(*hi - v) > 1e-9) return false;
+      val[static_cast<std::size_t>(a)] = {*hi, *hi};
+      wt[static_cast<std::size_t>(a)] = {1.0, 0.0};
+      continue;
+    }
+    const double h = *hi, l = *(hi - 1);
+    const double t = (v - l) / (h - l);
+    val[static_cast<std::size_t>(a)] = {l, h};
+    wt[static_cast<std::size_t>(a)] = {1.0 - t, t};
+  }
+  const std::size_t nw = grid.wavelength_angstrom.size();
+  std::vector<double> lnf(nw, 0.0);
+  for (int corner = 0; corner < 16; ++corner) {
+    double w = 1.0;
+    TemplateParams q;
+    double* fields[4] = {&q.teff_k, &q.logg, &q.mh, &q.alpha};
+    for (std::size_t a = 0; a < 4; ++a) {
+      const int bit = (corner >> a) & 1;
+      w *= wt[a][static_cast<std::size_t>(bit)];
+      *fields[a] = val[a][static_cast<std::size_t>(bit)];
+    }
+    if (w == 0.0) continue;
+    const long idx = grid.find(q);
+    if (idx < 0) return false;
+    const auto row = grid.flux.row(idx);
+    for (std::size_t j = 0; j < nw; ++j)
+      lnf[j] += w * std::log(std::max(static_cast<double>(row(static_cast<Eigen::Index>(j))), 1e-300));
+  }
+  flux.resize(nw);
+  for (std::size_t j = 0; j < nw; ++j) flux[j] = std::exp(lnf[j]);
+  return true;
+}
+
+std::array<double, 2> teff_range_from_colours(const TemplateGrid& grid, const BandMagnitudes& mags,
+                                              const FitConfig& cfg) {
+  const auto teffs = grid.axis(0);
+  std::array<double, 2> full = {teffs.front(), teffs.back()};
+  struct Row {
+    double teff, chi2;
+  };
+  std::vector<Row> rows;
+  const auto in_box = [&](const TemplateParams& p) {
+    for (int a = 0; a < 3; ++a) {
+      const double v = param_value(p, a + 1);
+      if (v < cfg.box[static_cast<std::size_t>(a)][0] - 1e-9 || v > cfg.box[static_cast<std::size_t>(a)][1] + 1e-9)
+        return false;
+    }
+    return true;
+  };
+  for (std::size_t i = 0; i < grid.size(); ++i) {
+    if (!in_box(grid.params[i])) continue;
+    const auto f = grid.flux_of(i);
+    double sw = 0, swd = 0;
+    std::vector<double> d, w;
+    for (std::size_t b = 0; b < mags.filters.size(); ++b) {
+      if (!std::isfinite(mags.mag_ab[b]) || !(mags.err[b] > 0)) continue;
+      double syn = kNaN;
+      try {
+        syn = synthetic_ab_mag(grid.wavelength_angstrom, f, mags.filters[b]);
+      } catch (const DataError&) {
+        continue;  // a band the models do not cover tells nothing about the colour
+      }
+      const double wb = 1.0 / (mags.err[b] * mags.err[b] + cfg.colour_floor_mag * cfg.colour_floor_mag);
+      d.push_back(mags.mag_ab[b] - syn);
+      w.push_back(wb);
+      sw += wb;
+      swd += wb * d.back();
+    }
+    if (d.size() < 2) return full;
+    const double off = swd / sw;
+    double chi2 = 0;
+    for (std::size_t k = 0; k < d.size(); ++k) chi2 += w[k] * (d[k] - off) * (d[k] - off);
+    rows.push_back({grid.params[i].teff_k, chi2});
+  }
+  if (rows.empty()) return full;
+  double best = rows.front().chi2;
+  for (const auto& r : rows) best = std::min(best, r.chi2);
+  double lo = 1e30, hi = -1e30;
+  for (const auto& r : rows)
+    if (r.chi2 <= best + cfg.colour_delta_chi2) lo = std::min(lo, r.teff), hi = std::max(hi, r.teff);
+  // One grid step of margin on each side.
+  auto it = std::lower_bound(teffs.begin(), teffs.end(), lo - 1e-6);
+  if (it != teffs.begin()) lo = *(it - 1);
+  it = std::upper_bound(teffs.begin(), teffs.end(), hi + 1e-6);
+  if (it != teffs.end()) hi = *it;
+  return {lo, hi};
+}
+
+std::vector<std::size_t> select_candidates(const TemplateGrid& grid, std::array<double, 2> tr, const FitConfig& cfg) {
+  std::vector<std::size_t> out;
+  for (std::size_t i = 0; i < grid.size(); ++i) {
+    const auto& p = grid.params[i];
+    bool ok = p.teff_k >= tr[0] - 1e-6 && p.teff_k <= tr[1] + 1e-6;
+    for (int a = 0; a < 3; ++a) {
+      const double v = param_value(p, a + 1);
+      ok = ok && v >= cfg.box[static_cast<std::size_t>(a)][0] - 1e-9 && v <= cfg.box[static_cast<std::size_t>(a)][1] + 1e-9;
+    }
+    if (ok) out.push_back(i);
+  }
+  return out;
+}
+
+FitResult finish_fit(const ObservedSpectrum& obs, const TemplateGrid& grid, std::vector<TemplateScore> scores,
+                     const FitConfig& cfg) {
+  if (scores.empty()) throw DataError("no template candidate was scored", ErrorContext{.aperture = obs.name});
+  std::sort(scores.begin(), scores.end(), [](const TemplateScore& a, const TemplateScore& b) { return a.index < b.index; });
+  const auto best_it = std::min_element(scores.begin(), scores.end(), [](const TemplateScore& a, const TemplateScore& b) {
+    return a.score < b.score;
+  });
+  FitResult r;
+  r.grid_index = best_it->index;
+  r.params = grid.params[static_cast<std::size_t>(r.grid_index)];
+  std::vector<double> flux = grid.flux_of(static_cast<std::size_t>(r.grid_index));
+  double best_score = best_it->score;
+  if (cfg.interpolate) {
+    // Along each axis, a parabola through the best point and its two neighbours (others fixed).
+    TemplateParams p = r.params;
+    double* fields[4] = {&p.teff_k, &p.logg, &p.mh, &p.alpha};
+    for (int a = 0; a < 4; ++a) {
+      const auto ax = grid.axis(a);
+      const double v0 = param_value(r.params, a);
+      const auto pos = std::lower_bound(ax.begin(), ax.end(), v0 - 1e-9) - ax.begin();
+      if (pos == 0 || pos + 1 >= static_cast<long>(ax.size())) continue;
+      double sc[2] = {kNaN, kNaN};
+      for (int side = 0; side < 2; ++side) {
+        TemplateParams q = r.params;
+        double* qf[4] = {&q.teff_k, &q.logg, &q.mh, &q.alpha};
+        *qf[a] = ax[static_cast<std::size_t>(pos + (side ? 1 : -1))];
+        const long idx = grid.find(q);
+        for (const auto& s : scores)
+          if (s.index == idx && idx >= 0) sc[side] = s.score;
+      }
+      if (!std::isfinite(sc[0]) || !std::isfinite(sc[1])) continue;
+      const double x0 = ax[static_cast<std::size_t>(pos - 1)], x1 = v0, x2 = ax[static_cast<std::size_t>(pos + 1)];
+      const double y0 = sc[0], y1 = best_it->score, y2 = sc[1];
+      const double den = (x0 - x1) * (x0 - x2) * (x1 - x2);
+      const double A = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / den;
+      const double B = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / den;
+      if (A > 0) *fields[a] = std::clamp(-B / (2.0 * A), x0, x2);
+    }
+    std::vector<double> fi;
+    if (grid.find(p) < 0 && interpolate_model(grid, p, fi)) {
+      const TemplateScore s = score_model(obs, grid.wavelength_angstrom, fi, grid.resolving_power, cfg);
+      TemplateScore si = s;
+      si.index = -1;
+      si.params = p;
+      scores.push_back(si);
+      if (s.score < best_score) {
+        best_score = s.score;
+        r.params = p;
+        r.interpolated = true;
+        flux = std::move(fi);
+      }
+    }
+  }
+  // The final model: RV refined by χ², everything on the observed pixels.
+  const auto w = data_weights(obs);
+  const PreparedModel pm = prepare_for(obs, grid.wavelength_angstrom, flux, grid.resolving_power, cfg);
+  const Comparison c0 = compare(obs, w, pm, 0.0, cfg);
+  cross_correlate(obs, c0, cfg, r.rv);
+  const Comparison c = refine_rv(obs, w, pm, cfg, r.rv);
+  r.score = c.score;
+  r.chi2 = c.chi2;
+  r.dof = c.n - (cfg.continuum_degree + 1) - 1;
+  r.candidates = std::move(scores);
+  r.model_wavelength = grid.wavelength_angstrom;
+  r.model_flux = std::move(flux);
+  r.model_on_data = c.model;
+  r.normalised_data = c.dn;
+  r.normalised_model = c.mn;
+  r.normalised_sigma = c.sn;
+  return r;
+}
+
+FitResult fit_template(const ObservedSpectrum& obs, const TemplateGrid& grid, const std::vector<std::size_t>& candidates,
+                       const FitConfig& cfg) {
+  if (obs.wavelength_angstrom.size() < 10 || obs.flux.size() != obs.wavelength_angstrom.size() ||
+      obs.variance.size() != obs.flux.size() || obs.good.size() != obs.flux.size())
+    throw DataError("observed spectrum: arrays of different lengths or fewer than 10 pixels",
+                    ErrorContext{.aperture = obs.name});
+  if (candidates.empty())
+    throw DataError("no template in the grid falls in the Teff range and parameter box", ErrorContext{.aperture = obs.name});
+  if (cfg.metric != "chi2" && cfg.metric != "huber")
+    throw ConfigError("template fit metric must be chi2 or huber, not '" + cfg.metric + "'");
+  check_grid_covers(grid, obs, cfg);
+  long ngood = 0;
+  for (std::size_t i = 0; i < obs.good.size(); ++i)
+    ngood += obs.good[i] && std::isfinite(obs.flux[i]) && obs.variance[i] > 0;
+  if (ngood < 5 * (cfg.continuum_degree + 1))
+    throw DataError(fmt::format("only {} good pixels in the spectrum", ngood), ErrorContext{.aperture = obs.name});
+  std::vector<TemplateScore> scores;
+  for (std::size_t i : candidates) {
+    TemplateScore s = score_model(obs, grid.wavelength_angstrom, grid.flux_of(i), grid.resolving_power, cfg);
+    s.index = static_cast<long>(i);
+    s.params = grid.params[i];
+    scores.push_back(s);
+  }
+  return finish_fit(obs, grid, std::move(scores), cfg);
+}
+
+}  // namespace kspecdr::fluxcal
