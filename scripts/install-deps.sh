@@ -8,6 +8,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   libhdf5-openmpi-dev hdf5-tools
   libcfitsio-dev
+  zlib1g-dev
   libeigen3-dev
   libboost-program-options-dev
   liberfa-dev iraf-noao
