@@ -82,6 +82,7 @@ const std::vector<Command>& commands() {
       {"log", "classify raw frames from their headers into an observing table", run_log},
       {"reduce", "reduce a night: raw -> IM (detector calibration) and later stages", run_reduce},
       {"extract", "one IM frame -> EX: trace its stars, fit the sky, extract (timed)", run_extract},
+      {"fluxcal", "RED -> flux-calibrated RED with a tabulated standard star (long slit)", run_fluxcal},
   };
   return list;
 }

@@ -39,5 +39,6 @@ int run_simulate(int argc, char** argv);
 int run_log(int argc, char** argv);
 int run_reduce(int argc, char** argv);
 int run_extract(int, char**);
+int run_fluxcal(int argc, char** argv);
 
 }  // namespace kspecdr::cli
