@@ -296,7 +296,7 @@ KnownStandardResult run_known_standard(const KnownStandardConfig& cfg) {
       throw ConfigError(fmt::format("fluxcal: output {} would replace its input", c.output.string()));
     result.files.push_back(c);
   }
-  std::vector<double> std_mjd;
+  std::vector<double> std_mjd, std_airmass;
   ExtinctionCurve curve;
   try {
     if (cfg.standard_exposures.empty()) throw DataError("no standard exposure given (--standard-exposure RUN)");
@@ -316,7 +316,8 @@ KnownStandardResult run_known_standard(const KnownStandardConfig& cfg) {
       const double exptime = require_positive(h, "EXPTIME", file, false);
       const double airmass = require_positive(h, "AIRMASS", file, false);
       const long ap = find_aperture(red, cfg.standard_aperture, file);
-      CalVector cal = cal_from_tabulated(star, red, ap, exptime, airmass, mask, fmt::format("{} {}", star.name, run_name(*it)));
+      CalVector cal = cal_from_tabulated(star, red, ap, exptime, airmass, mask, fmt::format("{} {} {}", star.name, run_name(*it),
+                                                   red.spectra.apertures[static_cast<std::size_t>(ap)].name));
       if (!curve.covers(cal.wavelength_angstrom.front(), cal.wavelength_angstrom.back()) ||
           !curve.covers(red.grid.centres.front(), red.grid.centres.back()))
         throw DataError(fmt::format("extinction curve {} covers {}–{} Å, not the spectrum's {:.1f}–{:.1f} Å", curve.name,
@@ -325,6 +326,7 @@ KnownStandardResult run_known_standard(const KnownStandardConfig& cfg) {
                         ErrorContext{.file = cfg.extinction_file.string()});
       result.per_exposure.push_back(to_airmass(cal, curve, 0.0));
       std_mjd.push_back(h.get_double("MJD-OBS").value_or(CalVector::kNaN));
+      std_airmass.push_back(airmass);
       spdlog::info("fluxcal: {} aperture '{}' at airmass {:.3f}, {} s: {}/{} bands usable", run_name(*it),
                    red.spectra.apertures[static_cast<std::size_t>(ap)].name, airmass, exptime, cal.n_good(), cal.size());
     }
@@ -366,10 +368,10 @@ KnownStandardResult run_known_standard(const KnownStandardConfig& cfg) {
       rec.rms = used.size() > 1 ? result.rms : CalVector::kNaN;
       for (std::size_t i = 0; i < nstd; ++i) {
         const bool in = std::find(used.begin(), used.end(), i) != used.end();
-        rec.history.push_back(fmt::format("FCAL std '{}' Teff/logg/[M/H]/RV: table; scale 1; {}/{} bands; {}",
-                                          result.per_exposure[i].source, result.per_exposure[i].n_good(),
-                                          result.per_exposure[i].size(),
-                                          in ? "used" : "not used: another exposure is nearer in time"));
+        // One line per standard spectrum, within the 72 characters of a HISTORY card.
+        rec.history.push_back(fmt::format("FCAL {} X={:.3f} no fit (table) s=1 {}",
+                                          result.per_exposure[i].source, std_airmass[i],
+                                          in ? "used" : "unused:far in time"));
       }
       apply_to_red(red, cal, curve, rec, f.input.string());
       wavecal::write_red_file(f.output, red, cfg.overwrite);
