@@ -83,6 +83,7 @@ const std::vector<Command>& commands() {
       {"reduce", "reduce a night: raw -> IM (detector calibration) and later stages", run_reduce},
       {"extract", "one IM frame -> EX: trace its stars, fit the sky, extract (timed)", run_extract},
       {"templates", "model-spectrum grids: import-bosz DIR OUT.h5, synth --out grid.h5", run_templates},
+      {"fluxcal", "RED -> flux-calibrated RED with a tabulated standard star (long slit)", run_fluxcal},
   };
   return list;
 }

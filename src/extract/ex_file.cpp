@@ -75,7 +75,7 @@ std::vector<FormatItem> build_format() {
   for (const auto& im : kImages)
     f.push_back({im.extname, K::Image, im.extname, "float32", im.unit, im.description});
   f.push_back({"MASK", K::Image, "MASK", "uint16", "", "mask bits per aperture and pixel (MASKBn keywords name them); 0 = good"});
-  f.push_back({"PRIMARY", K::Keyword, "BUNIT", "string", "", "unit of the flux: electron"});
+  f.push_back({"PRIMARY", K::Keyword, "BUNIT", "string", "", "unit of the flux: electron, or erg/cm2/s/A once flux calibrated (variances in its square)"});
   f.push_back({"PRIMARY", K::Keyword, "NAPER", "int64", "", "number of apertures (rows)"});
   f.push_back({"PRIMARY", K::Keyword, "EXTMETH", "string", "", "extraction method: boxcar | optimal | joint"});
   f.push_back({"PRIMARY", K::Keyword, "DEBLEND", "logical", "", "overlapping neighbours fitted jointly per column"});
@@ -116,6 +116,9 @@ void check_extra_names(const SpectrumSet& sp, const std::string& path, const std
 }
 
 void write_spectrum_hdus(fits::Fits& f, const SpectrumSet& sp) {
+  // A BUNIT in the header (flux calibration sets one) is the unit of the flux and the sky; the variances
+  // are in its square. Without one the spectra are in electrons.
+  const std::string flux_unit = sp.header.get_string("BUNIT").value_or("electron");
   for (const auto& im : kImages) {
     const bool primary = std::string(im.extname) == "PRIMARY";
     Header h;
@@ -123,7 +126,12 @@ void write_spectrum_hdus(fits::Fits& f, const SpectrumSet& sp) {
       h = sp.header;
       h.set("NAPER", static_cast<long long>(sp.naper()), "number of apertures");
     }
-    if (*im.unit) h.set("BUNIT", im.unit, "unit of the values");
+    std::string unit = im.unit;
+    if (flux_unit != "electron") {
+      if (im.member == &SpectrumSet::flux || im.member == &SpectrumSet::sky) unit = flux_unit;
+      else if (unit == "electron2") unit = "(" + flux_unit + ")**2";
+    }
+    if (!unit.empty()) h.set("BUNIT", unit, "unit of the values");
     f.write_image(sp.*(im.member), h, primary ? "" : im.extname);
     f.write_checksum();
   }

@@ -59,7 +59,9 @@ void write_red_file(const std::filesystem::path& path, const RedSpectra& red, bo
     f.write_image(red.wavela, hw, "WAVELA");
     f.write_checksum();
     Header hc;
-    hc.set("BUNIT", "electron2", "unit of the values");
+    const std::string flux_unit = red.spectra.header.get_string("BUNIT").value_or("electron");
+    hc.set("BUNIT", flux_unit == "electron" ? std::string("electron2") : "(" + flux_unit + ")**2",
+           "unit of the values");
     hc.set("EXTDESC", "covariance of the flux of output pixels j and j+1 from resampling", "what this image holds");
     f.write_image(red.covariance_next, hc, "COVAR");
     f.write_checksum();

@@ -40,5 +40,6 @@ int run_log(int argc, char** argv);
 int run_reduce(int argc, char** argv);
 int run_extract(int, char**);
 int run_templates(int argc, char** argv);
+int run_fluxcal(int argc, char** argv);
 
 }  // namespace kspecdr::cli
