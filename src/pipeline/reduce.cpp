@@ -13,6 +13,8 @@
 #include <optional>
 #include <sstream>
 
+#include <sys/resource.h>
+
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/core/log.hpp"
 #include "kspecdr/detector/calibrate.hpp"
@@ -719,6 +721,14 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     }
   }
   summary.failures = all;
+  // Peak resident memory of every rank (getrusage: kilobytes on Linux), gathered for the summary.
+  std::string rss_report;
+  {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    const auto rss = comm.allgather(fmt::format("{:.0f} MB", static_cast<double>(ru.ru_maxrss) / 1024.0));
+    for (std::size_t r = 0; r < rss.size(); ++r) rss_report += fmt::format("{}rank {} {}", r ? ", " : "", r, rss[r]);
+  }
   if (comm.is_root()) {
     // Every number the stages measured, in one file for figures and systematics studies.
     try {
@@ -738,6 +748,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     } catch (const std::exception& e) {
       spdlog::error("diagnostics.h5 not written: {}", e.what());
     }
+    spdlog::info("peak resident memory per rank: {}", rss_report);
     spdlog::info("night done: {} exposures planned, {} files written, {} kept from earlier runs, {} failed", summary.exposures,
                  summary.done, summary.skipped, summary.failures.size());
     for (const auto& f : summary.failures) spdlog::error("failed exposure {} ({}): {}", f.exposure, f.file, f.reason);
