@@ -168,84 +168,92 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
       stars.push_back(std::move(s));
     }
 
-    // Rounds of one exposure per rank (the RED stage's dealing): each rank writes the time slice of its
-    // exposure into every star's datasets; a rank without one writes an empty selection.
-    const std::size_t rounds = (set.exposures.size() + nranks - 1) / nranks;
+    // Each rank writes a contiguous block of time slots (rank r: [N r / n, N (r + 1) / n)), in rounds of at
+    // most kBlock exposures so that a rank holds a few RED files at a time: one collective write per dataset
+    // and round, whatever the number of exposures. A rank whose block is exhausted takes part with an empty
+    // selection.
+    constexpr std::size_t kBlock = 16;
+    const std::size_t nexp = set.exposures.size(), r = static_cast<std::size_t>(comm.rank());
+    const std::size_t lo = nexp * r / nranks, hi = nexp * (r + 1) / nranks;
+    const std::size_t mine_total = hi - lo;
+    const auto rounds = static_cast<std::size_t>(
+        comm.max(static_cast<long long>((mine_total + kBlock - 1) / kBlock)));
     for (std::size_t round = 0; round < rounds; ++round) {
-      const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
-      const bool mine = i < set.exposures.size();
-      std::optional<wavecal::RedSpectra> red;
-      if (mine) {
-        const SeriesExposure& e = set.exposures[i];
+      const std::size_t b0 = std::min(hi, lo + round * kBlock), b1 = std::min(hi, b0 + kBlock);
+      const std::size_t cnt = b1 - b0;
+      std::vector<std::optional<wavecal::RedSpectra>> reds(cnt);
+      for (std::size_t q = 0; q < cnt; ++q) {
+        const SeriesExposure& e = set.exposures[b0 + q];
         if (fs::exists(e.red)) {
           try {
-            red = wavecal::read_red_file(e.red);
-            if (red->spectra.npix() != static_cast<Eigen::Index>(nwave) ||
-                red->spectra.naper() != static_cast<Eigen::Index>(lay.apertures.size()))
-              throw DataError(fmt::format("{} × {} spectra, the series has {} × {}", red->spectra.naper(),
-                                          red->spectra.npix(), lay.apertures.size(), nwave));
+            reds[q] = wavecal::read_red_file(e.red);
+            if (reds[q]->spectra.npix() != static_cast<Eigen::Index>(nwave) ||
+                reds[q]->spectra.naper() != static_cast<Eigen::Index>(lay.apertures.size()))
+              throw DataError(fmt::format("{} × {} spectra, the series has {} × {}", reds[q]->spectra.naper(),
+                                          reds[q]->spectra.npix(), lay.apertures.size(), nwave));
           } catch (const std::exception& ex) {
             spdlog::error("{}: RED file {} left out of the time series: {}", e.name, e.red.string(), ex.what());
-            red.reset();
+            reds[q].reset();
           }
         }
-        if (!red) ++summary.failed_exposures;
+        if (!reds[q]) ++summary.failed_exposures;
       }
-      const hsize_t t0 = mine ? static_cast<hsize_t>(i) : 0, cnt = mine ? 1 : 0;
-      std::vector<float> col(nwave);
-      std::vector<std::uint8_t> okcol(nwave);
-      for (auto& s : stars) {
-        const auto a = static_cast<Eigen::Index>(s.aperture);
-        for (std::size_t q = 0; q < std::size(kFlux); ++q) {
-          if (mine) {
+      const hsize_t t0 = cnt ? static_cast<hsize_t>(b0) : 0, hc = static_cast<hsize_t>(cnt);
+      std::vector<float> buf(nwave * cnt);
+      std::vector<std::uint8_t> okbuf(nwave * cnt);
+      for (auto& st : stars) {
+        const auto a = static_cast<Eigen::Index>(st.aperture);
+        for (std::size_t it = 0; it < std::size(kFlux); ++it) {
+          for (std::size_t q = 0; q < cnt; ++q)
             for (hsize_t w = 0; w < nwave; ++w) {
               const auto j = static_cast<Eigen::Index>(w);
               float v = std::numeric_limits<float>::quiet_NaN();
+              const auto& red = reds[q];
               if (red && !(red->spectra.mask(a, j) & kMaskNoData)) {
-                if (kFlux[q].member) v = (red->spectra.*(kFlux[q].member))(a, j);
+                if (kFlux[it].member) v = (red->spectra.*(kFlux[it].member))(a, j);
                 else v = std::sqrt(red->spectra.variance(a, j));
               }
-              col[w] = v;
+              buf[w * cnt + q] = v;  // (nwave, cnt) row-major, like the dataset
             }
-          }
-          s.flux[q].write_slab(mine ? col.data() : nullptr, {0, t0}, {nwave, cnt}, true);
-          causes |= s.flux[q].last_no_collective_cause();
+          st.flux[it].write_slab(cnt ? buf.data() : nullptr, {0, t0}, {nwave, hc}, true);
+          causes |= st.flux[it].last_no_collective_cause();
         }
-        if (mine)
+        for (std::size_t q = 0; q < cnt; ++q)
           for (hsize_t w = 0; w < nwave; ++w) {
             const auto j = static_cast<Eigen::Index>(w);
-            okcol[w] = red && red->spectra.mask(a, j) == 0 && std::isfinite(red->spectra.variance(a, j)) ? 1 : 0;
+            const auto& red = reds[q];
+            okbuf[w * cnt + q] =
+                red && red->spectra.mask(a, j) == 0 && std::isfinite(red->spectra.variance(a, j)) ? 1 : 0;
           }
-        s.flux_ok.write_slab(mine ? okcol.data() : nullptr, {0, t0}, {nwave, cnt}, true);
-        causes |= s.flux_ok.last_no_collective_cause();
+        st.flux_ok.write_slab(cnt ? okbuf.data() : nullptr, {0, t0}, {nwave, hc}, true);
+        causes |= st.flux_ok.last_no_collective_cause();
 
-        double tv[kNTime];
-        std::uint8_t tok = 0;
-        if (mine) {
-          const SeriesExposure& e = set.exposures[i];
-          const ApertureInfo& ap = lay.apertures[s.aperture];
-          const bool own = std::isfinite(ap.ra_deg) && std::isfinite(ap.dec_deg);
-          tv[0] = bjd_tdb(e.mjd_mid_utc, own ? ap.ra_deg : e.ra_deg, own ? ap.dec_deg : e.dec_deg, site);
-          tv[1] = e.mjd_mid_utc;
-          tv[2] = e.exptime_s;
-          tv[3] = e.airmass > 0 ? e.airmass : kNaN;
-          for (std::size_t t = 4; t < kNTime; ++t) tv[t] = kNaN;
-          if (red) {
-            const auto& d = red->spectra.diagnostics[s.aperture];
-            tv[4] = d.shift_px;
-            tv[5] = d.width_px;
-            tv[6] = red->spectra.header.get_double("FLEXPX").value_or(kNaN);
-            tv[7] = d.sky_median_e;
-            tv[8] = d.snr_median;
-            tok = d.status == "ok" ? 1 : 0;
+        std::vector<std::vector<double>> tv(kNTime, std::vector<double>(cnt, kNaN));
+        std::vector<std::uint8_t> tok(cnt, 0);
+        const ApertureInfo& ap = lay.apertures[st.aperture];
+        const bool own = std::isfinite(ap.ra_deg) && std::isfinite(ap.dec_deg);
+        for (std::size_t q = 0; q < cnt; ++q) {
+          const SeriesExposure& e = set.exposures[b0 + q];
+          tv[0][q] = bjd_tdb(e.mjd_mid_utc, own ? ap.ra_deg : e.ra_deg, own ? ap.dec_deg : e.dec_deg, site);
+          tv[1][q] = e.mjd_mid_utc;
+          tv[2][q] = e.exptime_s;
+          tv[3][q] = e.airmass > 0 ? e.airmass : kNaN;
+          if (const auto& red = reds[q]) {
+            const auto& d = red->spectra.diagnostics[st.aperture];
+            tv[4][q] = d.shift_px;
+            tv[5][q] = d.width_px;
+            tv[6][q] = red->spectra.header.get_double("FLEXPX").value_or(kNaN);
+            tv[7][q] = d.sky_median_e;
+            tv[8][q] = d.snr_median;
+            tok[q] = d.status == "ok" ? 1 : 0;
           }
         }
         for (std::size_t t = 0; t < kNTime; ++t) {
-          s.time[t].write_slab(mine ? &tv[t] : nullptr, {t0}, {cnt}, true);
-          causes |= s.time[t].last_no_collective_cause();
+          st.time[t].write_slab(cnt ? tv[t].data() : nullptr, {t0}, {hc}, true);
+          causes |= st.time[t].last_no_collective_cause();
         }
-        s.time_ok.write_slab(mine ? &tok : nullptr, {t0}, {cnt}, true);
-        causes |= s.time_ok.last_no_collective_cause();
+        st.time_ok.write_slab(cnt ? tok.data() : nullptr, {t0}, {hc}, true);
+        causes |= st.time_ok.last_no_collective_cause();
       }
     }
     // The exposure names in time order (an attribute: variable-length string datasets cannot be written
