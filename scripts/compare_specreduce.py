@@ -146,8 +146,16 @@ def read_kspecdr_traces(path, nx):
 def kspecdr_extract(kspecdr, im, out_dir, method, nstars, repeat, log):
     ex = os.path.join(out_dir, f"kspecdr-{method}.ex.fits")
     tr = os.path.join(out_dir, "kspecdr.traces.fits")
+    # The masters the IM was made with (calib/ beside im/): their noise enters kspecdr's model variance, as the
+    # IM VARIANCE that specreduce's sigma is built from includes it.
+    calib = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(im))), "calib")
+    masters = []
+    for opt, pattern in (("--master-flat", "master_flat_*.fits"), ("--master-bias", "master_bias_*.fits")):
+        found = sorted(glob.glob(os.path.join(calib, pattern)))
+        if found:
+            masters += [opt, found[0]]
     run([kspecdr, "extract", im, "--out", ex, "--traces", tr, "--trace.stars", str(nstars), "--extract.method",
-         method, "--repeat", str(repeat), "--overwrite"], log)
+         method, "--repeat", str(repeat), "--overwrite"] + masters, log)
     with fits.open(ex) as h:
         hdr = h[0].header
         return dict(flux=h[0].data.astype(float), var=h["VARIANCE"].data.astype(float),

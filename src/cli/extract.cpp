@@ -1,14 +1,17 @@
 // kspecdr extract IMFILE --out EXFILE: one calibrated frame through the IM → EX
 // stage with slit-mode semantics (the IM itself is the trace image), timed
 // inside the program so that the cost of tracing and of sky + extraction can be
-// compared without process start-up and file reading. Without the masters the
-// calibration noise (VAR_CAL) is left out.
+// compared without process start-up and file reading. Given the master flat and
+// bias the IM was made with (--master-flat, --master-bias), their noise enters the
+// model variance (VAR_CAL) as in `reduce`; without them it is left out.
 #include <fmt/format.h>
+#include "kspecdr/detector/masters.hpp"
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,6 +57,8 @@ int run_extract(int argc, char** argv) {
       "repeat", po::value<int>()->default_value(1),
       "do the tracing and the sky + extraction this many times and report the median wall time")(
       "traces", po::value<std::string>(), "also write the traces measured on the frame to this trace-map file")(
+      "master-flat", po::value<std::string>(), "the master flat the IM was divided by (calib/master_flat_*.fits): its noise enters VAR_CAL")(
+      "master-bias", po::value<std::string>(), "the master bias the IM was made with (calib/master_bias_*.fits)")(
       "overwrite", po::bool_switch(), "replace existing output files");
   desc.add(stage_options());
   po::positional_options_description pos;
@@ -61,10 +66,10 @@ int run_extract(int argc, char** argv) {
   auto opts = parse_options("extract",
                             "kspecdr extract IMFILE --out EXFILE [--traces TRACEFILE] [--trace.reference x,y ...] "
                             "[--trace.stars N] [--extract.method optimal|boxcar|joint] [--sky.method median|poly|none] "
-                            "[--repeat N] [--overwrite]\n\n"
-                            "No master bias or flat is read: the extraction's model variance leaves out their noise "
-                            "(VAR_CAL = 0, CALNOISE = 'NONE'), which understates the variance of bright spectra from "
-                            "few flats. 'kspecdr reduce --stage ex' includes it.",
+                            "[--master-flat FILE] [--master-bias FILE] [--repeat N] [--overwrite]\n\n"
+                            "Without --master-flat/--master-bias the extraction's model variance leaves out the "
+                            "masters' noise (VAR_CAL = 0, CALNOISE = 'NONE'), which understates the variance of "
+                            "bright spectra from few flats; the IM header says whether that very master was applied.",
                             argc, argv, desc, pos);
   if (opts.help) return 0;
   const auto& vm = opts.vm;
@@ -95,6 +100,10 @@ int run_extract(int argc, char** argv) {
   profile.mode = SpectroMode::Slit;
   const std::vector<Image> frames{fits::read_image_file(im_file)};
   const Image& im = frames.front();
+  std::optional<detector::MasterFlat> flat;
+  std::optional<detector::MasterBias> bias;
+  if (vm.count("master-flat")) flat = detector::read_master_flat(vm["master-flat"].as<std::string>());
+  if (vm.count("master-bias")) bias = detector::read_master_bias(vm["master-bias"].as<std::string>());
 
   std::vector<double> trace_ms, extract_ms;
   TraceSet traces;
@@ -104,7 +113,8 @@ int run_extract(int argc, char** argv) {
     traces = build_master_traces(profile, frames, nullptr, {}, cfg);
     trace_ms.push_back(ms_since(t0));
     t0 = std::chrono::steady_clock::now();
-    spectra = extract_exposure(im, traces, profile, cfg, exposure, /*is_science=*/false, im_file.string());
+    spectra = extract_exposure(im, traces, profile, cfg, exposure, /*is_science=*/false, im_file.string(),
+                               flat ? &*flat : nullptr, bias ? &*bias : nullptr);
     extract_ms.push_back(ms_since(t0));
   }
   const double t_trace = median_of(trace_ms), t_extract = median_of(extract_ms);
