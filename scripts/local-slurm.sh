@@ -104,6 +104,8 @@ InactiveLimit=0
 KillWait=10
 MinJobAge=300
 NodeName=$node NodeAddr=127.0.0.1 $(sed 's/^NodeName=[^ ]* //' <<<"$hw") State=UNKNOWN
+# Jobs that can never fit (e.g. more tasks than the node has cores) are refused at submission.
+EnforcePartLimits=ALL
 PartitionName=local Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
   mv "$CONF.tmp" "$CONF"
