@@ -9,7 +9,7 @@ night's job left in OUTDIR:
 
 - OUTDIR/kspecdr-job.status (written by slurm/reduce-night.sbatch when kspecdr ends): job id, ranks,
   run time, kspecdr's exit code (0 all good, 2 configuration error, 3 some exposures failed, 1 fatal);
-- the newest OUTDIR/reduce-<job>.log: the exposures named as failed ("failed exposure NAME (FILE): REASON")
+- OUTDIR/diagnostics.h5 (/failures), else the newest OUTDIR/reduce-<job>.log: the exposures named as failed ("failed exposure NAME (FILE): REASON")
   and the night's counts; a log newer than the status file without an end line means the job was killed;
 - OUTDIR/log.csv (science exposures planned) and OUTDIR/red/*.red.fits (RED files present);
 - OUTDIR/*.rainbow.h5: present, and readable with h5py (star groups, each fluxlike/flux (nwave, ntime));
@@ -96,6 +96,21 @@ def read_log(out):
     return info
 
 
+def diagnostics_failures(out):
+    """The failures that kspecdr recorded in OUTDIR/diagnostics.h5 (/failures: exposure, file, reason), or None."""
+    path = os.path.join(out, "diagnostics.h5")
+    if not os.path.exists(path):
+        return None
+    try:
+        import h5py
+        with h5py.File(path, "r") as f:
+            g = f["failures"]
+            dec = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+            return [f"{dec(e)}: {dec(r)}" for e, r in zip(g["exposure"][()], g["reason"][()])]
+    except Exception:
+        return None
+
+
 def science_planned(out):
     path = os.path.join(out, "log.csv")
     if not os.path.exists(path):
@@ -171,7 +186,11 @@ def summarise(n, states):
     row["science"] = science_planned(out)
     row["red_files"] = len(glob.glob(os.path.join(out, "red", "*.red.fits")))
     row.update(read_cube(out))
-    row["failures"] = log["failures"]
+    # The program's own record of the failures (diagnostics.h5, rewritten at the end of every run that gets
+    # through the night: exit code 0 or 3) when the last job ended so; else the failures named in its log.
+    diag = diagnostics_failures(out)
+    use_diag = diag is not None and log["ended"] and status.get("exit_code") in ("0", "3")
+    row["failures"] = diag if use_diag else log["failures"]
     row["errors"] = log["errors"]
     row["log"] = log["log"]
     # A log newer than the status without the script's end line: the job was killed (or is running).
