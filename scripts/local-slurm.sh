@@ -89,11 +89,12 @@ JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 # Quick scheduling for a small test cluster: dependencies and array throttles are re-examined every
-# 2 s (SLURM's default is 60 s, which would leave a chained job waiting a minute after its parents);
-# kill_invalid_depend cancels a job whose dependency can never be met (an afterok report after a failed
-# night) instead of leaving it pending for ever.
+# 2 s (SLURM's default is 60 s, which would leave a chained job waiting a minute after its parents).
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=2,kill_invalid_depend
+SchedulerParameters=sched_interval=2,bf_interval=2
+# A job whose dependency can never be met (an afterok report after a failed night) is cancelled instead
+# of pending for ever.
+DependencyParameters=kill_invalid_depend
 MpiDefault=none
 # No mail program in a container; /bin/true keeps slurmctld from logging an error for it.
 MailProg=/bin/true
