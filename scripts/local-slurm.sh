@@ -48,7 +48,7 @@ alive_pid() {
 }
 
 write_conf() {
-  local node user cpus boards sockets cores threads mem
+  local node user
   # The node as slurmd sees the hardware ("NodeName=vm CPUs=2 ... RealMemory=24105"); using its own numbers
   # keeps slurmd from draining the node for "low socket*core*thread count" or "low RealMemory".
   local hw
@@ -132,8 +132,7 @@ start_munge() {
     --pid-file="$PREFIX/run/munged.pid" --log-file="$PREFIX/log/munged.log" \
     --seed-file="$PREFIX/munge/munged.seed" ||
     die "munged did not start; see $PREFIX/log/munged.log"
-  local i
-  for i in $(seq 50); do [ -S "$MUNGE_SOCKET" ] && return 0; sleep 0.1; done
+  for _ in $(seq 50); do [ -S "$MUNGE_SOCKET" ] && return 0; sleep 0.1; done
   die "munged started but its socket $MUNGE_SOCKET did not appear; see $PREFIX/log/munged.log"
 }
 
@@ -154,19 +153,18 @@ start() {
     # -i: carry on past unreadable state files (e.g. after a machine crash) instead of refusing to start.
     slurmctld -f "$CONF" -i || die "slurmctld did not start; see $PREFIX/log/slurmctld.log"
   fi
-  local i
-  for i in $(seq 100); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.2; done
+  for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.2; done
   scontrol ping 2>/dev/null | grep -q UP || die "slurmctld does not answer; see $PREFIX/log/slurmctld.log"
   if [ -z "$slurmd_pid" ]; then
     slurmd -f "$CONF" -N "$node" || die "slurmd did not start; see $PREFIX/log/slurmd.log"
   fi
   local st=""
-  for i in $(seq 150); do
+  for _ in $(seq 150); do
     st=$(node_state)
     case "$st" in
       idle | mixed | allocated | completing) break ;;
       # A node left down/drained by an earlier run is put back in service.
-      down* | drain* | drained*) scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true ;;
+      down* | drain*) scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true ;;
     esac
     sleep 0.2
   done
@@ -179,11 +177,11 @@ start() {
 }
 
 stop_one() {
-  local name=$1 f=$2 pid i
+  local name=$1 f=$2 pid
   pid=$(alive_pid "$f" || true)
   [ -n "$pid" ] || { rm -f "$f"; return 0; }
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$pid" 2>/dev/null; then
     echo "local-slurm: $name (pid $pid) still running after 10 s; sending SIGKILL" >&2
     kill -9 "$pid" 2>/dev/null || true
@@ -199,8 +197,7 @@ stop() {
     if [ -n "${jobs// /}" ]; then
       # shellcheck disable=SC2086
       scancel $jobs 2>/dev/null || true
-      local i
-      for i in $(seq 100); do [ -z "$(squeue -h -o %A 2>/dev/null)" ] && break; sleep 0.2; done
+      for _ in $(seq 100); do [ -z "$(squeue -h -o %A 2>/dev/null)" ] && break; sleep 0.2; done
     fi
   fi
   stop_one slurmd "$PREFIX/run/slurmd.pid"

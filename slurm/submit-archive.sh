@@ -43,7 +43,8 @@ if [ -z "${KSPECDR:-}" ]; then
   [ -n "$KSPECDR" ] || KSPECDR="$here/../build/kspecdr"
 fi
 [ -x "$KSPECDR" ] || { echo "submit-archive: kspecdr not found; set KSPECDR=/path/to/kspecdr" >&2; exit 2; }
-export KSPECDR=$(cd "$(dirname "$KSPECDR")" && pwd)/$(basename "$KSPECDR")
+KSPECDR=$(cd "$(dirname "$KSPECDR")" && pwd)/$(basename "$KSPECDR")
+export KSPECDR
 # The jobs run copies of the scripts; this tells them where the originals (and reduce-night.sbatch) are.
 export KSPECDR_SLURM_DIR=$here
 

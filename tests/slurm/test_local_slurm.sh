@@ -150,6 +150,8 @@ EOF
   grep -qx 'ranks=2' "$out/kspecdr-job.status" || fail "night-$n: kspecdr-job.status has no ranks=2"
   # Both ranks took part (the log's lines carry "[rank r/n]").
   grep -q '\[rank 1/2\]' "$out"/reduce-*.log || fail "night-$n: no line of rank 1 of 2 in its log"
+  # The cube was written with collective MPI-IO (the program says so when it was not).
+  ! grep -q 'collective MPI-IO was NOT used' "$out"/reduce-*.log || fail "night-$n: the cube was not written collectively"
 }
 check_night a
 check_night b
