@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs every Debian package that the build, tests, demo, benchmarks and
 # plotting scripts need. Idempotent: packages already present are skipped.
+# slurm-wlm and munge: the single-node SLURM of scripts/local-slurm.sh and the
+# slurm_archive test (their daemons are not started by the packages in a
+# container without systemd; local-slurm.sh starts its own).
 set -euo pipefail
 
 PACKAGES=(
@@ -15,6 +18,7 @@ PACKAGES=(
   libspdlog-dev libfmt-dev
   libgtest-dev googletest libbenchmark-dev
   python3-numpy python3-scipy python3-matplotlib python3-h5py python3-astropy python3-specreduce
+  slurm-wlm munge
 )
 
 missing=()
