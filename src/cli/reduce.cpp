@@ -18,7 +18,7 @@ int run_reduce(int argc, char** argv) {
       "out", po::value<std::string>()->required(), "output folder (calib/, im/, ex/, red/, log.ecsv, config-used.ini)")(
       "stage", po::value<std::string>()->default_value("im"),
       "last stage to run: im (detector calibration) | ex (traces, sky, extraction) | red (wavelength calibration, "
-      "resampling, fiber master sky)")(
+      "resampling, fiber master sky, time-series cubes) | all (every stage: red)")(
       "night", po::value<std::string>()->default_value(""),
       "night name for <night>.rainbow.h5 (default: the raw folder's name, its parent's if it is 'raw')")(
       "overwrite", po::bool_switch(), "replace existing outputs (otherwise they are kept and skipped)");
@@ -90,7 +90,7 @@ int run_reduce(int argc, char** argv) {
     cfg.stage = ReduceStage::Im;
   else if (stage == "ex")
     cfg.stage = ReduceStage::Ex;
-  else if (stage == "red")
+  else if (stage == "red" || stage == "all")  // all: every stage this build runs
     cfg.stage = ReduceStage::Red;
   else
     throw ConfigError(fmt::format("--stage {}: use im, ex or red (flux calibration is not part of this build yet)",

@@ -151,9 +151,26 @@ bool keep_existing(const ReduceConfig& cfg, const fs::path& out, const std::stri
 std::string provenance_text(const std::string& resolved) {
   std::istringstream is(resolved);
   std::string out, line;
-  while (std::getline(is, line))
-    if (line.rfind("stage =", 0) != 0 && line.rfind("overwrite =", 0) != 0 && line.rfind("night =", 0) != 0)
-      out += line + "\n";
+  while (std::getline(is, line)) {
+    // Comments (the version line: the outputs carry KSPVER and KSPSHA themselves) and the options that do
+    // not change what is computed are left out; paths count by where they point, not how they are spelled.
+    if (line.empty() || line[0] == '#') continue;
+    const auto eq = line.find(" = ");
+    const std::string key = eq == std::string::npos ? line : line.substr(0, eq);
+    if (key == "stage" || key == "overwrite" || key == "night" || key == "log-level") continue;
+    if ((key == "raw" || key == "out" || key == "instrument") && eq != std::string::npos) {
+      const fs::path p(line.substr(eq + 3));
+      std::error_code ec;
+      if (fs::exists(p, ec)) {
+        const fs::path c = fs::weakly_canonical(p, ec);
+        if (!ec) {
+          out += key + " = " + c.string() + "\n";
+          continue;
+        }
+      }
+    }
+    out += line + "\n";
+  }
   return out;
 }
 
