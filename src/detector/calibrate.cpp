@@ -200,4 +200,56 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
 
 void write_im(const fs::path& path, const Image& im, bool overwrite) { fits::write_image_file(path, im, overwrite); }
 
+const std::vector<io::FormatItem>& im_format() {
+  using K = io::FormatItem::Kind;
+  static const std::vector<io::FormatItem> f = [] {
+    std::vector<io::FormatItem> v;
+    auto kw = [&](const char* name, const char* type, const char* unit, const char* what, const char* when = "") {
+      v.push_back({"PRIMARY", K::Keyword, name, type, unit, what, when});
+    };
+    v.push_back({"PRIMARY", K::Image, "PRIMARY", "float32", "electron",
+                 "calibrated frame, NY x NX, dispersion along x (columns)"});
+    v.push_back({"VARIANCE", K::Image, "VARIANCE", "float32", "(electron)**2", "variance of the primary data"});
+    v.push_back({"MASK", K::Image, "MASK", "uint16", "", "mask bits per pixel (MASKBn keywords name them); 0 = good"});
+    kw("BUNIT", "string", "", "unit of the data: electron");
+    kw("IMINPUT", "string", "", "raw frame this IM was made from");
+    kw("KSPVER", "string", "", "kspecdr version");
+    kw("KSPSHA", "string", "", "kspecdr git commit");
+    kw("DISPAXIS", "int64", "", "1: dispersion runs along x (NAXIS1)");
+    kw("RAWDAXIS", "int64", "", "raw axis of dispersion (the raw frame was transposed if 2)");
+    kw("RAWFLIPD", "logical", "", "raw dispersion axis was flipped");
+    kw("RAWFLIPS", "logical", "", "raw spatial axis was flipped");
+    kw("OVERSCAN", "string", "", "overscan method: median level or poly along readout; NONE");
+    kw("NAMP", "int64", "", "number of amplifiers (n = 1 .. NAMP below)");
+    kw("AMPNAMn", "string", "", "amplifier name");
+    kw("OVSCLVn", "float64", "adu", "overscan level subtracted");
+    kw("OVSCERn", "float64", "adu", "uncertainty of OVSCLVn");
+    kw("GAINn", "float64", "electron/adu", "gain applied");
+    kw("RDNOISEn", "float64", "electron", "read noise in VARIANCE");
+    kw("AMPSECn", "string", "", "the amplifier's pixels in this image (FITS section)");
+    kw("SATURATE", "float64", "adu", "raw level flagged SATURATED");
+    kw("BIASCORR", "string", "", "bias: MASTER (overscan + master bias) | OVERSCAN");
+    kw("BIASHASH", "string", "", "CALHASH of the master bias", "BIASCORR = MASTER");
+    kw("DARKCORR", "logical", "", "master dark subtracted");
+    kw("DARKHASH", "string", "", "CALHASH of the master dark", "DARKCORR = T");
+    kw("FLATCORR", "logical", "", "divided by the pixel flat");
+    kw("FLATHASH", "string", "", "CALHASH of the master flat", "FLATCORR = T");
+    kw("CRMASK", "logical", "", "cosmic rays flagged (L.A.Cosmic), data unchanged");
+    kw("NCOSMIC", "int64", "", "pixels flagged COSMIC", "CRMASK = T");
+    kw("CRSIGCLP", "float64", "", "L.A.Cosmic sigclip", "CRMASK = T");
+    kw("CROBJLIM", "float64", "", "L.A.Cosmic objlim", "CRMASK = T");
+    // Set by kspecdr reduce.
+    kw("EXPNAME", "string", "", "exposure name");
+    kw("FRAMECLS", "string", "", "frame class from the instrument profile");
+    kw("INSTPROF", "string", "", "kspecdr instrument profile");
+    kw("SETUP", "string", "", "setup key");
+    kw("CFGHASH", "string", "", "hash of the resolved configuration (config-used.ini)");
+    kw("DATE", "string", "", "UTC time the file was written");
+    v.push_back({"VARIANCE", K::Keyword, "BUNIT", "string", "", "unit of the variance: (electron)**2"});
+    v.push_back({"MASK", K::Keyword, "MASKBn", "string", "", "name of mask bit n"});
+    return v;
+  }();
+  return f;
+}
+
 }  // namespace kspecdr::detector

@@ -302,6 +302,71 @@ MasterBias build_master_bias(const std::vector<fs::path>& bias_files, const Inst
   return mb;
 }
 
+namespace {
+using K = io::FormatItem::Kind;
+/// Items every master has: the three images, MASKBn and the provenance keywords.
+std::vector<io::FormatItem> master_common(const char* caltype, const char* unit, const char* var_unit) {
+  std::vector<io::FormatItem> v;
+  v.push_back({"PRIMARY", K::Image, "PRIMARY", "float32", unit, "the master, NY x NX (pipeline orientation)"});
+  v.push_back({"VARIANCE", K::Image, "VARIANCE", "float32", var_unit, "variance of the master"});
+  v.push_back({"MASK", K::Image, "MASK", "uint16", "", "mask bits per pixel (MASKBn keywords name them); 0 = good"});
+  auto kw = [&](const char* name, const char* type, const std::string& what) {
+    v.push_back({"PRIMARY", K::Keyword, name, type, "", what});
+  };
+  kw("CALTYPE", "string", std::string("kspecdr calibration product: ") + caltype);
+  kw("CALHASH", "string", "hash of the inputs (names, sizes, mtimes) and settings");
+  kw("NCOMBINE", "int64", "number of frames combined");
+  kw("KSPVER", "string", "kspecdr version");
+  kw("KSPSHA", "string", "kspecdr git commit");
+  kw("IMCMBnnn", "string", "input frame nnn (001 .. NCOMBINE)");
+  kw("COMBINE", "string", "per-pixel combination");
+  v.push_back({"VARIANCE", K::Keyword, "BUNIT", "string", "", std::string("unit of the variance: ") +
+                                                                 (*var_unit ? var_unit : "'' (dimensionless)")});
+  v.push_back({"MASK", K::Keyword, "MASKBn", "string", "", "name of mask bit n"});
+  return v;
+}
+}  // namespace
+
+const std::vector<io::FormatItem>& master_bias_format() {
+  static const std::vector<io::FormatItem> f = [] {
+    auto v = master_common("BIAS", "electron", "(electron)**2");
+    auto kw = [&](const char* name, const char* type, const char* unit, const char* what) {
+      v.push_back({"PRIMARY", K::Keyword, name, type, unit, what});
+    };
+    kw("BUNIT", "string", "", "unit of the data: electron");
+    kw("NAMP", "int64", "", "number of amplifiers (n = 1 .. NAMP below)");
+    kw("AMPNAMn", "string", "", "amplifier name");
+    kw("GAINn", "float64", "electron/adu", "gain applied");
+    kw("BIASLVn", "float64", "adu", "mean overscan level");
+    kw("BIASERn", "float64", "adu", "uncertainty of BIASLVn");
+    kw("RDNOISEn", "float64", "electron", "read noise from bias pair differences");
+    kw("RDNERRn", "float64", "electron", "uncertainty of RDNOISEn");
+    return v;
+  }();
+  return f;
+}
+
+const std::vector<io::FormatItem>& master_flat_format() {
+  static const std::vector<io::FormatItem> f = [] {
+    auto v = master_common("FLAT", "", "");
+    v.front().description = "pixel flat: the combined flat over its large-scale model (about 1), NY x NX";
+    auto kw = [&](const char* name, const char* type, const char* unit, const char* what, const char* when = "") {
+      v.push_back({"PRIMARY", K::Keyword, name, type, unit, what, when});
+    };
+    kw("FLATSMTH", "float64", "pixel", "window of the local quadratic model along x");
+    kw("FLATRESP", "float64", "", "pixel-to-pixel response rms from the flat");
+    kw("ILLUMTHR", "float64", "", "illuminated: model above this fraction of the local maximum");
+    kw("LOWFLAT", "float64", "", "pixel flat below this: LOWFLAT mask bit");
+    kw("BIASCORR", "string", "", "bias used for the flats: MASTER | OVERSCAN");
+    kw("BIASHASH", "string", "", "CALHASH of the master bias used", "BIASCORR = MASTER");
+    kw("FLTNRMnn", "float64", "electron", "normalisation of input flat nn");
+    v.push_back({"ILLUM", K::Image, "ILLUM", "float32", "",
+                 "large-scale model of the normalised combined flat (lamp spectrum x illumination)"});
+    return v;
+  }();
+  return f;
+}
+
 void write_master_bias(const fs::path& path, const MasterBias& mb, bool overwrite) {
   write_product(path, mb.image, {}, overwrite);
 }

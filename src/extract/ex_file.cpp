@@ -81,12 +81,27 @@ std::vector<FormatItem> build_format() {
   f.push_back({"PRIMARY", K::Keyword, "DEBLEND", "logical", "", "overlapping neighbours fitted jointly per column"});
   f.push_back({"PRIMARY", K::Keyword, "EXTPROF", "string", "", "spatial profile of the optimal weights: gaussian | data"});
   f.push_back({"PRIMARY", K::Keyword, "SKYMETH", "string", "", "local sky method: none | median | poly"});
+  // Set by the EX stage (kspecdr reduce); the primary header also carries every keyword of the IM.
+  f.push_back({"PRIMARY", K::Keyword, "SETUP", "string", "", "setup key"});
+  f.push_back({"PRIMARY", K::Keyword, "EXPNAME", "string", "", "exposure name ('master_flat' in calib/flat_ex)"});
+  f.push_back({"PRIMARY", K::Keyword, "CFGHASH", "string", "", "hash of the resolved configuration (config-used.ini)"});
+  f.push_back({"PRIMARY", K::Keyword, "DATE", "string", "", "UTC time the file was written"});
+  f.push_back({"PRIMARY", K::Keyword, "TRMEAS", "string", "", "trace centroid/width measure: gaussian | moments",
+               "exposures"});
+  f.push_back({"PRIMARY", K::Keyword, "TRACESET", "string", "", "object whose master traces were used ('' = fiber mode)",
+               "exposures"});
+  f.push_back({"PRIMARY", K::Keyword, "CALNOISE", "string", "",
+               "master noise in the model variance (VAR_CAL): BIAS+FLAT | FLAT | BIAS | NONE", "exposures"});
+  f.push_back({"PRIMARY", K::Keyword, "TRWIDFIX", "logical", "", "fiber widths fixed to the flat's", "fiber exposures"});
+  f.push_back({"PRIMARY", K::Keyword, "CALHASH", "string", "", "CALHASH of the master flat extracted",
+               "calib/flat_ex only"});
   f.push_back({"MASK", K::Keyword, "MASKBn", "string", "", "name of mask bit n"});
   f.push_back({"FIBRES", K::Column, "NAME", "string", "", "aperture (fiber or star) name"});
   f.push_back({"FIBRES", K::Column, "TYPE", "string", "", "P program, S sky, C calibration standard, F guide, N unused"});
   f.push_back({"FIBRES", K::Column, "RA", "float64", "deg", "right ascension (NaN when unknown)"});
   f.push_back({"FIBRES", K::Column, "DEC", "float64", "deg", "declination (NaN when unknown)"});
-  f.push_back({"FIBRES", K::Column, "MAG_*", "float64", "mag", "catalogue magnitudes, one column per band known"});
+  f.push_back({"FIBRES", K::Column, "MAG_*", "float64", "mag", "catalogue magnitudes, one column per band known",
+               "when the apertures have magnitudes"});
   f.push_back({"DIAGNOSTICS", K::Column, "NAME", "string", "", "aperture name (same order as FIBRES)"});
   for (const auto& c : kDiagDoubles) f.push_back({"DIAGNOSTICS", K::Column, c.name, "float64", c.unit, c.description});
   f.push_back({"DIAGNOSTICS", K::Column, "REJECTED", "int64", "", "pixels rejected against the profile model"});

@@ -234,6 +234,19 @@ const ColumnDef kLogColumns[] = {
     {"nx", "int64", "pix", "raw image columns (NAXIS1)"},
 };
 
+}  // namespace
+
+const std::vector<io::FormatItem>& obslog_format() {
+  static const std::vector<io::FormatItem> f = [] {
+    std::vector<io::FormatItem> v;
+    for (const auto& c : kLogColumns) v.push_back({"log", io::FormatItem::Kind::Column, c.name, c.datatype, c.unit, c.description});
+    return v;
+  }();
+  return f;
+}
+
+namespace {
+
 std::vector<std::string> row_values(const FrameInfo& f) {
   auto num = [](double v) { return std::isfinite(v) ? fmt::format("{:.10g}", v) : std::string("nan"); };
   return {f.file.string(), f.name, to_string(f.frame_class), f.object, num(f.exptime_s), f.date_obs,

@@ -35,12 +35,16 @@ struct FluxItem {
   const char* name;
   ImageArray SpectrumSet::*member;  ///< nullptr: computed (uncertainty)
   const char* unit;
+  const char* description;
 };
 const FluxItem kFlux[] = {
-    {"flux", &SpectrumSet::flux, "electron"},         {"uncertainty", nullptr, "electron"},
-    {"sky", &SpectrumSet::sky, "electron"},           {"var_star", &SpectrumSet::var_star, "electron2"},
-    {"var_sky", &SpectrumSet::var_sky, "electron2"},  {"var_read", &SpectrumSet::var_read, "electron2"},
-    {"var_cal", &SpectrumSet::var_cal, "electron2"},
+    {"flux", &SpectrumSet::flux, "electron", "RED flux (NaN where NODATA)"},
+    {"uncertainty", nullptr, "electron", "sqrt of the RED variance"},
+    {"sky", &SpectrumSet::sky, "electron", "sky subtracted"},
+    {"var_star", &SpectrumSet::var_star, "electron2", "variance from the star's photons"},
+    {"var_sky", &SpectrumSet::var_sky, "electron2", "variance from the sky and its estimate"},
+    {"var_read", &SpectrumSet::var_read, "electron2", "variance from read noise"},
+    {"var_cal", &SpectrumSet::var_cal, "electron2", "variance from the master bias and flat"},
 };
 /// FITS has no unit "electron" (astropy's FITS unit parser refuses it): chromatic's FITS columns count
 /// electrons as "ct" (ct2 for variances), the HDF5 file says electron.
@@ -52,6 +56,15 @@ const char* fits_unit(const char* unit) {
 const char* const kTime[] = {"time",           "mjd_utc",        "exptime_s",           "airmass",     "trace_offset_px",
                              "trace_width_px", "wavelength_shift_px", "sky_median_e", "snr_median"};
 const char* const kTimeUnits[] = {"d", "d", "s", "", "pixel", "pixel", "pixel", "electron", ""};
+const char* const kTimeDesc[] = {"mid-exposure BJD_TDB (Julian Date) at the star's position (or the pointing)",
+                                 "mid-exposure MJD (UTC)",
+                                 "exposure time",
+                                 "airmass (NaN when unknown)",
+                                 "trace shift of the exposure against the master trace (EX SHIFT)",
+                                 "median spatial profile sigma (EX WIDTH)",
+                                 "flexure shift applied (RED FLEXPX)",
+                                 "median sky per pixel under the aperture",
+                                 "median per-pixel S/N"};
 constexpr std::size_t kNTime = sizeof(kTime) / sizeof(kTime[0]);
 
 /// What every rank must know about a set before the collective creation: the grid and the apertures.
@@ -81,6 +94,69 @@ SetLayout layout_of(const SeriesSet& set) {
 }
 
 }  // namespace
+
+const std::vector<io::FormatItem>& rainbow_format() {
+  using K = io::FormatItem::Kind;
+  static const std::vector<io::FormatItem> f = [] {
+    std::vector<io::FormatItem> v;
+    auto attr = [&](const char* obj, const char* name, const char* type, const char* what) {
+      v.push_back({obj, K::Attribute, name, type, "", what});
+    };
+    auto ds = [&](const char* group, const char* name, const char* type, const char* unit, const std::string& what) {
+      v.push_back({group, K::Dataset, name, type, unit, what});
+    };
+    attr("/", "provenance", "string", "kspecdr version, configuration hash, instrument profile and raw folder");
+    attr("/", "format", "string", "one-line description of the layout");
+    const char* S = "<star>";
+    attr(S, "name", "string", "aperture (star or fiber) name");
+    attr(S, "type", "string", "aperture type: P program, S sky, C calibration standard, F guide");
+    attr(S, "ra_deg", "float64", "right ascension in deg (NaN when unknown)");
+    attr(S, "dec_deg", "float64", "declination in deg (NaN when unknown)");
+    attr(S, "setup", "string", "setup key");
+    attr(S, "traceset", "string", "slit mode: the object ('' in fiber mode)");
+    attr(S, "n_time", "int64", "number of exposures (ntime)");
+    attr(S, "exposures", "string", "exposure names in time order, comma-separated");
+    ds("<star>/wavelike", "wavelength", "float64", "Angstrom", "wavelength grid (nwave), the RED grid");
+    attr("<star>/wavelike/wavelength", "medium", "string", "air | vacuum");
+    for (const auto& it : kFlux)
+      ds("<star>/fluxlike", it.name, "float32", it.unit, std::string(it.description) + " (nwave, ntime)");
+    ds("<star>/fluxlike", "ok", "uint8", "", "1 = good pixel (mask 0, finite variance) (nwave, ntime)");
+    for (std::size_t t = 0; t < kNTime; ++t) ds("<star>/timelike", kTime[t], "float64", kTimeUnits[t], kTimeDesc[t]);
+    ds("<star>/timelike", "ok", "uint8", "", "1 = the exposure was reduced and the aperture is usable (ntime)");
+    attr("<star>/timelike/time", "scale", "string", "BJD_TDB (Julian Date, barycentric, TDB)");
+    attr("<star>/*/<array>", "units", "string", "unit of every dataset (the unit column; '' = dimensionless)");
+    return v;
+  }();
+  return f;
+}
+
+const std::vector<io::FormatItem>& rainbow_fits_format() {
+  using K = io::FormatItem::Kind;
+  static const std::vector<io::FormatItem> f = [] {
+    std::vector<io::FormatItem> v;
+    auto kw = [&](const char* name, const char* type, const char* unit, const char* what, const char* when = "") {
+      v.push_back({"PRIMARY", K::Keyword, name, type, unit, what, when});
+    };
+    kw("NAME", "string", "", "star (aperture) name");
+    kw("APERTYPE", "string", "", "aperture type: P program, C standard, S sky");
+    kw("RA", "float64", "deg", "ICRS right ascension", "when the aperture has its own position (fibers)");
+    kw("DEC", "float64", "deg", "ICRS declination", "when the aperture has its own position (fibers)");
+    kw("SETUP", "string", "", "instrument setup");
+    kw("TIMESCL", "string", "", "BJD_TDB: time is the barycentric Julian Date, TDB");
+    kw("FLUXUNIT", "string", "", "electron: fluxlike counts are electrons (FITS unit ct)");
+    kw("SOURCE", "string", "", "the Rainbow HDF5 file and group it was made from");
+    for (const auto& it : kFlux)
+      v.push_back({"FLUXLIKE", K::Column, it.name, "float64[n]", fits_unit(it.unit),
+                   std::string(it.description) + "; one ntime-vector per wavelength row"});
+    v.push_back({"FLUXLIKE", K::Column, "ok", "float64[n]", "", "1 = good pixel, 0 = not (a number, not a logical)"});
+    v.push_back({"WAVELIKE", K::Column, "wavelength", "float64", "Angstrom", "wavelength grid, one row per pixel"});
+    for (std::size_t t = 0; t < kNTime; ++t)
+      v.push_back({"TIMELIKE", K::Column, kTime[t], "float64", fits_unit(kTimeUnits[t]), kTimeDesc[t]});
+    v.push_back({"TIMELIKE", K::Column, "ok", "logical", "", "the exposure was reduced and the aperture is usable"});
+    return v;
+  }();
+  return f;
+}
 
 std::string star_group(const std::string& traceset, const std::string& aperture) {
   return traceset.empty() ? safe(aperture) : safe(traceset) + "/" + safe(aperture);
@@ -159,12 +235,14 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
         s.flux.back().set_attr("units", it.unit);
       }
       s.flux_ok = s.g.create_dataset<std::uint8_t>("fluxlike/ok", {nwave, ntime}, {nwave, H5S_UNLIMITED}, {nwave, k});
+      s.flux_ok.set_attr("units", "");
       for (std::size_t t = 0; t < kNTime; ++t) {
         s.time.push_back(s.g.create_dataset<double>(std::string("timelike/") + kTime[t], {ntime}, {H5S_UNLIMITED}, {k}));
         s.time.back().set_attr("units", kTimeUnits[t]);
       }
       s.time.front().set_attr("scale", "BJD_TDB (Julian Date, barycentric, TDB)");
       s.time_ok = s.g.create_dataset<std::uint8_t>("timelike/ok", {ntime}, {H5S_UNLIMITED}, {k});
+      s.time_ok.set_attr("units", "");
       stars.push_back(std::move(s));
     }
 

@@ -16,7 +16,7 @@ namespace kspecdr::trace {
 
 namespace {
 
-using extract::FormatItem;
+using io::FormatItem;
 using K = FormatItem::Kind;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -48,7 +48,8 @@ std::vector<FormatItem> build_format() {
   col(T, "MESSAGE", "string", "", "why the status is not ok ('' when it is)");
   col(T, "RA", "float64", "deg", "right ascension (NaN when unknown)");
   col(T, "DEC", "float64", "deg", "declination (NaN when unknown)");
-  col(T, "MAG_*", "float64", "mag", "catalogue magnitudes, one column per band known");
+  f.push_back({T, K::Column, "MAG_*", "float64", "mag", "catalogue magnitudes, one column per band known",
+               "when the apertures have magnitudes"});
   col(T, "CENTRE_XMIN", "float64", "pixel", "domain of the centre series: x mapped to -1");
   col(T, "CENTRE_XMAX", "float64", "pixel", "x mapped to +1");
   col(T, "CENTRE_NCOEF", "int64", "", "Legendre coefficients of the centre in use (order + 1; 0 = no series)");

@@ -26,27 +26,97 @@ struct SolColumn {
   const char* name;
   double WavelengthSolution::*member;
   const char* unit;
+  const char* description;
 };
 const SolColumn kSolDoubles[] = {
-    {"RMS_PX", &WavelengthSolution::rms_px, "pixel"},
-    {"RMS_A", &WavelengthSolution::rms_angstrom, "Angstrom"},
-    {"EXP_RMS_PX", &WavelengthSolution::expected_rms_px, "pixel"},
-    {"PRED_ERR_PX", &WavelengthSolution::predicted_error_px, "pixel"},
-    {"MAXPRED_PX", &WavelengthSolution::max_predicted_error_px, "pixel"},
-    {"CHI2_DOF", &WavelengthSolution::chi2_dof, ""},
-    {"MATCH_TOL_PX", &WavelengthSolution::match_tolerance_px, "pixel"},
-    {"MATCH_SIG", &WavelengthSolution::match_significance, ""},
+    {"RMS_PX", &WavelengthSolution::rms_px, "pixel", "rms of the used lines about the solution"},
+    {"RMS_A", &WavelengthSolution::rms_angstrom, "Angstrom", "the same in Angstrom"},
+    {"EXP_RMS_PX", &WavelengthSolution::expected_rms_px, "pixel", "rms expected from the line centroid errors"},
+    {"PRED_ERR_PX", &WavelengthSolution::predicted_error_px, "pixel",
+     "predicted rms error of the solution over the detector"},
+    {"MAXPRED_PX", &WavelengthSolution::max_predicted_error_px, "pixel", "largest predicted error along the detector"},
+    {"CHI2_DOF", &WavelengthSolution::chi2_dof, "", "chi-square per degree of freedom of the fit"},
+    {"MATCH_TOL_PX", &WavelengthSolution::match_tolerance_px, "pixel", "tolerance of the line identification"},
+    {"MATCH_SIG", &WavelengthSolution::match_significance, "", "matched peaks over the matches expected by chance"},
 };
 struct SolInt {
   const char* name;
   int WavelengthSolution::*member;
+  const char* description;
 };
-const SolInt kSolInts[] = {{"N_PEAKS", &WavelengthSolution::n_peaks},
-                           {"N_MATCHED", &WavelengthSolution::n_matched},
-                           {"N_USED", &WavelengthSolution::n_used},
-                           {"N_REJECTED", &WavelengthSolution::n_rejected}};
+const SolInt kSolInts[] = {{"N_PEAKS", &WavelengthSolution::n_peaks, "peaks found in the arc spectrum"},
+                           {"N_MATCHED", &WavelengthSolution::n_matched, "peaks matched to catalogue lines"},
+                           {"N_USED", &WavelengthSolution::n_used, "lines used by the final fit"},
+                           {"N_REJECTED", &WavelengthSolution::n_rejected, "lines rejected by the clipped fit"}};
+
+using io::FormatItem;
+using K = FormatItem::Kind;
+
+std::vector<FormatItem> build_format() {
+  std::vector<FormatItem> f;
+  auto kw = [&](const char* hdu, const char* name, const char* type, const char* what, const char* when = "") {
+    f.push_back({hdu, K::Keyword, name, type, "", what, when});
+  };
+  auto col = [&](const char* hdu, const char* name, const char* type, const char* unit, const char* what,
+                 const char* when = "") { f.push_back({hdu, K::Column, name, type, unit, what, when}); };
+  const char* P = "PRIMARY";
+  kw(P, "SETUP", "string", "setup key");
+  kw(P, "TRACESET", "string", "object whose traces the arcs were extracted along ('' = fiber mode)");
+  kw(P, "MEDIUM", "string", "medium of the wavelengths: air | vacuum");
+  kw(P, "NPIX", "int64", "pixels along the dispersion axis");
+  kw(P, "NAPER", "int64", "apertures (rows of ARC and SOLUTIONS)");
+  kw(P, "LINELIST", "string", "arc line lists used");
+  kw(P, "NARCS", "int64", "arc exposures combined");
+  kw(P, "ARCn", "string", "name of the n-th arc exposure combined (n = 1 .. NARCS)");
+  kw(P, "NSOLOK", "int64", "apertures with a wavelength solution");
+  kw(P, "CFGHASH", "string", "hash of the resolved configuration (config-used.ini)");
+  kw(P, "INSTPROF", "string", "kspecdr instrument profile");
+  kw(P, "DATE", "string", "UTC time the file was written");
+  f.push_back({"ARC", K::Image, "ARC", "float32", "electron", "combined arc spectrum per aperture (NAPER x NPIX)"});
+  kw("ARC", "BUNIT", "string", "unit of the values: electron");
+  f.push_back({"ARC_VAR", K::Image, "ARC_VAR", "float32", "electron2", "variance of ARC; +inf = no data"});
+  kw("ARC_VAR", "BUNIT", "string", "unit of the values: electron2");
+  f.push_back({"ARC_MASK", K::Image, "ARC_MASK", "uint16", "", "mask bits of ARC (MASKBn keywords name them)"});
+  kw("ARC_MASK", "MASKBn", "string", "name of mask bit n");
+  const char* S = "SOLUTIONS";
+  col(S, "NAME", "string", "", "aperture (fiber or star) name");
+  col(S, "TYPE", "string", "", "P program, S sky, C calibration standard, F guide, N unused");
+  col(S, "RA", "float64", "deg", "right ascension (NaN when unknown)");
+  col(S, "DEC", "float64", "deg", "declination (NaN when unknown)");
+  col(S, "MAG_*", "float64", "mag", "catalogue magnitudes, one column per band known",
+      "when the apertures have magnitudes");
+  col(S, "STATUS", "string", "", "ok | smoothed | failed");
+  col(S, "MESSAGE", "string", "", "why the status is not ok (' ' when none)");
+  col(S, "ORDER", "int64", "", "Legendre order of lambda(x) (-1 = no solution)");
+  col(S, "COEFFS", "float64[n]", "Angstrom",
+      "Legendre coefficients c0..cn of lambda(x) = sum c_k P_k(u), u = (2x - XMIN - XMAX)/(XMAX - XMIN); 0 beyond ORDER");
+  col(S, "XMIN", "float64", "pixel", "x mapped to u = -1 (0-based pixel centres along the dispersion)");
+  col(S, "XMAX", "float64", "pixel", "x mapped to u = +1");
+  for (const auto& c : kSolDoubles) col(S, c.name, "float64", c.unit, c.description);
+  for (const auto& c : kSolInts) col(S, c.name, "int64", "", c.description);
+  col(S, "REVERSED", "int64", "", "1 = wavelength runs opposite to the sign the profile's dispersion hint gives");
+  kw(S, "MEDIUM", "string", "medium of the wavelengths");
+  const char* L = "LINES";
+  col(L, "APERTURE", "int64", "", "row of SOLUTIONS (0 = first) the line belongs to");
+  col(L, "X", "float64", "pixel", "line centroid along the dispersion");
+  col(L, "X_ERR", "float64", "pixel", "uncertainty of X");
+  col(L, "WAVE", "float64", "Angstrom", "catalogue wavelength (in MEDIUM)");
+  col(L, "WAVE_FIT", "float64", "Angstrom", "solution at X");
+  col(L, "RESID_PX", "float64", "pixel", "residual of the line about the solution");
+  col(L, "SNR", "float64", "", "signal-to-noise of the line");
+  col(L, "FLUX", "float64", "electron", "line flux");
+  col(L, "SIGMA", "float64", "pixel", "Gaussian sigma of the line");
+  col(L, "USED", "int64", "", "1 = used by the final fit");
+  col(L, "ID", "string", "", "line identification (' ' when none)");
+  return f;
+}
 
 }  // namespace
+
+const std::vector<io::FormatItem>& arc_format() {
+  static const std::vector<io::FormatItem> f = build_format();
+  return f;
+}
 
 int ArcCalibration::n_ok() const {
   return static_cast<int>(std::count_if(solutions.begin(), solutions.end(), [](const auto& s) { return s.ok(); }));

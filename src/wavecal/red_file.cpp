@@ -20,15 +20,88 @@ struct WaveColumn {
   const char* name;
   double ApertureWavelength::*member;
   const char* unit;
+  const char* description;
 };
 const WaveColumn kWaveDoubles[] = {
-    {"RMS_PX", &ApertureWavelength::rms_px, "pixel"},
-    {"RMS_A", &ApertureWavelength::rms_angstrom, "Angstrom"},
-    {"FLEX_PX", &ApertureWavelength::flexure_px, "pixel"},
-    {"FLEX_ERR", &ApertureWavelength::flexure_err_px, "pixel"},
-    {"FLEX_OWN", &ApertureWavelength::flexure_own_px, "pixel"},
-    {"FLEX_OWN_ERR", &ApertureWavelength::flexure_own_err_px, "pixel"},
+    {"RMS_PX", &ApertureWavelength::rms_px, "pixel", "rms of the arc lines about the solution"},
+    {"RMS_A", &ApertureWavelength::rms_angstrom, "Angstrom", "the same in Angstrom"},
+    {"FLEX_PX", &ApertureWavelength::flexure_px, "pixel", "flexure shift applied (x = x_arc + FLEX_PX)"},
+    {"FLEX_ERR", &ApertureWavelength::flexure_err_px, "pixel", "uncertainty of FLEX_PX"},
+    {"FLEX_OWN", &ApertureWavelength::flexure_own_px, "pixel", "this aperture's own flexure measurement (NaN = none)"},
+    {"FLEX_OWN_ERR", &ApertureWavelength::flexure_own_err_px, "pixel", "uncertainty of FLEX_OWN"},
 };
+
+/// The RED file's own images, after the EX layout.
+struct RedImage {
+  const char* extname;
+  const char* type;
+  const char* unit;
+  const char* description;
+};
+const RedImage kWavela = {"WAVELA", "float64", "Angstrom",
+                          "wavelength of each detector pixel of each aperture (flexure included); NaN = none"};
+const RedImage kCovar = {"COVAR", "float32", "electron2",
+                         "covariance of the flux of output pixels j and j+1 from resampling"};
+
+using io::FormatItem;
+using K = FormatItem::Kind;
+
+std::vector<FormatItem> build_format() {
+  // The EX layout, on the wavelength grid: NAPER x NWAVE images.
+  std::vector<FormatItem> f;
+  for (auto it : extract::ex_format()) {
+    if (it.when == "calib/flat_ex only") continue;
+    if (it.when == "exposures") it.when.clear();  // every RED is an exposure's
+    if (it.when == "fiber exposures") it.when = "fiber mode";
+    if (it.kind == K::Image && it.hdu != "MASK") {
+      const auto p = it.description.find("(NAPER x NPIX)");
+      if (p != std::string::npos) it.description.replace(p, 14, "(NAPER x NWAVE)");
+    }
+    f.push_back(it);
+  }
+  auto kw = [&](const char* name, const char* type, const char* unit, const char* what, const char* when = "") {
+    f.push_back({"PRIMARY", K::Keyword, name, type, unit, what, when});
+  };
+  // Wavelength WCS of axis 1 (set_wavelength_wcs).
+  kw("CTYPE1", "string", "", "WAVE (linear steps) or WAVE-LOG (logarithmic steps)");
+  kw("CUNIT1", "string", "", "Angstrom");
+  kw("CRPIX1", "float64", "pixel", "reference pixel (1-based): 1");
+  kw("CRVAL1", "float64", "Angstrom", "wavelength at CRPIX1");
+  kw("CDELT1", "float64", "Angstrom", "step at CRPIX1");
+  // The RED stage (pipeline/red_stage.cpp) and reduce.
+  kw("WAVECAL", "logical", "", "wavelength calibrated and resampled");
+  kw("WAVEMED", "string", "", "medium of the wavelengths: air | vacuum");
+  kw("SPECSYS", "string", "", "TOPOCENT: wavelengths as observed (no barycentric correction)");
+  kw("ARCSETUP", "string", "", "setup of the arc solution");
+  kw("ARCTRSET", "string", "", "trace set of the arc solution", "slit mode");
+  kw("ARCLIST", "string", "", "arc line lists");
+  kw("NARCAP", "int64", "", "apertures with a wavelength solution");
+  kw("ARCRMS", "float64", "pixel", "median rms of the arc solutions", "when some aperture has a solution");
+  kw("FLEXMETH", "string", "", "flexure method used (none for non-science exposures)");
+  kw("FLEXPX", "float64", "pixel", "flexure shift applied (x = x_arc + FLEXPX)");
+  kw("FLEXERR", "float64", "pixel", "uncertainty of FLEXPX", "when the flexure was measured");
+  kw("FLEXNLIN", "int64", "", "sky lines behind FLEXPX");
+  kw("FLEXREF", "string", "", "cross-correlation reference exposure", "when one was used");
+  kw("RESAMPLE", "string", "", "flux-conserving resampling (counts per output pixel): linear | log");
+  kw("SKYSUB", "string", "", "sky subtracted: LOCAL (slit, EX stage) | MASTER (fiber, master sky)",
+     "slit mode and fiber science exposures");
+  kw("NSKYFIB", "int64", "", "sky fibers offered to the master sky", "fiber mode");
+  kw("THPTSRC", "string", "", "source of the relative fiber throughputs", "fiber mode");
+  for (const auto* im : {&kWavela, &kCovar}) {
+    f.push_back({im->extname, K::Image, im->extname, im->type, im->unit, im->description});
+    f.push_back({im->extname, K::Keyword, "BUNIT", "string", "", std::string("unit of the values: ") + im->unit});
+    f.push_back({im->extname, K::Keyword, "EXTDESC", "string", "", "what this image holds"});
+  }
+  auto col = [&](const char* name, const char* type, const char* unit, const char* what) {
+    f.push_back({"WAVECAL", K::Column, name, type, unit, what});
+  };
+  col("NAME", "string", "", "aperture name (same order as FIBRES)");
+  col("STATUS", "string", "", "the arc solution's status: ok | smoothed | failed");
+  col("N_LINES", "int64", "", "arc lines in the solution");
+  for (const auto& c : kWaveDoubles) col(c.name, "float64", c.unit, c.description);
+  col("FLEX_LINES", "int64", "", "sky lines this aperture's own flexure measurement used");
+  return f;
+}
 
 }  // namespace
 
@@ -53,17 +126,17 @@ void write_red_file(const std::filesystem::path& path, const RedSpectra& red, bo
     set_wavelength_wcs(sp.header, red.grid);
     extract::write_spectrum_hdus(f, sp);
     Header hw;
-    hw.set("BUNIT", "Angstrom", "unit of the values");
-    hw.set("EXTDESC", "wavelength of each detector pixel of each aperture (flexure included); NaN = none",
-           "what this image holds");
-    f.write_image(red.wavela, hw, "WAVELA");
+    hw.set("BUNIT", kWavela.unit, "unit of the values");
+    hw.set("EXTDESC", kWavela.description, "what this image holds");
+    f.write_image(red.wavela, hw, kWavela.extname);
     f.write_checksum();
     Header hc;
+    // The covariance is in the flux unit squared: electron2 until a flux calibration sets another BUNIT.
     const std::string flux_unit = red.spectra.header.get_string("BUNIT").value_or("electron");
-    hc.set("BUNIT", flux_unit == "electron" ? std::string("electron2") : "(" + flux_unit + ")**2",
+    hc.set("BUNIT", flux_unit == "electron" ? std::string(kCovar.unit) : "(" + flux_unit + ")**2",
            "unit of the values");
-    hc.set("EXTDESC", "covariance of the flux of output pixels j and j+1 from resampling", "what this image holds");
-    f.write_image(red.covariance_next, hc, "COVAR");
+    hc.set("EXTDESC", kCovar.description, "what this image holds");
+    f.write_image(red.covariance_next, hc, kCovar.extname);
     f.write_checksum();
     fits::Table t;
     std::vector<std::string> names, status;
@@ -89,6 +162,11 @@ void write_red_file(const std::filesystem::path& path, const RedSpectra& red, bo
     f.close();
   }
   out.commit();
+}
+
+const std::vector<io::FormatItem>& red_format() {
+  static const std::vector<io::FormatItem> f = build_format();
+  return f;
 }
 
 RedSpectra read_red_file(const std::filesystem::path& path) {

@@ -3,10 +3,12 @@
 // pixel flat, saturation/bad pixels and cosmic rays, with a header that says
 // what was done and from which inputs.
 #include <filesystem>
+#include <vector>
 
 #include "kspecdr/core/image.hpp"
 #include "kspecdr/detector/config.hpp"
 #include "kspecdr/detector/masters.hpp"
+#include "kspecdr/io/format.hpp"
 #include "kspecdr/io/instrument.hpp"
 
 namespace kspecdr::detector {
@@ -21,6 +23,10 @@ namespace kspecdr::detector {
 /// the calibration products' shape.
 Image calibrate_frame(const std::filesystem::path& raw, const InstrumentProfile& profile, const MasterBias* bias,
                       const MasterFlat* flat, const DetectorConfig& cfg, const MasterDark* dark = nullptr);
+
+/// The IM layout: PRIMARY data (e-), VARIANCE, MASK and the keywords the detector stage and reduce add
+/// to the raw header (which the IM keeps, less its section keywords).
+const std::vector<io::FormatItem>& im_format();
 
 /// Writes an IM file (data, VARIANCE, MASK) atomically.
 void write_im(const std::filesystem::path& path, const Image& im, bool overwrite);

@@ -11,6 +11,7 @@
 #include "kspecdr/detector/combine.hpp"
 #include "kspecdr/detector/config.hpp"
 #include "kspecdr/detector/raw.hpp"
+#include "kspecdr/io/format.hpp"
 #include "kspecdr/io/instrument.hpp"
 
 namespace kspecdr::detector {
@@ -113,6 +114,11 @@ FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& v
 /// difference over the amplifier's pixels divided by sqrt(2). Exposed for tests.
 std::vector<std::pair<double, double>> read_noise_from_pairs(const std::vector<const ImageArray*>& frames,
                                                              const AmpIndexArray& amp, std::size_t namps);
+
+/// The layouts of calib/master_bias_<setup>.fits and calib/master_flat_<setup>.fits: PRIMARY data,
+/// VARIANCE, MASK (and the flat's ILLUM) with their keywords.
+const std::vector<io::FormatItem>& master_bias_format();
+const std::vector<io::FormatItem>& master_flat_format();
 
 void write_master_bias(const std::filesystem::path& path, const MasterBias& mb, bool overwrite);
 MasterBias read_master_bias(const std::filesystem::path& path);

@@ -9,19 +9,12 @@
 
 #include "kspecdr/core/spectrum.hpp"
 #include "kspecdr/io/fits.hpp"
+#include "kspecdr/io/format.hpp"
 
 namespace kspecdr::extract {
 
-/// One item of a file format.
-struct FormatItem {
-  enum class Kind { Image, Column, Keyword };
-  std::string hdu;          ///< "PRIMARY" or the EXTNAME
-  Kind kind = Kind::Image;
-  std::string name;         ///< EXTNAME of an image, column name, or keyword
-  std::string type;         ///< FITS type: float32, uint16, float64, int64, string
-  std::string unit;         ///< "" when dimensionless
-  std::string description;
-};
+/// One item of a file format (kspecdr/io/format.hpp).
+using FormatItem = io::FormatItem;
 
 /// EXTNAMEs of the optional images a slit exposure carries when the sky model is asked for
 /// (ExStageConfig::write_sky_image): the 2D sky, its variance, and the sky windows.

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kspecdr/io/format.hpp"
 #include "kspecdr/io/instrument.hpp"
 
 namespace kspecdr {
@@ -54,6 +55,9 @@ FrameInfo read_frame_info(const std::filesystem::path& file, const InstrumentPro
 /// Scans `rawdir` for FITS files (.fits .fit .fts, optionally .gz or .fz). Unreadable files are
 /// listed with the reason and never stop the scan.
 ObservingLog build_observing_log(const std::filesystem::path& rawdir, const InstrumentProfile& profile);
+
+/// The columns of log.csv and log.ecsv (hdu "log"), in file order.
+const std::vector<io::FormatItem>& obslog_format();
 
 /// CSV (plain) and ECSV (astropy reads it with units and dtypes) tables of the log; atomic.
 void write_log_csv(const ObservingLog& log, const std::filesystem::path& path, bool overwrite = true);

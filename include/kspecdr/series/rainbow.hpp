@@ -22,11 +22,17 @@
 #include <string>
 #include <vector>
 
+#include "kspecdr/io/format.hpp"
 #include "kspecdr/io/instrument.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 #include "kspecdr/series/time.hpp"
 
 namespace kspecdr::series {
+
+/// The layout of <night>.rainbow.h5 (groups <star>, datasets and attributes) and of the chromatic FITS
+/// file <star>.rainbow.fits made from one of its groups.
+const std::vector<io::FormatItem>& rainbow_format();
+const std::vector<io::FormatItem>& rainbow_fits_format();
 
 /// One exposure of a time series.
 struct SeriesExposure {

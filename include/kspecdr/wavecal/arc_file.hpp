@@ -18,6 +18,7 @@
 #include "kspecdr/core/header.hpp"
 #include "kspecdr/core/image.hpp"
 #include "kspecdr/core/trace.hpp"
+#include "kspecdr/io/format.hpp"
 #include "kspecdr/wavecal/solution.hpp"
 
 namespace kspecdr::wavecal {
@@ -39,6 +40,9 @@ struct ArcCalibration {
   long npix() const { return static_cast<long>(arc_flux.cols()); }
   int n_ok() const;  ///< solutions that are not Failed
 };
+
+/// The arc-solution layout: every HDU, column and keyword.
+const std::vector<io::FormatItem>& arc_format();
 
 /// Writes the arc solution file atomically. Throws Error if it exists and `overwrite` is false.
 void write_arc_file(const std::filesystem::path& path, const ArcCalibration& arc, bool overwrite);

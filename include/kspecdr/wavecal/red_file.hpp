@@ -17,6 +17,7 @@
 
 #include "kspecdr/core/image.hpp"
 #include "kspecdr/core/spectrum.hpp"
+#include "kspecdr/io/format.hpp"
 #include "kspecdr/wavecal/resample.hpp"
 
 namespace kspecdr::wavecal {
@@ -42,6 +43,10 @@ struct RedSpectra {
   ImageArray covariance_next;   ///< NAPER × NWAVE (e-²)
   std::vector<ApertureWavelength> wave;  ///< per aperture
 };
+
+/// The RED layout: the EX layout (extract::ex_format()) on the grid, the WCS and RED-stage keywords,
+/// WAVELA, COVAR and WAVECAL.
+const std::vector<io::FormatItem>& red_format();
 
 /// Writes a RED file atomically. Throws Error if it exists and `overwrite` is false.
 void write_red_file(const std::filesystem::path& path, const RedSpectra& red, bool overwrite);

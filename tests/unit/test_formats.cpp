@@ -1,0 +1,514 @@
+// The format tables of every product against the files the pipeline writes and against docs/formats.md.
+// A small slit night and a small fiber night are simulated and reduced to RED in-process; then, per product:
+//   (a) every item of its table (image HDU, column, keyword, dataset, attribute) is in the files: items
+//       without a condition (`when`) in every file of the product, conditional ones in at least one; types
+//       and units of images, columns and datasets are the table's; and the files hold no HDU, column,
+//       dataset or attribute the table does not list (keywords are not checked that way: the IM keeps the
+//       raw header);
+//   (b) docs/formats.md has a section per product whose tables list exactly the items of the table (HDU,
+//       kind, name, type and unit), so neither the files nor the document can drift from the code.
+// One process, one rank: MPI is initialised by a test environment.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kspecdr/detector/calibrate.hpp"
+#include "kspecdr/detector/masters.hpp"
+#include "kspecdr/extract/ex_file.hpp"
+#include "kspecdr/io/fits.hpp"
+#include "kspecdr/io/format.hpp"
+#include "kspecdr/io/hdf5.hpp"
+#include "kspecdr/parallel/mpi.hpp"
+#include "kspecdr/pipeline/diagnostics.hpp"
+#include "kspecdr/pipeline/obslog.hpp"
+#include "kspecdr/pipeline/reduce.hpp"
+#include "kspecdr/series/rainbow.hpp"
+#include "kspecdr/sim/config.hpp"
+#include "kspecdr/sim/night.hpp"
+#include "kspecdr/trace/trace_file.hpp"
+#include "kspecdr/wavecal/arc_file.hpp"
+#include "kspecdr/wavecal/red_file.hpp"
+#include "support/testing.hpp"
+
+using namespace kspecdr;
+namespace fs = std::filesystem;
+using io::FormatItem;
+using K = FormatItem::Kind;
+
+namespace {
+
+class MpiEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override { env_ = std::make_unique<mpi::Environment>(argc_, argv_); }
+  void TearDown() override { env_.reset(); }
+
+ private:
+  int argc_ = 0;
+  char** argv_ = nullptr;
+  std::unique_ptr<mpi::Environment> env_;
+};
+[[maybe_unused]] ::testing::Environment* const kMpiEnvironment =
+    ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
+
+enum class FileKind { Fits, Hdf5, Ecsv };
+
+/// A product: its format table, the files of it in the reduced nights, and the tag of its section in the doc.
+struct Product {
+  std::string key;  ///< the table function's name, e.g. "red_format" (the doc's section names it)
+  const std::vector<FormatItem>* format;
+  FileKind kind;
+  std::vector<fs::path> files;
+};
+
+/// Conditional items the test nights cannot produce (no darks are simulated).
+const std::set<std::string> kNeverInTestNights = {"im_format PRIMARY DARKHASH"};
+
+// ---- name patterns (kspecdr/io/format.hpp)
+
+std::string regex_escape(char c) {
+  static const std::string special = R"(\^$.|?*+()[]{})";
+  return special.find(c) != std::string::npos ? std::string("\\") + c : std::string(1, c);
+}
+
+/// FITS names: in an upper-case name a trailing run of lower-case 'n' = digits (MASKBn); '*' = any suffix.
+bool fits_name_matches(const std::string& pattern, const std::string& name) {
+  std::string stem = pattern;
+  while (!stem.empty() && stem.back() == 'n') stem.pop_back();
+  const bool digits = stem.size() < pattern.size() &&
+                      std::none_of(stem.begin(), stem.end(), [](char c) { return c >= 'a' && c <= 'z'; });
+  if (!digits) stem = pattern;
+  std::string re;
+  for (char c : stem) re += c == '*' ? std::string(".+") : regex_escape(c);
+  if (digits) re += "[0-9]+";
+  return std::regex_match(name, std::regex(re));
+}
+
+/// HDF5 paths: <placeholder> = one or more components, '*' = one component.
+bool h5_path_matches(const std::string& pattern, const std::string& path) {
+  std::string re;
+  for (std::size_t i = 0; i < pattern.size();) {
+    if (pattern[i] == '<') {
+      i = pattern.find('>', i) + 1;
+      re += ".+";
+    } else if (pattern[i] == '*') {
+      re += "[^/]+";
+      ++i;
+    } else {
+      re += regex_escape(pattern[i++]);
+    }
+  }
+  return std::regex_match(path, std::regex(re));
+}
+
+std::string item_id(const Product& p, const FormatItem& it) { return p.key + " " + it.hdu + " " + it.name; }
+
+// ---- what a file holds
+
+struct Seen {
+  std::string hdu, name, type, unit;
+  K kind;
+};
+
+std::string fits_column_type(const fits::Column& c) {
+  switch (c.type) {
+    case fits::Column::Type::Double: return c.repeat > 1 ? "float64[n]" : "float64";
+    case fits::Column::Type::Int: return "int64";
+    case fits::Column::Type::String: return "string";
+    case fits::Column::Type::Logical: return "logical";
+  }
+  return "?";
+}
+
+std::string fits_image_type(int bitpix) {
+  switch (bitpix) {
+    case -32: return "float32";
+    case -64: return "float64";
+    case 20: return "uint16";  // CFITSIO's USHORT_IMG: BITPIX 16 with BZERO 32768
+    default: return "bitpix " + std::to_string(bitpix);
+  }
+}
+
+std::vector<Seen> read_fits(const fs::path& path) {
+  std::vector<Seen> out;
+  auto f = fits::Fits::open(path);
+  const int n = f.num_hdus();
+  for (int i = 0; i < n; ++i) {
+    f.move_to(i);
+    const std::string hdu = i == 0 ? "PRIMARY" : f.extname();
+    const Header h = f.read_header();
+    for (const auto& c : h.cards()) out.push_back({hdu, c.key, "", "", K::Keyword});
+    if (f.hdu_type() == fits::HduType::Image) {
+      if (f.image_shape().empty()) continue;  // an empty primary
+      out.push_back({hdu, hdu, fits_image_type(f.image_equiv_bitpix()), h.get_string("BUNIT").value_or(""), K::Image});
+    } else {
+      for (const auto& c : f.read_table().columns) out.push_back({hdu, c.name, fits_column_type(c), c.unit, K::Column});
+    }
+  }
+  return out;
+}
+
+std::string h5_type(hid_t type) {
+  const auto size = H5Tget_size(type);
+  switch (H5Tget_class(type)) {
+    case H5T_FLOAT: return size == 4 ? "float32" : size == 8 ? "float64" : "float?";
+    case H5T_INTEGER:
+      if (size == 1 && H5Tget_sign(type) == H5T_SGN_NONE) return "uint8";
+      return size == 8 ? "int64" : "int" + std::to_string(8 * size);
+    case H5T_STRING: return "string";
+    default: return "?";
+  }
+}
+
+herr_t collect_attr(hid_t, const char* name, const H5A_info_t*, void* data) {
+  static_cast<std::vector<std::string>*>(data)->push_back(name);
+  return 0;
+}
+
+void walk_h5(hid_t file, const h5::Group& g, const std::string& prefix, std::vector<Seen>& out) {
+  auto attrs = [&](hid_t obj, const std::string& path) {
+    std::vector<std::string> names;
+    H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attr, &names);
+    for (const auto& a : names) {
+      const hid_t at = H5Aopen(obj, a.c_str(), H5P_DEFAULT);
+      const hid_t ty = H5Aget_type(at);
+      out.push_back({path, a, h5_type(ty), "", K::Attribute});
+      H5Tclose(ty);
+      H5Aclose(at);
+    }
+  };
+  if (prefix.empty()) {
+    const hid_t root = H5Oopen(file, ".", H5P_DEFAULT);
+    attrs(root, "/");
+    H5Oclose(root);
+  }
+  for (const auto& m : g.members()) {
+    const std::string path = prefix.empty() ? m : prefix + "/" + m;
+    const hid_t o = H5Oopen(file, path.c_str(), H5P_DEFAULT);
+    ASSERT_GE(o, 0) << path;
+    attrs(o, path);
+    if (H5Iget_type(o) == H5I_DATASET) {
+      const hid_t ty = H5Dget_type(o);
+      const h5::Dataset d = g.open_dataset(m);
+      const std::string unit = d.has_attr("units") ? d.attr_string("units") : std::string("(none)");
+      const auto slash = path.rfind('/');
+      out.push_back({slash == std::string::npos ? "" : path.substr(0, slash), m, h5_type(ty), unit, K::Dataset});
+      H5Tclose(ty);
+      H5Oclose(o);
+    } else {
+      H5Oclose(o);
+      walk_h5(file, g.open_group(m), path, out);
+    }
+  }
+}
+
+std::vector<Seen> read_h5(const fs::path& path) {
+  std::vector<Seen> out;
+  const h5::File f = h5::File::open(path);
+  const h5::Group& root = f.root();
+  walk_h5(root.id(), root, "", out);
+  return out;
+}
+
+/// The ECSV header's columns (name, datatype, unit) and the first data line's names.
+std::vector<Seen> read_ecsv(const fs::path& path) {
+  std::vector<Seen> out;
+  std::ifstream in(path);
+  std::string line;
+  const std::regex col(R"(^# - \{name: ([^,]+), datatype: ([^,}]+)(, unit: ([^,}]+))?.*\}$)");
+  std::smatch m;
+  while (std::getline(in, line)) {
+    if (std::regex_match(line, m, col)) out.push_back({"log", m[1], m[2], m[4], K::Column});
+    if (!line.empty() && line[0] != '#') break;  // the header line of the CSV part
+  }
+  return out;
+}
+
+// ---- the checks
+
+bool matches(const Product& p, const FormatItem& it, const Seen& s) {
+  if (it.kind != s.kind) return false;
+  if (p.kind == FileKind::Hdf5) {
+    return h5_path_matches(it.hdu, s.hdu) && it.name == s.name;
+  }
+  return it.hdu == s.hdu && (it.kind == K::Image || fits_name_matches(it.name, s.name));
+}
+
+void check_product(const Product& p) {
+  SCOPED_TRACE(p.key);
+  ASSERT_FALSE(p.files.empty()) << "no file of " << p.key << " in the test nights";
+  std::map<std::string, int> found;  // item id -> files holding it
+  std::size_t checked = 0;
+  for (const auto& file : p.files) {
+    SCOPED_TRACE(file.string());
+    const std::vector<Seen> seen = p.kind == FileKind::Fits ? read_fits(file)
+                                   : p.kind == FileKind::Hdf5 ? read_h5(file)
+                                                              : read_ecsv(file);
+    for (const auto& it : *p.format) {
+      bool here = false;
+      for (const auto& s : seen) {
+        if (!matches(p, it, s)) continue;
+        here = true;
+        if (it.kind == K::Image || it.kind == K::Column || it.kind == K::Dataset) {
+          EXPECT_EQ(s.type, it.type) << it.hdu << " " << s.name << ": type";
+          // Units: FITS images carry BUNIT, columns TUNIT, datasets an attribute `units` (strings have none).
+          if (!(it.kind == K::Dataset && it.type == "string")) {
+            EXPECT_EQ(s.unit, it.unit) << it.hdu << " " << s.name << ": unit";
+          }
+        }
+        if (it.kind == K::Attribute) {
+          EXPECT_EQ(s.type, it.type) << it.hdu << " attribute " << s.name << ": type";
+        }
+      }
+      if (here) ++found[item_id(p, it)];
+      if (it.when.empty()) {
+        EXPECT_TRUE(here) << it.hdu << " " << to_string(it.kind) << " " << it.name << " is missing";
+      }
+    }
+    // Nothing the table does not list (keywords aside).
+    for (const auto& s : seen) {
+      if (s.kind == K::Keyword) continue;
+      bool listed = false;
+      for (const auto& it : *p.format) listed = listed || matches(p, it, s);
+      if (p.kind == FileKind::Fits && s.kind == K::Image)  // a table HDU is listed through its columns
+        for (const auto& it : *p.format) listed = listed || (it.kind == K::Image && it.hdu == s.hdu);
+      EXPECT_TRUE(listed) << s.hdu << " " << to_string(s.kind) << " " << s.name << " is not in " << p.key << "()";
+      ++checked;
+    }
+    if (p.kind == FileKind::Fits) {  // every table HDU has columns listed, every listed HDU exists
+      std::set<std::string> hdus;
+      for (const auto& s : seen) hdus.insert(s.hdu);
+      for (const auto& it : *p.format)
+        if (it.when.empty() && (it.kind == K::Column || it.kind == K::Image) && it.name.find('*') == std::string::npos) {
+          EXPECT_TRUE(hdus.count(it.hdu)) << "HDU " << it.hdu << " missing";
+        }
+    }
+  }
+  for (const auto& it : *p.format) {
+    const std::string id = item_id(p, it);
+    if (!it.when.empty() && !kNeverInTestNights.count(id)) {
+      EXPECT_GT(found[id], 0) << id << " (" << it.when << ") is in no file of the test nights";
+    }
+  }
+  EXPECT_GT(checked, 0u);
+}
+
+// ---- docs/formats.md
+
+fs::path doc_path() { return fs::path(__FILE__).parent_path().parent_path().parent_path() / "docs" / "formats.md"; }
+
+std::string trim(std::string s) {
+  const auto a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+  s = a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+  if (s.size() >= 2 && s.front() == '`' && s.back() == '`') s = s.substr(1, s.size() - 2);
+  return s;
+}
+
+/// Sections of the document: heading -> table rows (cells, trimmed, backticks removed).
+struct DocSection {
+  std::string heading, text;
+  std::vector<std::vector<std::string>> rows;
+};
+
+std::vector<DocSection> read_doc() {
+  std::vector<DocSection> out;
+  std::ifstream in(doc_path());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("## ", 0) == 0) {
+      out.push_back({line, "", {}});
+      continue;
+    }
+    if (out.empty()) continue;
+    out.back().text += line + "\n";
+    if (line.rfind("|", 0) != 0 || line.find("---") != std::string::npos) continue;
+    std::vector<std::string> cells;
+    std::string cell;
+    std::istringstream ss(line.substr(1));
+    while (std::getline(ss, cell, '|')) cells.push_back(trim(cell));
+    if (cells.size() >= 6 && cells[1] != "kind") out.back().rows.push_back(cells);
+  }
+  return out;
+}
+
+std::string doc_row(const FormatItem& it) {
+  std::string what = it.description + (it.when.empty() ? "" : " (" + it.when + ")");
+  for (std::size_t i = 0; (i = what.find('|', i)) != std::string::npos; i += 2) what.insert(i, "\\");
+  return "| `" + it.hdu + "` | " + to_string(it.kind) + " | `" + it.name + "` | " + it.type + " | " + it.unit + " | " +
+         what + " |";
+}
+
+void check_doc(const Product& p, const std::vector<DocSection>& doc, const std::vector<FormatItem>* covered_by,
+               const std::string& covered_key) {
+  SCOPED_TRACE(p.key);
+  const DocSection* sec = nullptr;
+  for (const auto& s : doc)
+    if (s.heading.find(p.key + "()") != std::string::npos) sec = &s;
+  ASSERT_NE(sec, nullptr) << "docs/formats.md has no section whose heading names " << p.key << "()";
+  auto same = [](const FormatItem& it, const std::vector<std::string>& r) {
+    return r[0] == it.hdu && r[1] == to_string(it.kind) && r[2] == it.name && r[3] == it.type && r[4] == it.unit;
+  };
+  for (const auto& it : *p.format) {
+    bool in_doc = false;
+    for (const auto& r : sec->rows) in_doc = in_doc || same(it, r);
+    // Items a product shares with another (RED = the EX layout + its own) may be documented once, in the
+    // other's section, which this section must name.
+    if (!in_doc && covered_by)
+      for (const auto& c : *covered_by)
+        if (c.hdu == it.hdu && c.kind == it.kind && c.name == it.name && c.type == it.type && c.unit == it.unit)
+          in_doc = sec->text.find(covered_key + "()") != std::string::npos;
+    EXPECT_TRUE(in_doc) << "not in docs/formats.md under " << sec->heading << ":\n" << doc_row(it);
+  }
+  for (const auto& r : sec->rows) {
+    bool known = false;
+    for (const auto& it : *p.format) known = known || same(it, r);
+    EXPECT_TRUE(known) << "docs/formats.md, " << sec->heading << ": row " << r[0] << " | " << r[1] << " | " << r[2]
+                       << " | " << r[3] << " | " << r[4] << " is not in " << p.key << "()";
+  }
+}
+
+// ---- the nights
+
+struct Nights {
+  std::unique_ptr<kspecdr::testing::TempDir> dir;
+  std::vector<Product> products;
+};
+
+fs::path reduce(const fs::path& dir, SpectroMode mode) {
+  sim::SimConfig c;
+  c.mode = mode;
+  c.out_dir = dir / "night";
+  c.seed = 20261121;
+  c.n_bias = 3;
+  c.n_flat = 3;
+  c.n_arc = 2;
+  c.n_science = 3;
+  const sim::NightResult r = sim::simulate_night(c);
+  ReduceConfig cfg;
+  cfg.raw_dir = c.out_dir / "raw";
+  cfg.out_dir = dir / "out";
+  cfg.instrument = r.profile_file.string();
+  cfg.night_name = "night";
+  cfg.stage = ReduceStage::Red;
+  cfg.resolved_config = "[reduce]\nstage = red\n";
+  const ReduceSummary s = reduce_night(cfg, mpi::world());
+  EXPECT_EQ(s.exit_code(), 0);
+  return cfg.out_dir;
+}
+
+std::vector<fs::path> glob(const fs::path& dir, const std::string& prefix, const std::string& suffix) {
+  std::vector<fs::path> out;
+  if (!fs::is_directory(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind(prefix, 0) == 0 && f.size() >= suffix.size() && f.compare(f.size() - suffix.size(), suffix.size(), suffix) == 0)
+      out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+const Nights& nights() {
+  static const Nights n = [] {
+    Nights r;
+    r.dir = std::make_unique<kspecdr::testing::TempDir>("kspecdr-formats");
+    const fs::path outs[] = {reduce(r.dir->path() / "slit", SpectroMode::Slit),
+                             reduce(r.dir->path() / "fiber", SpectroMode::Fiber)};
+    auto add = [&](const std::string& key, const std::vector<FormatItem>& f, FileKind kind, const std::string& sub,
+                   const std::string& prefix, const std::string& suffix) {
+      Product* p = nullptr;
+      for (auto& q : r.products)
+        if (q.key == key) p = &q;
+      if (!p) p = &r.products.emplace_back(Product{key, &f, kind, {}});
+      for (const auto& o : outs)
+        for (auto& file : glob(o / sub, prefix, suffix)) p->files.push_back(file);
+    };
+    add("im_format", detector::im_format(), FileKind::Fits, "im", "", ".im.fits");
+    add("master_bias_format", detector::master_bias_format(), FileKind::Fits, "calib", "master_bias_", ".fits");
+    add("master_flat_format", detector::master_flat_format(), FileKind::Fits, "calib", "master_flat_", ".fits");
+    add("trace_file_format", trace::trace_file_format(), FileKind::Fits, "calib", "traces_", ".fits");
+    add("arc_format", wavecal::arc_format(), FileKind::Fits, "calib", "arcsol_", ".fits");
+    add("ex_format", extract::ex_format(), FileKind::Fits, "ex", "", ".ex.fits");
+    add("ex_format", extract::ex_format(), FileKind::Fits, "calib", "flat_ex_", ".fits");
+    add("red_format", wavecal::red_format(), FileKind::Fits, "red", "", ".red.fits");
+    add("rainbow_format", series::rainbow_format(), FileKind::Hdf5, "", "", ".rainbow.h5");
+    add("rainbow_fits_format", series::rainbow_fits_format(), FileKind::Fits, "", "", ".rainbow.fits");
+    add("diagnostics_format", diagnostics_format(), FileKind::Hdf5, "", "diagnostics", ".h5");
+    add("obslog_format", obslog_format(), FileKind::Ecsv, "", "log", ".ecsv");
+    return r;
+  }();
+  return n;
+}
+
+const Product& product(const std::string& key) {
+  for (const auto& p : nights().products)
+    if (p.key == key) return p;
+  throw std::runtime_error("no product " + key);
+}
+
+}  // namespace
+
+class Formats : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Formats, TheFilesHoldExactlyTheTable) { check_product(product(GetParam())); }
+
+TEST_P(Formats, TheDocumentListsExactlyTheTable) {
+  static const std::vector<DocSection> doc = read_doc();
+  ASSERT_FALSE(doc.empty()) << doc_path();
+  const Product& p = product(GetParam());
+  const bool red = p.key == "red_format";
+  check_doc(p, doc, red ? &extract::ex_format() : nullptr, red ? "ex_format" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Products, Formats,
+                         ::testing::Values("im_format", "master_bias_format", "master_flat_format",
+                                           "trace_file_format", "arc_format", "ex_format", "red_format",
+                                           "rainbow_format", "rainbow_fits_format", "diagnostics_format",
+                                           "obslog_format"),
+                         [](const auto& p) { return p.param; });
+
+// The CSV log has the ECSV's columns, in order.
+TEST(FormatsLog, TheCsvHeaderIsTheTable) {
+  for (const auto& f : product("obslog_format").files) {
+    std::ifstream in(f.parent_path() / "log.csv");
+    std::string header;
+    std::getline(in, header);
+    std::string want;
+    for (const auto& it : obslog_format()) want += (want.empty() ? "" : ",") + it.name;
+    EXPECT_EQ(header, want) << f.parent_path() / "log.csv";
+  }
+}
+
+// Every table item is well formed: a known type, a description, no duplicate.
+TEST(FormatsTables, ItemsAreWellFormed) {
+  // KSPECDR_FORMATS_DUMP=<file> writes every table as the rows docs/formats.md expects.
+  if (const char* dump = std::getenv("KSPECDR_FORMATS_DUMP")) {
+    std::ofstream out(dump);
+    for (const auto& p : nights().products) {
+      out << "### " << p.key << "\n\n| HDU / path | kind | name | type | unit | meaning |\n|---|---|---|---|---|---|\n";
+      for (const auto& it : *p.format) out << doc_row(it) << "\n";
+      out << "\n";
+    }
+  }
+  const std::set<std::string> types = {"float32", "float64", "float64[n]", "uint16", "uint8",
+                                       "int64",   "string",  "logical"};
+  for (const auto& p : nights().products) {
+    std::set<std::string> ids;
+    for (const auto& it : *p.format) {
+      EXPECT_TRUE(types.count(it.type)) << p.key << " " << it.name << ": type " << it.type;
+      EXPECT_FALSE(it.description.empty()) << p.key << " " << it.name;
+      EXPECT_TRUE(ids.insert(it.hdu + "|" + to_string(it.kind) + "|" + it.name).second)
+          << p.key << ": " << it.hdu << " " << it.name << " listed twice";
+    }
+  }
+}
