@@ -137,7 +137,7 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
       if (match.star[i] < 0) {
         s.reason = "no catalog star within " + fmt::format("{:g}\"", cfg.match_radius_arcsec);
         for (const auto& u : match.unmatched)
-          if (u.rfind(s.fiber + ":", 0) == 0) s.reason = "unmatched: " + u.substr(s.fiber.size() + 1);
+          if (u.rfind(s.fiber + ":", 0) == 0) s.reason = "unmatched: " + u.substr(std::min(u.size(), s.fiber.size() + 2));
         ex.stars.push_back(s);
         continue;
       }
