@@ -349,6 +349,36 @@ TEST_F(InField, NoStandardFibersIsAClearError) {
   EXPECT_TRUE(wavecal::read_red_file(in).spectra.flux.isApprox(out.spectra.flux));
 }
 
+TEST_F(InField, NightlyVectorCalibratesAnExposureWithoutStandards) {
+  const Night& n = *g_night;
+  kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-nightly");
+  auto red = wavecal::read_red_file(n.reds.front());
+  for (auto& a : red.spectra.apertures)
+    if (a.type == aperture_type::kStandard) a.type = aperture_type::kProgram;
+  const fs::path in = tmp.path() / "run0000.red.fits";
+  wavecal::write_red_file(in, red, false);
+  auto cfg = n.cfg;
+  cfg.red_files = {in, n.reds.back()};
+  cfg.out_dir = tmp.path() / "out";
+  cfg.mode = "nightly";
+  fs::create_directories(cfg.out_dir);
+  const auto r = fluxcal::run_infield(cfg, mpi::world());
+  ASSERT_EQ(r.exposures.size(), 2u);
+  const auto& bare = r.exposures[0];
+  const auto& own = r.exposures[1];
+  ASSERT_TRUE(own.ok) << own.message;
+  EXPECT_EQ(own.applied, "own");
+  ASSERT_TRUE(bare.ok) << bare.message;
+  EXPECT_EQ(bare.applied, "nightly");
+  // One exposure behind the nightly vector: it is that exposure's airmass-0 vector.
+  ASSERT_EQ(r.nightly.size(), own.cal.size());
+  for (std::size_t j = 0; j < own.cal.size(); ++j)
+    if (own.cal.good[j]) EXPECT_NEAR(r.nightly.cal[j] / own.cal.cal[j], 1.0, 1e-12);
+  const auto out = wavecal::read_red_file(bare.output);
+  EXPECT_TRUE(out.spectra.header.get_bool("FLUXCAL").value_or(false));
+  EXPECT_EQ(out.spectra.header.get_string("FCALMODE").value_or(""), "nightly");
+}
+
 TEST_F(InField, CatalogWithoutTheStarsIsAClearError) {
   const Night& n = *g_night;
   kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-nocat");
