@@ -372,8 +372,11 @@ TEST_F(InField, NightlyVectorCalibratesAnExposureWithoutStandards) {
   EXPECT_EQ(bare.applied, "nightly");
   // One exposure behind the nightly vector: it is that exposure's airmass-0 vector.
   ASSERT_EQ(r.nightly.size(), own.cal.size());
-  for (std::size_t j = 0; j < own.cal.size(); ++j)
-    if (own.cal.good[j]) EXPECT_NEAR(r.nightly.cal[j] / own.cal.cal[j], 1.0, 1e-12);
+  for (std::size_t j = 0; j < own.cal.size(); ++j) {
+    if (own.cal.good[j]) {
+      EXPECT_NEAR(r.nightly.cal[j] / own.cal.cal[j], 1.0, 1e-12);
+    }
+  }
   const auto out = wavecal::read_red_file(bare.output);
   EXPECT_TRUE(out.spectra.header.get_bool("FLUXCAL").value_or(false));
   EXPECT_EQ(out.spectra.header.get_string("FCALMODE").value_or(""), "nightly");
