@@ -88,6 +88,7 @@ struct Night {
   fluxcal::InFieldResult result;
   std::map<std::string, std::string> fiber_star;  ///< C fiber → catalog name (truth)
   double seconds_setup = 0, seconds_calibrate = 0;
+  bool calibrated = false;
 };
 
 Night* g_night = nullptr;
@@ -163,14 +164,22 @@ class InField : public ::testing::Test {
     const auto red0 = wavecal::read_red_file(n->reds.front());
     c.fit.resolution.fwhm_poly_angstrom = {2.354820045 * sigma_px * red0.grid.step};
     fs::create_directories(c.out_dir);
-    const auto t1 = std::chrono::steady_clock::now();
-    n->result = fluxcal::run_infield(c, mpi::world());
-    const auto t2 = std::chrono::steady_clock::now();
-    n->seconds_setup = std::chrono::duration<double>(t1 - t0).count();
-    n->seconds_calibrate = std::chrono::duration<double>(t2 - t1).count();
-    std::cout << fmt::format("[in-field] setup {:.1f} s, calibration of {} exposures {:.1f} s\n", n->seconds_setup,
-                             n->reds.size(), n->seconds_calibrate);
+    n->seconds_setup = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << fmt::format("[in-field] setup (simulation, reduction, grid) {:.1f} s\n", n->seconds_setup);
     g_night = n;
+  }
+  /// The calibration of the whole night in exposure mode, run once by the first test that needs it (each
+  /// test is its own ctest entry, so the error tests do not pay for it).
+  static const fluxcal::InFieldResult& calibrated() {
+    Night& n = *g_night;
+    if (!n.calibrated) {
+      const auto t1 = std::chrono::steady_clock::now();
+      n.result = fluxcal::run_infield(n.cfg, mpi::world());
+      n.seconds_calibrate = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      n.calibrated = true;
+      std::cout << fmt::format("[in-field] calibration of {} exposures {:.1f} s\n", n.reds.size(), n.seconds_calibrate);
+    }
+    return n.result;
   }
   static void TearDownTestSuite() {
     delete g_night;
@@ -185,10 +194,11 @@ class InField : public ::testing::Test {
 
 TEST_F(InField, CombinedCalRecoversTheTruth) {
   const Night& n = *g_night;
+  const auto& result = calibrated();
   const auto& root = n.truth.root();
   const auto lam = root.read<double>("spectra/wavelength");
   const auto area = root.read<double>("spectra/effective_area_cm2");
-  for (const auto& ex : n.result.exposures) {
+  for (const auto& ex : result.exposures) {
     ASSERT_TRUE(ex.error.empty()) << ex.run << ": " << ex.error;
     ASSERT_TRUE(ex.ok) << ex.run << ": " << ex.message;
     double log_g = 0;
@@ -223,6 +233,7 @@ TEST_F(InField, CombinedCalRecoversTheTruth) {
 
 TEST_F(InField, StarsRadialVelocityAndScale) {
   const Night& n = *g_night;
+  const auto& result = calibrated();
   const auto& root = n.truth.root();
   const fluxcal::TemplateGrid grid = fluxcal::read_template_grid(n.cfg.templates_file);
   const auto cat = fluxcal::read_catalog(n.cfg.catalog_file);
@@ -230,7 +241,7 @@ TEST_F(InField, StarsRadialVelocityAndScale) {
   for (const auto& b : cat.bands) filters[b] = fluxcal::read_filter_curve(n.cfg.filters_dir / (b + ".dat"), "um", b);
   const auto cat_names = root.read_strings("catalog/name");
   std::vector<double> rv_pulls, scale_pulls;
-  for (const auto& ex : n.result.exposures) {
+  for (const auto& ex : result.exposures) {
     ASSERT_EQ(ex.stars.size(), 3u);
     for (const auto& s : ex.stars) {
       ASSERT_TRUE(std::isfinite(s.rv_km_s)) << s.fiber << ": " << s.reason;
@@ -380,6 +391,29 @@ TEST_F(InField, NightlyVectorCalibratesAnExposureWithoutStandards) {
   const auto out = wavecal::read_red_file(bare.output);
   EXPECT_TRUE(out.spectra.header.get_bool("FLUXCAL").value_or(false));
   EXPECT_EQ(out.spectra.header.get_string("FCALMODE").value_or(""), "nightly");
+}
+
+TEST_F(InField, GridNotCoveringTheDataIsAClearError) {
+  const Night& n = *g_night;
+  kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-grid");
+  sim::SynthGridSpec gs;
+  gs.teff_k = {6000, 6250};
+  gs.logg = {4.5};
+  gs.mh = {0.0};
+  gs.alpha = {0.0};
+  gs.lambda_min = 5500.0;  // the RED starts at 4975 Å
+  fluxcal::write_template_grid(tmp.path() / "grid.h5", sim::make_synthetic_template_grid(gs));
+  auto cfg = n.cfg;
+  cfg.red_files = {n.reds.front()};
+  cfg.templates_file = tmp.path() / "grid.h5";
+  cfg.out_dir = tmp.path();
+  const auto r = fluxcal::run_infield(cfg, mpi::world());
+  const auto& ex = r.exposures.front();
+  EXPECT_FALSE(ex.ok);
+  EXPECT_NE(ex.error.find("cover"), std::string::npos) << ex.error;
+  const auto out = wavecal::read_red_file(ex.output);
+  EXPECT_FALSE(out.spectra.header.get_bool("FLUXCAL").value_or(true));
+  std::cout << "[in-field] grid too short: " << ex.error << "\n";
 }
 
 TEST_F(InField, CatalogWithoutTheStarsIsAClearError) {
