@@ -1,7 +1,10 @@
-// kspecdr fluxcal: the known-standard (long-slit) mode of flux calibration. The
-// RED exposures of a spectrophotometric standard with a tabulated spectrum give
-// the calibration vector; every RED given is written calibrated to
-// OUT/<run>.fcal.fits (default: beside its input). Inputs are never modified.
+// kspecdr fluxcal: flux calibration of RED files, in one of two modes:
+//   known standard (--standard): the RED exposures of a spectrophotometric standard with a tabulated
+//     spectrum give the calibration vector (long slit);
+//   in-field (--catalog): the standard-star fibers (TYPE = C) of each exposure, fitted with templates and
+//     scaled to their catalog magnitudes, give it (fiber, MPI-parallel over the stars).
+// Every RED given is written calibrated to OUT/<run>.fcal.fits (default: beside its input). Inputs are
+// never modified.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -14,20 +17,85 @@
 #include "kspecdr/cli/options.hpp"
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/fluxcal/apply.hpp"
+#include "kspecdr/fluxcal/infield.hpp"
 #include "kspecdr/io/instrument.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 
 namespace kspecdr::cli {
 namespace fs = std::filesystem;
 
+namespace {
+
+int run_fluxcal_infield(const po::variables_map& vm) {
+  fluxcal::InFieldConfig cfg;
+  for (const auto& f : vm["red"].as<std::vector<std::string>>()) {
+    if (!fs::is_regular_file(f))
+      throw ConfigError(fmt::format("fluxcal: RED file {} does not exist", f), ErrorContext{.file = f});
+    cfg.red_files.emplace_back(f);
+  }
+  for (const char* k : {"templates", "filters"})
+    if (!vm.count(k)) throw ConfigError(fmt::format("fluxcal: the in-field mode (--catalog) needs --{}", k));
+  cfg.catalog_file = vm["catalog"].as<std::string>();
+  cfg.templates_file = vm["templates"].as<std::string>();
+  cfg.filters_dir = vm["filters"].as<std::string>();
+  for (const auto& [what, p] : {std::pair{"catalog", cfg.catalog_file}, std::pair{"template grid", cfg.templates_file}})
+    if (!fs::is_regular_file(p)) throw ConfigError(fmt::format("fluxcal: {} {} does not exist", what, p.string()));
+  if (!fs::is_directory(cfg.filters_dir))
+    throw ConfigError(fmt::format("fluxcal: filter folder {} does not exist", cfg.filters_dir.string()));
+  cfg.filter_unit = vm["filter-unit"].as<std::string>();
+  if (vm.count("bands")) cfg.bands = vm["bands"].as<std::vector<std::string>>();
+  cfg.match_radius_arcsec = vm["match-radius-arcsec"].as<double>();
+  const double fwhm = vm["fwhm-angstrom"].as<double>();
+  if (!(fwhm > 0)) throw ConfigError("fluxcal: --fwhm-angstrom must be positive");
+  cfg.fit.resolution.fwhm_poly_angstrom = {fwhm};
+  cfg.min_standards = vm["min-standards"].as<int>();
+  cfg.extinction_file = vm["extinction"].as<std::string>();
+  if (!fs::is_regular_file(cfg.extinction_file))
+    throw ConfigError(fmt::format("fluxcal: extinction curve {} does not exist", cfg.extinction_file.string()));
+  cfg.mask_file = vm["mask"].as<std::string>();
+  if (!cfg.mask_file.empty() && !fs::is_regular_file(cfg.mask_file))
+    throw ConfigError(fmt::format("fluxcal: mask file {} does not exist", cfg.mask_file.string()));
+  cfg.out_dir = vm["out"].as<std::string>();
+  cfg.mode = vm["mode"].as<std::string>();
+  if (cfg.mode.empty()) cfg.mode = "exposure";
+  if (cfg.mode != "exposure" && cfg.mode != "nightly")
+    throw ConfigError(fmt::format("fluxcal: --mode {}: give exposure or nightly", cfg.mode));
+  cfg.overwrite = vm["overwrite"].as<bool>();
+  auto& comm = mpi::world();
+  if (comm.is_root() && !cfg.out_dir.empty()) fs::create_directories(cfg.out_dir);
+  comm.barrier();
+  const auto result = fluxcal::run_infield(cfg, comm);
+  if (!comm.is_root()) return 0;
+  int failed = 0;
+  for (const auto& e : result.exposures) {
+    for (const auto& s : e.stars)
+      spdlog::info("fluxcal: {} {} {}: Teff {:.0f} K, log g {:.2f}, [M/H] {:+.2f}, RV {:.1f} ± {:.1f} km/s, "
+                   "chi2/dof {:.2f}: {}{}",
+                   e.run, s.fiber, s.name, s.params.teff_k, s.params.logg, s.params.mh, s.rv_km_s, s.rv_err_km_s,
+                   s.chi2_dof, s.used ? "used" : "rejected", s.reason.empty() ? "" : " (" + s.reason + ")");
+    if (!e.ok) ++failed;
+  }
+  if (failed) {
+    spdlog::error("fluxcal: {} of {} RED files not calibrated (written with FLUXCAL = F)", failed,
+                  result.exposures.size());
+    for (const auto& e : result.exposures)
+      if (!e.ok) spdlog::error("  {}: {}", e.input.string(), e.message.empty() ? e.error : e.message);
+    return 3;
+  }
+  spdlog::info("fluxcal: {} RED files calibrated from in-field standards", result.exposures.size());
+  return 0;
+}
+
+}  // namespace
+
 int run_fluxcal(int argc, char** argv) {
   po::options_description desc("fluxcal options");
   desc.add_options()("red", po::value<std::vector<std::string>>()->multitoken()->required(),
                      "RED files to calibrate, the standard's exposures included (also positional)")(
-      "standard", po::value<std::string>()->required(),
+      "standard", po::value<std::string>(),
       "the standard star: a name looked up in --standards-dir (e.g. feige110, 'G93-48') or a table file "
       "(wavelength [A], AB mag, bandwidth [A])")(
-      "standard-exposure", po::value<std::vector<std::string>>()->multitoken()->required(),
+      "standard-exposure", po::value<std::vector<std::string>>()->multitoken(),
       "run names (RED file names without .red.fits) of the standard's exposures")(
       "standard-aperture", po::value<std::string>()->default_value(""),
       "the standard's aperture name when its exposures hold several")(
@@ -38,8 +106,22 @@ int run_fluxcal(int argc, char** argv) {
       "mask", po::value<std::string>()->default_value(""),
       "band mask (lam_lo lam_hi [A] rows) of telluric or bad regions (default: none)")(
       "out", po::value<std::string>()->default_value(""), "output folder (default: beside each input)")(
-      "mode", po::value<std::string>()->default_value("nightly"),
-      "exposure: each RED gets the standard exposure nearest in time; nightly: the mean of all of them")(
+      "mode", po::value<std::string>()->default_value(""),
+      "exposure | nightly. Known standard (default nightly): each RED gets the standard exposure nearest in "
+      "time, or the mean of all of them. In-field (default exposure): each exposure its own stars, or (nightly) "
+      "the mean of all exposures' vectors where an exposure has fewer than --min-standards usable stars")(
+      "catalog", po::value<std::string>(),
+      "in-field mode: photometric catalog CSV (name, ra, dec [deg], magnitudes with errors)")(
+      "templates", po::value<std::string>(), "in-field mode: template grid (HDF5, docs/templates.md)")(
+      "filters", po::value<std::string>(), "in-field mode: folder of <band>.dat filter curves")(
+      "filter-unit", po::value<std::string>()->default_value("um"), "wavelength unit of the filter files: um | nm | Angstrom")(
+      "bands", po::value<std::vector<std::string>>()->multitoken(),
+      "catalog bands to use (default: every band with a filter curve)")(
+      "match-radius-arcsec", po::value<double>()->default_value(2.0), "fiber-to-catalog match radius [arcsec]")(
+      "fwhm-angstrom", po::value<double>()->default_value(5.0),
+      "instrument resolution for the template fit: FWHM of the line-spread function [Angstrom]")(
+      "min-standards", po::value<int>()->default_value(2),
+      "in-field nightly mode: an exposure with fewer usable stars gets the nightly vector")(
       "cal-file", po::value<std::string>()->default_value(""),
       "also write the calibration vectors (HDF5) here (default: OUT/fluxcal_cal.h5 when --out is given)")(
       "overwrite", po::bool_switch(), "replace existing output files");
@@ -48,7 +130,13 @@ int run_fluxcal(int argc, char** argv) {
   auto opts = parse_options(
       "fluxcal",
       "kspecdr fluxcal --red FILE... --standard NAME|FILE --standard-exposure RUN... --extinction FILE "
-      "[--mask FILE] [--out DIR] [--mode exposure|nightly] [--standard-aperture NAME] [--overwrite]\n\n"
+      "[--mask FILE] [--out DIR] [--mode exposure|nightly] [--standard-aperture NAME] [--overwrite]\n"
+      "kspecdr fluxcal --red FILE... --catalog CSV --templates H5 --filters DIR --extinction FILE [--filter-unit um] "
+      "[--bands B...] [--match-radius-arcsec R] [--fwhm-angstrom W] [--mode exposure|nightly] [--mask FILE] "
+      "[--out DIR]\n\n"
+      "In-field mode: per exposure, the C fibers matched to the catalog by position, fitted with templates, "
+      "scaled by synthetic photometry; their Cal vectors gated and combined, applied to every aperture. A "
+      "per-star table <run>.fcalstars.csv is written beside each output.\n"
       "Known-standard mode: Cal(lambda) = F_table t dlambda / C from the standard's exposures, moved to airmass 0 "
       "with the extinction curve, applied to every RED at its own airmass and exposure time. Writes "
       "<run>.fcal.fits per RED (BUNIT = 'erg/cm2/s/A', FLUXCAL = T). A RED that cannot be calibrated is "
@@ -57,6 +145,11 @@ int run_fluxcal(int argc, char** argv) {
   if (opts.help) return 0;
   const auto& vm = opts.vm;
 
+  const auto& vm0 = vm;
+  if (vm0.count("catalog")) return run_fluxcal_infield(vm0);
+  if (!vm0.count("standard") || !vm0.count("standard-exposure"))
+    throw ConfigError("fluxcal: give --standard and --standard-exposure (known standard) or --catalog, --templates "
+                      "and --filters (in-field)");
   fluxcal::KnownStandardConfig cfg;
   for (const auto& f : vm["red"].as<std::vector<std::string>>()) {
     if (!fs::is_regular_file(f))
@@ -80,6 +173,7 @@ int run_fluxcal(int argc, char** argv) {
     throw ConfigError(fmt::format("fluxcal: mask file {} does not exist", cfg.mask_file.string()));
   cfg.out_dir = vm["out"].as<std::string>();
   cfg.mode = vm["mode"].as<std::string>();
+  if (cfg.mode.empty()) cfg.mode = "nightly";
   if (cfg.mode != "exposure" && cfg.mode != "nightly")
     throw ConfigError(fmt::format("fluxcal: --mode {}: give exposure or nightly", cfg.mode));
   cfg.overwrite = vm["overwrite"].as<bool>();

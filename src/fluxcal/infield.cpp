@@ -1,0 +1,525 @@
+#include "kspecdr/fluxcal/infield.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <span>
+
+#include "kspecdr/core/error.hpp"
+#include "kspecdr/core/stats.hpp"
+#include "kspecdr/core/trace.hpp"
+#include "kspecdr/fluxcal/photometry.hpp"
+#include "kspecdr/fluxcal/sensitivity.hpp"
+
+namespace kspecdr::fluxcal {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr double kNaN = CalVector::kNaN;
+
+std::string short_text(const std::string& s, std::size_t n) { return s.size() > n ? s.substr(0, n) : s; }
+
+/// The RED file after a failed calibration: unchanged but for FLUXCAL = F, FCALERR and a HISTORY line.
+void write_uncalibrated(const fs::path& in, const fs::path& out, const std::string& why, bool overwrite) {
+  wavecal::RedSpectra red = wavecal::read_red_file(in);
+  red.spectra.header.set("FLUXCAL", false, "not flux calibrated (see FCALERR)");
+  red.spectra.header.set("FCALERR", short_text(why, 68), "why the flux calibration failed");
+  red.spectra.header.add_history("FLUXCAL failed: " + short_text(why, 200));
+  wavecal::write_red_file(out, red, overwrite);
+}
+
+std::vector<double> widths_of(const wavecal::WavelengthGrid& g) {
+  std::vector<double> w(g.size());
+  for (std::size_t i = 0; i < g.size(); ++i) w[i] = g.edges[i + 1] - g.edges[i];
+  return w;
+}
+
+struct Prepared {
+  std::size_t star = 0;  ///< index into the exposure's StarResult list
+  ObservedSpectrum obs;
+  std::vector<double> counts, counts_var;
+  std::vector<std::size_t> candidates;
+};
+
+/// Which ranks work on active star k of n (collectively `size` ranks), and this rank's share of candidates.
+struct Share {
+  int owner = 0;
+  bool mine = false;          ///< this rank scores some of the star's candidates
+  std::size_t part = 0, parts = 1;  ///< candidate c goes to part c mod parts
+};
+
+Share share_of(std::size_t k, std::size_t n, int rank, int size) {
+  Share s;
+  const auto P = static_cast<std::size_t>(size);
+  const auto r = static_cast<std::size_t>(rank);
+  if (P > n) {
+    s.owner = static_cast<int>(k);
+    s.parts = P / n + ((P % n) > k ? 1 : 0);  // ranks k, k + n, k + 2n, … < P
+    s.mine = r % n == k;
+    s.part = r / n;
+  } else {
+    s.owner = static_cast<int>(k % P);
+    s.mine = r == k % P;
+  }
+  return s;
+}
+
+}  // namespace
+
+InFieldInputs read_infield_inputs(const InFieldConfig& cfg, double lambda_min, double lambda_max) {
+  InFieldInputs in;
+  in.catalog = read_catalog(cfg.catalog_file);
+  std::vector<std::string> bands = cfg.bands;
+  const bool requested = !bands.empty();
+  if (!requested) bands = in.catalog.bands;
+  for (const auto& b : bands) {
+    if (std::find(in.catalog.bands.begin(), in.catalog.bands.end(), b) == in.catalog.bands.end())
+      throw DataError(fmt::format("band '{}' is not a magnitude column of the catalog (it has: {})", b,
+                                  fmt::join(in.catalog.bands, ", ")),
+                      ErrorContext{.file = cfg.catalog_file.string()});
+    const fs::path f = cfg.filters_dir / (b + ".dat");
+    if (!fs::is_regular_file(f)) {
+      if (requested)
+        throw DataError(fmt::format("no filter curve for band '{}'", b), ErrorContext{.file = f.string()});
+      spdlog::warn("fluxcal: catalog band '{}' has no filter curve {}: not used", b, f.string());
+      continue;
+    }
+    in.filters[b] = read_filter_curve(f, cfg.filter_unit, b);
+    const auto o = cfg.ab_offsets.find(b);
+    in.ab_offsets[b] = o != cfg.ab_offsets.end() ? o->second : default_ab_offset(b);
+  }
+  if (in.filters.empty())
+    throw DataError(fmt::format("no catalog band has a filter curve in {}", cfg.filters_dir.string()),
+                    ErrorContext{.file = cfg.catalog_file.string()});
+  in.extinction = read_extinction_curve(cfg.extinction_file);
+  if (!cfg.mask_file.empty()) in.mask = read_band_mask(cfg.mask_file);
+  in.grid = read_template_grid(cfg.templates_file, lambda_min, lambda_max);
+  in.grid.check(cfg.templates_file.string());
+  return in;
+}
+
+ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std::string& run, const InFieldInputs& in,
+                                       const InFieldConfig& cfg, const mpi::Comm& comm) {
+  ExposureCalibration ex;
+  ex.run = run;
+  const Header& h = red.spectra.header;
+  const auto& aps = red.spectra.apertures;
+  const std::size_t nw = red.grid.size();
+  std::vector<Prepared> prep;
+  // ---- 1. Everything every rank does identically (no collective): stars, match, spectra, candidates.
+  try {
+    if (h.get_bool("FLUXCAL").value_or(false)) throw DataError("the exposure is already flux calibrated");
+    ex.exptime_s = h.get_double("EXPTIME").value_or(kNaN);
+    ex.airmass = h.get_double("AIRMASS").value_or(kNaN);
+    if (!(ex.exptime_s > 0)) throw DataError("EXPTIME is absent or not positive");
+    if (!(ex.airmass >= 1.0)) throw DataError("AIRMASS is absent or below 1");
+    std::vector<FiberPosition> fibers;
+    std::vector<std::size_t> fiber_ap;
+    for (std::size_t a = 0; a < aps.size(); ++a)
+      if (aps[a].type == aperture_type::kStandard) {
+        fibers.push_back({aps[a].name, aps[a].ra_deg, aps[a].dec_deg});
+        fiber_ap.push_back(a);
+      }
+    if (fibers.empty()) throw DataError("no standard-star fibers (TYPE = C) in the exposure");
+    for (const auto& f : fibers)
+      if (!std::isfinite(f.ra_deg) || !std::isfinite(f.dec_deg))
+        throw DataError(fmt::format("standard fiber {} has no RA/DEC in the FIBRES table", f.name));
+    const CatalogMatch match = match_by_position(fibers, in.catalog, cfg.match_radius_arcsec);
+    for (std::size_t i = 0; i < fibers.size(); ++i) {
+      StarResult s;
+      s.run = run;
+      s.fiber = fibers[i].name;
+      if (match.star[i] < 0) {
+        s.reason = "no catalog star within " + fmt::format("{:g}\"", cfg.match_radius_arcsec);
+        for (const auto& u : match.unmatched)
+          if (u.rfind(s.fiber + ":", 0) == 0) s.reason = "unmatched: " + u.substr(std::min(u.size(), s.fiber.size() + 2));
+        ex.stars.push_back(s);
+        continue;
+      }
+      const CatalogStar& cs = in.catalog.stars[static_cast<std::size_t>(match.star[i])];
+      s.name = cs.name;
+      s.separation_arcsec = match.separation_arcsec[i];
+      Prepared p;
+      p.star = ex.stars.size();
+      const auto a = static_cast<Eigen::Index>(fiber_ap[i]);
+      p.obs.name = s.fiber;
+      p.obs.wavelength_angstrom = red.grid.centres;
+      p.obs.flux.resize(nw);
+      p.obs.variance.resize(nw);
+      p.obs.good.resize(nw);
+      p.counts.resize(nw);
+      p.counts_var.resize(nw);
+      std::vector<double> snr;
+      for (std::size_t j = 0; j < nw; ++j) {
+        const auto jj = static_cast<Eigen::Index>(j);
+        const double c = red.spectra.flux(a, jj), v = red.spectra.variance(a, jj);
+        const bool good = red.spectra.mask(a, jj) == 0 && std::isfinite(c) && std::isfinite(v) && v > 0;
+        p.obs.flux[j] = good ? c : kNaN;
+        p.obs.variance[j] = good ? v : kNaN;
+        p.obs.good[j] = good ? 1 : 0;
+        p.counts[j] = good ? c : kNaN;
+        p.counts_var[j] = good ? v : std::numeric_limits<double>::infinity();
+        if (good) snr.push_back(c / std::sqrt(v));
+      }
+      s.snr = snr.empty() ? 0.0 : median_inplace(std::span<double>(snr));
+      // A grid that does not cover the data stops the exposure (a configuration problem, not the star's).
+      check_grid_covers(in.grid, p.obs, cfg.fit);
+      try {
+        BandMagnitudes mags;
+        for (std::size_t b = 0; b < in.catalog.bands.size(); ++b) {
+          const auto f = in.filters.find(in.catalog.bands[b]);
+          if (f == in.filters.end() || !std::isfinite(cs.mag[b]) || !(cs.err[b] > 0)) continue;
+          mags.filters.push_back(f->second);
+          mags.mag_ab.push_back(cs.mag[b] + in.ab_offsets.at(in.catalog.bands[b]));
+          mags.err.push_back(cs.err[b]);
+        }
+        const auto tr = teff_range_from_colours(in.grid, mags, cfg.fit);
+        p.candidates = select_candidates(in.grid, tr, cfg.fit);
+        if (p.candidates.empty()) throw DataError("no template in the colour Teff range and parameter box");
+        prep.push_back(std::move(p));
+      } catch (const Error& e) {
+        s.reason = "not fitted: " + e.message();
+      }
+      ex.stars.push_back(s);
+    }
+    if (prep.empty()) {
+      std::string why;
+      for (const auto& s : ex.stars) why += fmt::format("{}{}: {}", why.empty() ? "" : "; ", s.fiber, s.reason);
+      throw DataError("no standard star can be fitted (" + why + ")");
+    }
+  } catch (const Error& e) {
+    ex.error = e.what();
+    return ex;  // identical on every rank: no collective has been entered
+  }
+
+  // ---- 2. Template scores, spread over the ranks, gathered everywhere.
+  const std::size_t n = prep.size();
+  const int rank = comm.rank(), size = comm.size();
+  constexpr std::size_t kScoreLen = 6;  // k, grid index, rv, score, chi2, n_good
+  std::vector<double> mine;
+  for (std::size_t k = 0; k < n; ++k) {
+    const Share sh = share_of(k, n, rank, size);
+    if (!sh.mine) continue;
+    const auto& p = prep[k];
+    for (std::size_t c = 0; c < p.candidates.size(); ++c) {
+      if (c % sh.parts != sh.part) continue;
+      const std::size_t gi = p.candidates[c];
+      try {
+        const TemplateScore ts =
+            score_model(p.obs, in.grid.wavelength_angstrom, in.grid.flux_of(gi), in.grid.resolving_power, cfg.fit);
+        if (!std::isfinite(ts.score)) continue;
+        mine.insert(mine.end(), {static_cast<double>(k), static_cast<double>(gi), ts.rv_km_s, ts.score, ts.chi2,
+                                 static_cast<double>(ts.n_good)});
+      } catch (const Error& e) {
+        spdlog::debug("fluxcal: {} template {} not scored: {}", p.obs.name, gi, e.message());
+      }
+    }
+  }
+  const std::vector<double> all_scores = comm.allgatherv(mine);
+
+  // ---- 3. The owner finishes each star: fit, photometric scale, Cal at airmass 0.
+  const std::size_t rec_len = 12 + 3 * nw;  // k, ok, teff, logg, mh, alpha, rv, rv_err, scale, scale_err, chi2/dof, snr
+  std::vector<double> recs;
+  std::string reasons;
+  const auto widths = widths_of(red.grid);
+  for (std::size_t k = 0; k < n; ++k) {
+    if (share_of(k, n, rank, size).owner != rank) continue;
+    const auto& p = prep[k];
+    StarResult& s = ex.stars[p.star];
+    std::vector<double> rec(rec_len, kNaN);
+    rec[0] = static_cast<double>(k);
+    rec[1] = 0;
+    try {
+      std::vector<TemplateScore> scores;
+      for (std::size_t i = 0; i + kScoreLen <= all_scores.size(); i += kScoreLen) {
+        if (static_cast<std::size_t>(all_scores[i]) != k) continue;
+        TemplateScore ts;
+        ts.index = static_cast<long>(all_scores[i + 1]);
+        ts.params = in.grid.params[static_cast<std::size_t>(ts.index)];
+        ts.rv_km_s = all_scores[i + 2];
+        ts.score = all_scores[i + 3];
+        ts.chi2 = all_scores[i + 4];
+        ts.n_good = static_cast<long>(all_scores[i + 5]);
+        scores.push_back(ts);
+      }
+      if (scores.empty()) throw DataError("no template could be scored");
+      // Same order whatever the number of ranks: by grid index.
+      std::sort(scores.begin(), scores.end(), [](const auto& a, const auto& b) { return a.index < b.index; });
+      const FitResult fit = finish_fit(p.obs, in.grid, std::move(scores), cfg.fit);
+      const CatalogStar& cs = *std::find_if(in.catalog.stars.begin(), in.catalog.stars.end(),
+                                            [&](const CatalogStar& c) { return c.name == s.name; });
+      const PhotometricScale ps =
+          scale_to_photometry(fit.model_wavelength, fit.model_flux, in.catalog, cs, in.filters, in.ab_offsets);
+      rec[2] = fit.params.teff_k, rec[3] = fit.params.logg, rec[4] = fit.params.mh, rec[5] = fit.params.alpha;
+      rec[6] = fit.rv.rv_km_s, rec[7] = fit.rv.rv_err_km_s;
+      rec[8] = ps.scale, rec[9] = ps.scale_err, rec[10] = fit.chi2_dof(), rec[11] = s.snr;
+      std::vector<double> model(nw), model_var(nw, 0.0);
+      for (std::size_t j = 0; j < nw; ++j) model[j] = ps.scale * fit.model_on_data[j];  // erg s⁻¹ cm⁻² Å⁻¹
+      CalVector cal = make_cal_vector(red.grid.centres, widths, model, model_var, p.counts, p.counts_var,
+                                      ex.exptime_s, in.mask, fmt::format("{} {} {}", s.name, run, s.fiber));
+      cal.airmass = ex.airmass;
+      cal = to_airmass(cal, in.extinction, 0.0);
+      for (std::size_t j = 0; j < nw; ++j) {
+        rec[12 + j] = cal.cal[j];
+        rec[12 + nw + j] = cal.variance[j];
+        rec[12 + 2 * nw + j] = cal.good[j];
+      }
+      rec[1] = 1;
+    } catch (const Error& e) {
+      reasons += fmt::format("{}\t{}\n", k, "fit failed: " + e.message());
+    }
+    recs.insert(recs.end(), rec.begin(), rec.end());
+  }
+  const std::vector<double> all_recs = comm.allgatherv(recs);
+  const std::vector<std::string> all_reasons = comm.allgather(reasons);
+
+  // ---- 4. Unpack on every rank.
+  std::vector<StarCal> star_cals;
+  std::vector<std::size_t> star_of_cal;  // index into ex.stars
+  for (std::size_t i = 0; i + rec_len <= all_recs.size(); i += rec_len) {
+    const auto k = static_cast<std::size_t>(all_recs[i]);
+    StarResult& s = ex.stars[prep[k].star];
+    if (all_recs[i + 1] != 1.0) continue;
+    s.params = {all_recs[i + 2], all_recs[i + 3], all_recs[i + 4], all_recs[i + 5]};
+    s.rv_km_s = all_recs[i + 6], s.rv_err_km_s = all_recs[i + 7];
+    s.scale = all_recs[i + 8], s.scale_err = all_recs[i + 9], s.chi2_dof = all_recs[i + 10];
+    s.cal.wavelength_angstrom = red.grid.centres;
+    s.cal.cal.assign(all_recs.begin() + static_cast<std::ptrdiff_t>(i + 12),
+                     all_recs.begin() + static_cast<std::ptrdiff_t>(i + 12 + nw));
+    s.cal.variance.assign(all_recs.begin() + static_cast<std::ptrdiff_t>(i + 12 + nw),
+                          all_recs.begin() + static_cast<std::ptrdiff_t>(i + 12 + 2 * nw));
+    s.cal.good.resize(nw);
+    for (std::size_t j = 0; j < nw; ++j) s.cal.good[j] = all_recs[i + 12 + 2 * nw + j] != 0.0 ? 1 : 0;
+    s.cal.airmass = 0.0;
+    s.cal.source = fmt::format("{} {} {}", s.name, run, s.fiber);
+  }
+  for (const auto& text : all_reasons) {
+    std::size_t pos = 0;
+    while (pos < text.size()) {
+      const auto tab = text.find('\t', pos), nl = text.find('\n', pos);
+      const auto k = static_cast<std::size_t>(std::stoul(text.substr(pos, tab - pos)));
+      ex.stars[prep[k].star].reason = text.substr(tab + 1, nl - tab - 1);
+      pos = nl + 1;
+    }
+  }
+  for (std::size_t i = 0; i < ex.stars.size(); ++i) {
+    const StarResult& s = ex.stars[i];
+    if (s.cal.size() == 0) continue;
+    StarCal sc;
+    sc.name = s.fiber;
+    sc.cal = s.cal.cal;
+    sc.variance = s.cal.variance;
+    sc.good = s.cal.good;
+    sc.chi2_dof = s.chi2_dof;
+    sc.snr = s.snr;
+    sc.scale_rel_err = s.scale_err / s.scale;
+    star_cals.push_back(std::move(sc));
+    star_of_cal.push_back(i);
+  }
+
+  // ---- 5. The root gates and combines; the result is broadcast.
+  std::string error;
+  std::vector<double> combined;  // cal, variance, good (nw each), rms, n_stars, then per star: factor, log_level, rejected
+  std::string qc_reasons;        // per star, '\n'-separated
+  if (comm.is_root()) {
+    try {
+      if (star_cals.empty()) throw DataError("no standard star gave a calibration vector");
+      CombinedCal cc;
+      try {
+        cc = combine_calibrations(star_cals, cfg.combine);
+      } catch (const DataError&) {
+        // Every star rejected: record each star's reason before giving up.
+        cc.qc = quality_gates(star_cals, cfg.combine);
+        for (const auto& q : cc.qc) qc_reasons += q.reason + "\n";
+        for (const auto& q : cc.qc) combined.insert(combined.end(), {q.factor, q.log_level, q.rejected ? 1.0 : 0.0});
+        throw;
+      }
+      combined = cc.cal;
+      combined.insert(combined.end(), cc.variance.begin(), cc.variance.end());
+      for (auto g : cc.good) combined.push_back(g);
+      combined.push_back(cc.rms_median);
+      combined.push_back(cc.n_stars);
+      for (const auto& q : cc.qc) {
+        combined.insert(combined.end(), {q.factor, q.log_level, q.rejected ? 1.0 : 0.0});
+        qc_reasons += q.reason + "\n";
+      }
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  }
+  comm.bcast(error);
+  comm.bcast(combined);
+  comm.bcast(qc_reasons);
+  std::vector<std::string> reason_lines;
+  for (std::size_t pos = 0; pos < qc_reasons.size();) {
+    const auto nl = qc_reasons.find('\n', pos);
+    reason_lines.push_back(qc_reasons.substr(pos, nl - pos));
+    pos = nl + 1;
+  }
+  const std::size_t off = error.empty() ? 3 * nw + 2 : 0;
+  if (combined.size() == off + 3 * star_cals.size() && reason_lines.size() == star_cals.size()) {
+    for (std::size_t c = 0; c < star_cals.size(); ++c) {
+      StarResult& s = ex.stars[star_of_cal[c]];
+      s.factor = combined[off + 3 * c];
+      s.log_level = combined[off + 3 * c + 1];
+      s.used = error.empty() && combined[off + 3 * c + 2] == 0.0;
+      s.reason = reason_lines[c];
+      if (!error.empty() && s.reason.empty()) s.reason = "not used: no calibration formed";
+    }
+  }
+  if (!error.empty()) {
+    ex.error = error;
+    return ex;
+  }
+  ex.cal.wavelength_angstrom = red.grid.centres;
+  ex.cal.cal.assign(combined.begin(), combined.begin() + static_cast<std::ptrdiff_t>(nw));
+  ex.cal.variance.assign(combined.begin() + static_cast<std::ptrdiff_t>(nw),
+                         combined.begin() + static_cast<std::ptrdiff_t>(2 * nw));
+  ex.cal.good.resize(nw);
+  for (std::size_t j = 0; j < nw; ++j) ex.cal.good[j] = combined[2 * nw + j] != 0.0 ? 1 : 0;
+  ex.cal.airmass = 0.0;
+  ex.cal.source = run + " in-field";
+  ex.rms = combined[3 * nw];
+  ex.n_used = static_cast<int>(combined[3 * nw + 1]);
+  return ex;
+}
+
+fs::path star_table_path(const fs::path& calibrated) {
+  return calibrated.parent_path() / (run_name(calibrated) + ".fcalstars.csv");
+}
+
+void write_star_table(const fs::path& path, const std::vector<StarResult>& stars) {
+  const fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".tmp");
+  {
+    std::ofstream f(tmp);
+    if (!f) throw Error("cannot write " + tmp.string(), ErrorContext{.file = tmp.string()});
+    f << "run,fiber,name,sep_arcsec,teff_k,logg,mh,alpha,rv_km_s,rv_err_km_s,scale,scale_err,chi2_dof,snr,factor,"
+         "log_level,used,reason\n";
+    for (const auto& s : stars) {
+      std::string reason = s.reason;
+      std::replace(reason.begin(), reason.end(), '"', '\'');
+      f << fmt::format("{},{},\"{}\",{:.4g},{:.1f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.6e},{:.6e},{:.4f},{:.2f},{:.5f},"
+                       "{:.5f},{},\"{}\"\n",
+                       s.run, s.fiber, s.name, s.separation_arcsec, s.params.teff_k, s.params.logg, s.params.mh,
+                       s.params.alpha, s.rv_km_s, s.rv_err_km_s, s.scale, s.scale_err, s.chi2_dof, s.snr, s.factor,
+                       s.log_level, s.used ? 1 : 0, reason);
+    }
+    if (!f) throw Error("cannot write " + tmp.string(), ErrorContext{.file = tmp.string()});
+  }
+  fs::rename(tmp, path);
+}
+
+std::vector<std::string> star_history(const StarResult& s) {
+  std::vector<std::string> out;
+  out.push_back(short_text(fmt::format("FCAL {} {} T={:.0f} g={:.2f} M={:+.2f} a={:.2f}", s.fiber, s.name,
+                                       s.params.teff_k, s.params.logg, s.params.mh, s.params.alpha),
+                           72));
+  out.push_back(short_text(fmt::format("FCAL {} rv={:.1f}+-{:.1f} s={:.4g}+-{:.2g} c2={:.2f} {}", s.fiber, s.rv_km_s,
+                                       s.rv_err_km_s, s.scale, s.scale_err, s.chi2_dof,
+                                       s.used ? (s.reason.empty() ? "used" : "used:" + s.reason) : "rej:" + s.reason),
+                           72));
+  return out;
+}
+
+InFieldResult run_infield(const InFieldConfig& cfg, const mpi::Comm& comm) {
+  if (cfg.mode != "exposure" && cfg.mode != "nightly")
+    throw ConfigError(fmt::format("fluxcal: mode '{}' is not 'exposure' or 'nightly'", cfg.mode));
+  if (cfg.red_files.empty()) throw ConfigError("fluxcal: no RED file given");
+  if (!(cfg.match_radius_arcsec > 0)) throw ConfigError("fluxcal: the match radius must be positive");
+  InFieldResult result;
+  for (const auto& f : cfg.red_files) {
+    ExposureCalibration e;
+    e.input = f;
+    e.output = calibrated_path(f, cfg.out_dir);
+    e.run = run_name(f);
+    if (fs::absolute(e.output) == fs::absolute(f))
+      throw ConfigError(fmt::format("fluxcal: output {} would replace its input", e.output.string()));
+    result.exposures.push_back(e);
+  }
+  const bool root = comm.is_root();
+  InFieldInputs in;
+  try {
+    in = read_infield_inputs(cfg);
+  } catch (const Error& e) {
+    // Identical on every rank (every rank reads the same files).
+    spdlog::error("fluxcal: no calibration: {}", e.what());
+    for (auto& ex : result.exposures) {
+      ex.error = ex.message = e.what();
+      if (root) write_uncalibrated(ex.input, ex.output, ex.message, cfg.overwrite);
+    }
+    return result;
+  }
+
+  for (auto& ex : result.exposures) {
+    try {
+      const wavecal::RedSpectra red = wavecal::read_red_file(ex.input);
+      auto cal = calibrate_exposure(red, ex.run, in, cfg, comm);
+      cal.input = ex.input;
+      cal.output = ex.output;
+      ex = std::move(cal);
+    } catch (const Error& e) {
+      ex.error = e.what();  // reading the file: the same on every rank, before any collective
+    }
+    if (!ex.error.empty()) spdlog::warn("fluxcal: {}: no calibration from its own stars: {}", ex.run, ex.error);
+  }
+
+  std::vector<CalVector> own;
+  for (const auto& ex : result.exposures)
+    if (ex.error.empty()) own.push_back(ex.cal);
+  if (cfg.mode == "nightly" && !own.empty()) result.nightly = combine_mean(own, 3.0, &result.nightly_rms);
+  int n_nightly = 0;
+  for (const auto& ex : result.exposures)
+    if (ex.error.empty()) n_nightly += ex.n_used;
+
+  for (auto& ex : result.exposures) {
+    const bool enough = ex.error.empty() && ex.n_used >= cfg.min_standards;
+    const CalVector* cal = nullptr;
+    if (cfg.mode == "exposure") {
+      if (ex.error.empty()) cal = &ex.cal, ex.applied = "own";
+    } else if (enough) {
+      cal = &ex.cal, ex.applied = "own";
+    } else if (result.nightly.size() > 0) {
+      cal = &result.nightly, ex.applied = "nightly";
+    }
+    if (!root) {
+      ex.ok = cal != nullptr;
+      continue;
+    }
+    try {
+      if (!cal) throw DataError(ex.error.empty() ? "no calibration vector" : ex.error);
+      wavecal::RedSpectra red = wavecal::read_red_file(ex.input);
+      CalibrationRecord rec;
+      rec.mode = cfg.mode;
+      rec.extinction = in.extinction.name;
+      rec.n_standards = ex.applied == "own" ? ex.n_used : n_nightly;
+      rec.rms = ex.applied == "own" ? ex.rms : result.nightly_rms;
+      if (rec.n_standards < 2) rec.rms = kNaN;
+      if (ex.applied == "nightly")
+        rec.history.push_back(short_text(fmt::format("FCAL nightly vector of {} exposures ({})", own.size(),
+                                                     ex.error.empty() ? fmt::format("{} own stars", ex.n_used)
+                                                                      : ex.error),
+                                         72));
+      for (const auto& s : ex.stars)
+        for (auto& line : star_history(s)) rec.history.push_back(line);
+      apply_to_red(red, *cal, in.extinction, rec, ex.input.string());
+      wavecal::write_red_file(ex.output, red, cfg.overwrite);
+      ex.ok = true;
+      spdlog::info("fluxcal: {} -> {} ({} vector, {} standard stars)", ex.input.string(), ex.output.string(),
+                   ex.applied, rec.n_standards);
+    } catch (const Error& e) {
+      ex.ok = false;
+      ex.message = e.what();
+      spdlog::error("fluxcal: {}: {}", ex.input.string(), ex.message);
+      write_uncalibrated(ex.input, ex.output, ex.message, cfg.overwrite);
+    }
+    if (!ex.stars.empty()) write_star_table(star_table_path(ex.output), ex.stars);
+  }
+  return result;
+}
+
+}  // namespace kspecdr::fluxcal

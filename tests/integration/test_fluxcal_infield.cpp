@@ -1,0 +1,446 @@
+// The in-field flux calibration end to end on a simulated fiber night: raw frames → RED (reduce_night, in
+// process) → per exposure, the three C fibers matched to the simulator's (shuffled) catalog by position,
+// fitted with a labelled-synthetic template grid made in process (the simulator draws the stars off-grid
+// from the same family), scaled to their catalog magnitudes, combined, applied. Checked against the truth:
+//   Cal:    the combined vector at airmass 0 against h c / (λ A_eff G): the RED counts are not divided by the
+//           fiber throughput g_s, so star s alone gives Cal_true / g_s; the combination models every star as a
+//           grey factor × one curve with the factors at geometric mean 1 (the split between a common grey
+//           level and the factors is otherwise degenerate), so the curve it returns is Cal_true / G with G the
+//           geometric mean of g_s over the stars it used;
+//   stars:  RV within 3σ of the truth (σ the fit's own error); the photometric scale within 2σ of the scale
+//           that the catalog's true AB magnitudes (noise-free) would give to the same model;
+//   QC:     a star whose catalog magnitudes are made 0.5 mag too faint is rejected by the level gate and its
+//           record says so; matching is by position, so a reversed catalog gives the same associations;
+//   errors: no C fibers, and a catalog without the stars, end with FLUXCAL = F and the reason, the input intact.
+// One process, one rank (MPI initialised by a test environment).
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kspecdr/core/trace.hpp"
+#include "kspecdr/fluxcal/infield.hpp"
+#include "kspecdr/io/hdf5.hpp"
+#include "kspecdr/parallel/mpi.hpp"
+#include "kspecdr/pipeline/reduce.hpp"
+#include "kspecdr/sim/config.hpp"
+#include "kspecdr/sim/night.hpp"
+#include "kspecdr/sim/template_grid.hpp"
+#include "kspecdr/wavecal/red_file.hpp"
+#include "support/testing.hpp"
+
+using namespace kspecdr;
+namespace fs = std::filesystem;
+
+namespace {
+
+class MpiEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override { env_ = std::make_unique<mpi::Environment>(argc_, argv_); }
+  void TearDown() override { env_.reset(); }
+
+ private:
+  int argc_ = 0;
+  char** argv_ = nullptr;
+  std::unique_ptr<mpi::Environment> env_;
+};
+[[maybe_unused]] ::testing::Environment* const kMpiEnvironment =
+    ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
+
+constexpr double kHcErgAngstrom = 6.62607015e-27 * 2.99792458e18;  // h c [erg Å]
+
+std::vector<std::string> read_lines(const fs::path& p) {
+  std::ifstream f(p);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(f, l);)
+    if (!l.empty()) lines.push_back(l);
+  return lines;
+}
+
+void write_lines(const fs::path& p, const std::vector<std::string>& lines) {
+  std::ofstream f(p);
+  for (const auto& l : lines) f << l << "\n";
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct Night {
+  std::unique_ptr<kspecdr::testing::TempDir> dir;
+  fs::path shared;
+  sim::NightResult sim;
+  h5::File truth;
+  std::vector<fs::path> reds;
+  fluxcal::InFieldConfig cfg;  ///< the base configuration
+  fluxcal::InFieldResult result;
+  std::map<std::string, std::string> fiber_star;  ///< C fiber → catalog name (truth)
+  double seconds_setup = 0, seconds_calibrate = 0;
+  bool calibrated = false;
+};
+
+Night* g_night = nullptr;
+
+class InField : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto shared = kspecdr::testing::shared_dir();
+    if (!shared) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto* n = new Night;
+    n->shared = *shared;
+    n->dir = std::make_unique<kspecdr::testing::TempDir>("kspecdr-fluxcal-infield");
+    sim::SimConfig sc;
+    sc.mode = SpectroMode::Fiber;
+    sc.out_dir = n->dir->path() / "night";
+    sc.seed = 20261121;
+    sc.n_bias = 3;
+    sc.n_flat = 3;
+    sc.n_arc = 2;
+    sc.n_science = 3;
+    sc.catalog_filters_dir = n->shared / "data/filters";
+    n->sim = sim::simulate_night(sc);
+    n->truth = h5::File::open(n->sim.truth_file);
+
+    ReduceConfig rc;
+    rc.raw_dir = sc.out_dir / "raw";
+    rc.out_dir = n->dir->path() / "out";
+    rc.instrument = n->sim.profile_file.string();
+    rc.stage = ReduceStage::Red;
+    rc.resolved_config = "[reduce]\nstage = red\n";
+    reduce_night(rc, mpi::world());
+    for (const auto& e : fs::directory_iterator(rc.out_dir / "red"))
+      if (e.path().string().ends_with(".red.fits")) n->reds.push_back(e.path());
+    std::sort(n->reds.begin(), n->reds.end());
+
+    // The template grid: the simulator's synthetic family around its F stars, every wavelength the filters need.
+    sim::SynthGridSpec gs;
+    gs.teff_k = {5500, 5750, 6000, 6250, 6500, 6750, 7000, 7250};
+    const auto grid = sim::make_synthetic_template_grid(gs);
+    const fs::path grid_file = n->dir->path() / "grid.h5";
+    fluxcal::write_template_grid(grid_file, grid);
+
+    // The simulator's extinction curve (mag/airmass), every 5 Å.
+    const auto& root = n->truth.root();
+    const auto lam = root.read<double>("spectra/wavelength");
+    const auto ext = root.read<double>("spectra/extinction");
+    std::vector<std::string> rows = {"# simulator extinction: Angstrom mag/airmass"};
+    for (std::size_t i = 0; i < lam.size(); i += 10) rows.push_back(fmt::format("{:.3f} {:.6f}", lam[i], ext[i]));
+    write_lines(n->dir->path() / "extinction.dat", rows);
+
+    const auto names = root.read_strings("catalog/name");
+    const auto aps = root.read_strings("catalog/aperture");
+    for (std::size_t i = 0; i < names.size(); ++i)
+      if (root.exists("apertures/" + aps[i]) && root.open_group("apertures/" + aps[i]).attr_string("type") == "C")
+        n->fiber_star[aps[i]] = names[i];
+
+    // A reversed copy of the (already shuffled) catalog: the association must not depend on the row order.
+    auto lines = read_lines(sc.out_dir / "catalog.csv");
+    std::reverse(lines.begin() + 1, lines.end());
+    write_lines(n->dir->path() / "catalog_reversed.csv", lines);
+
+    auto& c = n->cfg;
+    c.red_files = n->reds;
+    c.catalog_file = n->dir->path() / "catalog_reversed.csv";
+    c.templates_file = grid_file;
+    c.filters_dir = n->shared / "data/filters";
+    c.extinction_file = n->dir->path() / "extinction.dat";
+    c.out_dir = n->dir->path() / "fcal";
+    c.mode = "exposure";
+    // The instrument FWHM: the simulator's line-spread σ (px) × the RED step (Å/px), as a config value.
+    const double sigma_px = root.open_group("spectra").attr_double("lsf_sigma0_px");
+    const auto red0 = wavecal::read_red_file(n->reds.front());
+    c.fit.resolution.fwhm_poly_angstrom = {2.354820045 * sigma_px * red0.grid.step};
+    fs::create_directories(c.out_dir);
+    n->seconds_setup = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << fmt::format("[in-field] setup (simulation, reduction, grid) {:.1f} s\n", n->seconds_setup);
+    g_night = n;
+  }
+  /// The calibration of the whole night in exposure mode, run once by the first test that needs it (each
+  /// test is its own ctest entry, so the error tests do not pay for it).
+  static const fluxcal::InFieldResult& calibrated() {
+    Night& n = *g_night;
+    if (!n.calibrated) {
+      const auto t1 = std::chrono::steady_clock::now();
+      n.result = fluxcal::run_infield(n.cfg, mpi::world());
+      n.seconds_calibrate = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      n.calibrated = true;
+      std::cout << fmt::format("[in-field] calibration of {} exposures {:.1f} s\n", n.reds.size(), n.seconds_calibrate);
+    }
+    return n.result;
+  }
+  static void TearDownTestSuite() {
+    delete g_night;
+    g_night = nullptr;
+  }
+  void SetUp() override {
+    KSPECDR_REQUIRE_SHARED(shared);
+    ASSERT_NE(g_night, nullptr);
+    ASSERT_EQ(g_night->reds.size(), 3u) << "the simulated night did not reduce to three RED files";
+  }
+};
+
+TEST_F(InField, CombinedCalRecoversTheTruth) {
+  const Night& n = *g_night;
+  const auto& result = calibrated();
+  const auto& root = n.truth.root();
+  const auto lam = root.read<double>("spectra/wavelength");
+  const auto area = root.read<double>("spectra/effective_area_cm2");
+  for (const auto& ex : result.exposures) {
+    ASSERT_TRUE(ex.error.empty()) << ex.run << ": " << ex.error;
+    ASSERT_TRUE(ex.ok) << ex.run << ": " << ex.message;
+    double log_g = 0;
+    int used = 0;
+    for (const auto& s : ex.stars)
+      if (s.used) log_g += std::log(root.open_group("apertures/" + s.fiber).attr_double("throughput")), ++used;
+    ASSERT_GE(used, 2) << ex.run;
+    const double G = std::exp(log_g / used);
+    std::vector<double> dev;
+    for (std::size_t j = 0; j < ex.cal.size(); ++j) {
+      if (!ex.cal.good[j]) continue;
+      const double l = ex.cal.wavelength_angstrom[j];
+      const auto it = std::lower_bound(lam.begin(), lam.end(), l);
+      const auto i = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(it - lam.begin(), 1, static_cast<std::ptrdiff_t>(lam.size() - 1)));
+      const double a = area[i - 1] + (area[i] - area[i - 1]) * (l - lam[i - 1]) / (lam[i] - lam[i - 1]);
+      const double truth = kHcErgAngstrom / (l * a * G);
+      dev.push_back(std::abs(ex.cal.cal[j] / truth - 1.0));
+    }
+    ASSERT_GT(dev.size(), ex.cal.size() / 2);
+    const double med = median(dev);
+    std::cout << fmt::format("[in-field] {}: {} stars used, G = {:.4f}, median |Cal/true - 1| = {:.3f} %, FCALRMS "
+                             "{:.3f} %\n",
+                             ex.run, used, G, 100 * med, 100 * ex.rms);
+    EXPECT_LE(med, 0.01) << ex.run;
+    // The calibrated file says so.
+    const auto red = wavecal::read_red_file(ex.output);
+    EXPECT_TRUE(red.spectra.header.get_bool("FLUXCAL").value_or(false));
+    EXPECT_EQ(red.spectra.header.get_string("BUNIT").value_or(""), "erg/cm2/s/A");
+    EXPECT_TRUE(fs::exists(fluxcal::star_table_path(ex.output)));
+  }
+}
+
+TEST_F(InField, StarsRadialVelocityAndScale) {
+  const Night& n = *g_night;
+  const auto& result = calibrated();
+  const auto& root = n.truth.root();
+  const fluxcal::TemplateGrid grid = fluxcal::read_template_grid(n.cfg.templates_file);
+  const auto cat = fluxcal::read_catalog(n.cfg.catalog_file);
+  std::map<std::string, fluxcal::FilterCurve> filters;
+  for (const auto& b : cat.bands) filters[b] = fluxcal::read_filter_curve(n.cfg.filters_dir / (b + ".dat"), "um", b);
+  const auto cat_names = root.read_strings("catalog/name");
+  std::vector<double> rv_pulls, scale_pulls;
+  for (const auto& ex : result.exposures) {
+    ASSERT_EQ(ex.stars.size(), 3u);
+    for (const auto& s : ex.stars) {
+      ASSERT_TRUE(std::isfinite(s.rv_km_s)) << s.fiber << ": " << s.reason;
+      // Positional matching through the reversed catalog: the simulator's own association.
+      EXPECT_EQ(s.name, n.fiber_star.at(s.fiber)) << ex.run << " " << s.fiber;
+      const double rv_true = root.open_group("apertures/" + s.fiber).attr_double("rv_km_s");
+      const double rv_pull = (s.rv_km_s - rv_true) / s.rv_err_km_s;
+      EXPECT_LE(std::abs(rv_pull), 3.0) << ex.run << " " << s.fiber << ": RV " << s.rv_km_s << " ± " << s.rv_err_km_s
+                                        << ", truth " << rv_true;
+      rv_pulls.push_back(rv_pull);
+      // The scale the noise-free true magnitudes give to the fitted model (same bands, same weights).
+      std::vector<double> model;
+      ASSERT_TRUE(fluxcal::interpolate_model(grid, s.params, model)) << s.fiber;
+      const std::size_t row = static_cast<std::size_t>(
+          std::find(cat_names.begin(), cat_names.end(), s.name) - cat_names.begin());
+      const auto& cs = *std::find_if(cat.stars.begin(), cat.stars.end(), [&](const auto& c) { return c.name == s.name; });
+      double sw = 0, swd = 0;
+      for (std::size_t b = 0; b < cat.bands.size(); ++b) {
+        const double m_true = root.read<double>("catalog/" + cat.bands[b] + "/true_ab")[row];
+        const double m_syn = fluxcal::synthetic_ab_mag(grid.wavelength_angstrom, model, filters.at(cat.bands[b]));
+        const double w = 1.0 / (cs.err[b] * cs.err[b]);
+        sw += w;
+        swd += w * (m_true - m_syn);
+      }
+      const double scale_true = std::pow(10.0, -0.4 * swd / sw);
+      const double scale_pull = (s.scale - scale_true) / s.scale_err;
+      EXPECT_LE(std::abs(scale_pull), 2.0) << ex.run << " " << s.fiber << ": scale " << s.scale << " ± " << s.scale_err
+                                           << ", truth " << scale_true;
+      scale_pulls.push_back(scale_pull);
+      std::cout << fmt::format("[in-field] {} {}: Teff {:.0f} logg {:.2f} [M/H] {:+.2f} [a/M] {:.2f}; RV {:.1f} ± {:.1f} "
+                               "(true {:.1f}, pull {:+.2f}); scale pull {:+.2f}; chi2/dof {:.2f}\n",
+                               ex.run, s.fiber, s.params.teff_k, s.params.logg, s.params.mh, s.params.alpha, s.rv_km_s,
+                               s.rv_err_km_s, rv_true, rv_pull, scale_pull, s.chi2_dof);
+    }
+  }
+  const auto rs = kspecdr::testing::pull_stats(rv_pulls), ss = kspecdr::testing::pull_stats(scale_pulls);
+  std::cout << fmt::format("[in-field] RV pulls mean {:+.2f} sd {:.2f}; scale pulls mean {:+.2f} sd {:.2f} (n = {})\n",
+                           rs.mean, rs.stddev, ss.mean, ss.stddev, rs.n);
+}
+
+TEST_F(InField, WrongMagnitudesAreRejectedWithTheReason) {
+  const Night& n = *g_night;
+  // One C star's catalog magnitudes made 0.5 mag fainter in every band.
+  const std::string fiber = n.fiber_star.begin()->first, star = n.fiber_star.begin()->second;
+  auto lines = read_lines(n.cfg.catalog_file);
+  bool edited = false;
+  for (std::size_t i = 1; i < lines.size(); ++i) {
+    if (lines[i].find(star) == std::string::npos) continue;
+    std::vector<std::string> cells;
+    std::stringstream ss(lines[i]);
+    for (std::string c; std::getline(ss, c, ',');) cells.push_back(c);
+    for (std::size_t k = 3; k < cells.size(); k += 2) cells[k] = fmt::format("{:.4f}", std::stod(cells[k]) + 0.5);
+    std::string row;
+    for (std::size_t k = 0; k < cells.size(); ++k) row += (k ? "," : "") + cells[k];
+    lines[i] = row;
+    edited = true;
+  }
+  ASSERT_TRUE(edited);
+  kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-bad");
+  write_lines(tmp.path() / "catalog.csv", lines);
+  auto cfg = n.cfg;
+  cfg.red_files = {n.reds.front()};
+  cfg.catalog_file = tmp.path() / "catalog.csv";
+  cfg.out_dir = tmp.path();
+  const auto r = fluxcal::run_infield(cfg, mpi::world());
+  ASSERT_EQ(r.exposures.size(), 1u);
+  const auto& ex = r.exposures.front();
+  ASSERT_TRUE(ex.ok) << ex.message;
+  EXPECT_EQ(ex.n_used, 2);
+  for (const auto& s : ex.stars) {
+    if (s.fiber == fiber) {
+      EXPECT_FALSE(s.used);
+      EXPECT_NE(s.reason.find("level"), std::string::npos) << s.reason;
+      std::cout << fmt::format("[in-field] injected {} (+0.5 mag): ln level {:+.3f}, rejected: {}\n", s.fiber,
+                               s.log_level, s.reason);
+    } else {
+      EXPECT_TRUE(s.used) << s.fiber << ": " << s.reason;
+    }
+  }
+  // The reason is in the sidecar table and in the HISTORY of the calibrated file.
+  const auto table = read_lines(fluxcal::star_table_path(ex.output));
+  ASSERT_EQ(table.size(), 4u);
+  bool in_table = false;
+  for (const auto& l : table)
+    if (l.find(fiber) != std::string::npos && l.find(",0,\"") != std::string::npos) in_table = true;
+  EXPECT_TRUE(in_table);
+  const auto red = wavecal::read_red_file(ex.output);
+  bool in_history = false;
+  for (const auto& h : red.spectra.header.history())
+    if (h.find("FCAL " + fiber) != std::string::npos && h.find("rej:") != std::string::npos) in_history = true;
+  EXPECT_TRUE(in_history);
+}
+
+TEST_F(InField, NoStandardFibersIsAClearError) {
+  const Night& n = *g_night;
+  kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-noc");
+  auto red = wavecal::read_red_file(n.reds.front());
+  for (auto& a : red.spectra.apertures)
+    if (a.type == aperture_type::kStandard) a.type = aperture_type::kProgram;
+  const fs::path in = tmp.path() / "run0000.red.fits";
+  wavecal::write_red_file(in, red, false);
+  const auto before = fs::file_size(in);
+  auto cfg = n.cfg;
+  cfg.red_files = {in};
+  cfg.out_dir = tmp.path() / "out";
+  fs::create_directories(cfg.out_dir);
+  const auto r = fluxcal::run_infield(cfg, mpi::world());
+  const auto& ex = r.exposures.front();
+  EXPECT_FALSE(ex.ok);
+  EXPECT_NE(ex.error.find("no standard-star fibers"), std::string::npos) << ex.error;
+  const auto out = wavecal::read_red_file(ex.output);
+  EXPECT_FALSE(out.spectra.header.get_bool("FLUXCAL").value_or(true));
+  EXPECT_NE(out.spectra.header.get_string("FCALERR").value_or("").find("no standard-star fibers"), std::string::npos);
+  EXPECT_EQ(out.spectra.header.get_string("BUNIT").value_or(""), "electron");
+  EXPECT_EQ(fs::file_size(in), before);
+  EXPECT_TRUE(wavecal::read_red_file(in).spectra.flux.isApprox(out.spectra.flux));
+}
+
+TEST_F(InField, NightlyVectorCalibratesAnExposureWithoutStandards) {
+  const Night& n = *g_night;
+  kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-nightly");
+  auto red = wavecal::read_red_file(n.reds.front());
+  for (auto& a : red.spectra.apertures)
+    if (a.type == aperture_type::kStandard) a.type = aperture_type::kProgram;
+  const fs::path in = tmp.path() / "run0000.red.fits";
+  wavecal::write_red_file(in, red, false);
+  auto cfg = n.cfg;
+  cfg.red_files = {in, n.reds.back()};
+  cfg.out_dir = tmp.path() / "out";
+  cfg.mode = "nightly";
+  fs::create_directories(cfg.out_dir);
+  const auto r = fluxcal::run_infield(cfg, mpi::world());
+  ASSERT_EQ(r.exposures.size(), 2u);
+  const auto& bare = r.exposures[0];
+  const auto& own = r.exposures[1];
+  ASSERT_TRUE(own.ok) << own.message;
+  EXPECT_EQ(own.applied, "own");
+  ASSERT_TRUE(bare.ok) << bare.message;
+  EXPECT_EQ(bare.applied, "nightly");
+  // One exposure behind the nightly vector: it is that exposure's airmass-0 vector.
+  ASSERT_EQ(r.nightly.size(), own.cal.size());
+  for (std::size_t j = 0; j < own.cal.size(); ++j) {
+    if (own.cal.good[j]) {
+      EXPECT_NEAR(r.nightly.cal[j] / own.cal.cal[j], 1.0, 1e-12);
+    }
+  }
+  const auto out = wavecal::read_red_file(bare.output);
+  EXPECT_TRUE(out.spectra.header.get_bool("FLUXCAL").value_or(false));
+  EXPECT_EQ(out.spectra.header.get_string("FCALMODE").value_or(""), "nightly");
+}
+
+TEST_F(InField, GridNotCoveringTheDataIsAClearError) {
+  const Night& n = *g_night;
+  kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-grid");
+  sim::SynthGridSpec gs;
+  gs.teff_k = {6000, 6250};
+  gs.logg = {4.5};
+  gs.mh = {0.0};
+  gs.alpha = {0.0};
+  gs.lambda_min = 5500.0;  // the RED starts at 4975 Å
+  fluxcal::write_template_grid(tmp.path() / "grid.h5", sim::make_synthetic_template_grid(gs));
+  auto cfg = n.cfg;
+  cfg.red_files = {n.reds.front()};
+  cfg.templates_file = tmp.path() / "grid.h5";
+  cfg.out_dir = tmp.path();
+  const auto r = fluxcal::run_infield(cfg, mpi::world());
+  const auto& ex = r.exposures.front();
+  EXPECT_FALSE(ex.ok);
+  EXPECT_NE(ex.error.find("cover"), std::string::npos) << ex.error;
+  const auto out = wavecal::read_red_file(ex.output);
+  EXPECT_FALSE(out.spectra.header.get_bool("FLUXCAL").value_or(true));
+  std::cout << "[in-field] grid too short: " << ex.error << "\n";
+}
+
+TEST_F(InField, CatalogWithoutTheStarsIsAClearError) {
+  const Night& n = *g_night;
+  kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-nocat");
+  auto lines = read_lines(n.cfg.catalog_file);
+  std::vector<std::string> kept = {lines.front()};
+  for (std::size_t i = 1; i < lines.size(); ++i) {
+    bool standard = false;
+    for (const auto& [f, s] : n.fiber_star) standard = standard || lines[i].find(s) != std::string::npos;
+    if (!standard) kept.push_back(lines[i]);
+  }
+  ASSERT_EQ(kept.size() + n.fiber_star.size(), lines.size());
+  write_lines(tmp.path() / "catalog.csv", kept);
+  auto cfg = n.cfg;
+  cfg.red_files = {n.reds.front()};
+  cfg.catalog_file = tmp.path() / "catalog.csv";
+  cfg.out_dir = tmp.path();
+  const auto r = fluxcal::run_infield(cfg, mpi::world());
+  const auto& ex = r.exposures.front();
+  EXPECT_FALSE(ex.ok);
+  EXPECT_NE(ex.error.find("no standard star can be fitted"), std::string::npos) << ex.error;
+  for (const auto& [fiber, star] : n.fiber_star) EXPECT_NE(ex.error.find(fiber), std::string::npos) << ex.error;
+  const auto out = wavecal::read_red_file(ex.output);
+  EXPECT_FALSE(out.spectra.header.get_bool("FLUXCAL").value_or(true));
+  EXPECT_EQ(ex.stars.size(), 3u);
+  for (const auto& s : ex.stars) EXPECT_FALSE(s.used);
+}
+
+}  // namespace
