@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Whole-night throughput and strong scaling of `kspecdr reduce --stage red`: one simulated night reduced
-# from scratch on 1, 2, ... ranks (--overwrite), wall time, exposures per minute, speed-up, and the
+# from scratch on 1, 2, ... ranks (a fresh output folder each time), wall time, exposures per minute, speed-up, and the
 # peak resident memory per rank that reduce reports. Ranks beyond the machine's cores are oversubscribed
 # (reported as such: that measures overhead, not scaling).
 #   scripts/bench_night.sh [MODE=fiber] [N_SCIENCE=12] [RANKS="1 2"]
@@ -21,6 +21,7 @@ echo "| ranks | wall (s) | science exposures / min | speed-up | peak RSS per ran
 echo "|---:|---:|---:|---:|---|"
 t1=""
 for np in $RANKS; do
+  rm -rf "$WORK/out"  # every run from scratch: masters, traces and arc solutions included
   start=$(date +%s.%N)
   mpirun -np "$np" --oversubscribe "$BIN" reduce --raw "$WORK/night/raw" --instrument "$WORK/night/instrument.ini" \
     --out "$WORK/out" --stage red --overwrite > "$WORK/reduce-np$np.log" 2>&1
