@@ -28,6 +28,7 @@
 #include "kspecdr/sim/config.hpp"
 #include "kspecdr/sim/night.hpp"
 #include "kspecdr/trace/trace_file.hpp"
+#include "support/mpi_environment.hpp"
 #include "support/testing.hpp"
 
 using namespace kspecdr;
@@ -35,19 +36,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// MPI for the lifetime of the test program (reduce_night is collective over a communicator).
-class MpiEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { env_ = std::make_unique<mpi::Environment>(argc_, argv_); }
-  void TearDown() override { env_.reset(); }
-
- private:
-  int argc_ = 0;
-  char** argv_ = nullptr;
-  std::unique_ptr<mpi::Environment> env_;
-};
-[[maybe_unused]] ::testing::Environment* const kMpiEnvironment =
-    ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
 
 /// The per-bin S/N above which a trace must be recovered to 0.05 px (the stage's own requirement).
 constexpr double kTraceSnr = 50.0;

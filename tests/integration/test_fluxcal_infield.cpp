@@ -37,6 +37,7 @@
 #include "kspecdr/sim/night.hpp"
 #include "kspecdr/sim/template_grid.hpp"
 #include "kspecdr/wavecal/red_file.hpp"
+#include "support/mpi_environment.hpp"
 #include "support/testing.hpp"
 
 using namespace kspecdr;
@@ -44,18 +45,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class MpiEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { env_ = std::make_unique<mpi::Environment>(argc_, argv_); }
-  void TearDown() override { env_.reset(); }
-
- private:
-  int argc_ = 0;
-  char** argv_ = nullptr;
-  std::unique_ptr<mpi::Environment> env_;
-};
-[[maybe_unused]] ::testing::Environment* const kMpiEnvironment =
-    ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
 
 constexpr double kHcErgAngstrom = 6.62607015e-27 * 2.99792458e18;  // h c [erg Å]
 

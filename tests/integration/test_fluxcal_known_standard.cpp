@@ -38,6 +38,7 @@
 #include "kspecdr/sim/night.hpp"
 #include "kspecdr/trace/trace_file.hpp"
 #include "kspecdr/wavecal/red_file.hpp"
+#include "support/mpi_environment.hpp"
 #include "support/testing.hpp"
 
 using namespace kspecdr;
@@ -45,18 +46,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class MpiEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { env_ = std::make_unique<mpi::Environment>(argc_, argv_); }
-  void TearDown() override { env_.reset(); }
-
- private:
-  int argc_ = 0;
-  char** argv_ = nullptr;
-  std::unique_ptr<mpi::Environment> env_;
-};
-[[maybe_unused]] ::testing::Environment* const kMpiEnvironment =
-    ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
 
 constexpr double kHcErgAngstrom = 1.98644586e-8;  // h c in erg Å
 constexpr double kCAngstromPerS = 2.99792458e18;

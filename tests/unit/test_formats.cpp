@@ -39,6 +39,7 @@
 #include "kspecdr/trace/trace_file.hpp"
 #include "kspecdr/wavecal/arc_file.hpp"
 #include "kspecdr/wavecal/red_file.hpp"
+#include "support/mpi_environment.hpp"
 #include "support/testing.hpp"
 
 using namespace kspecdr;
@@ -48,18 +49,6 @@ using K = FormatItem::Kind;
 
 namespace {
 
-class MpiEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { env_ = std::make_unique<mpi::Environment>(argc_, argv_); }
-  void TearDown() override { env_.reset(); }
-
- private:
-  int argc_ = 0;
-  char** argv_ = nullptr;
-  std::unique_ptr<mpi::Environment> env_;
-};
-[[maybe_unused]] ::testing::Environment* const kMpiEnvironment =
-    ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
 
 enum class FileKind { Fits, Hdf5, Ecsv };
 
