@@ -72,6 +72,20 @@ int run_reduce(int argc, char** argv) {
       "red.master-sky-min-fibers", po::value<int>()->default_value(r.master_sky_min_fibers),
       "fiber master sky: fewest usable sky fibers");
   desc.add(red);
+  po::options_description flux("in-field flux calibration after the RED stage ([fluxcal] section; fiber mode)");
+  flux.add_options()("fluxcal.catalog", po::value<std::string>()->default_value(""),
+                     "photometric catalog CSV of the standard (C) fibers: turns the flux calibration on")(
+      "fluxcal.templates", po::value<std::string>()->default_value(""), "template grid (HDF5, docs/templates.md)")(
+      "fluxcal.filters", po::value<std::string>()->default_value(""), "folder of <band>.dat filter curves")(
+      "fluxcal.filter-unit", po::value<std::string>()->default_value("um"), "wavelength unit of the filter files")(
+      "fluxcal.extinction", po::value<std::string>()->default_value(""),
+      "extinction curve [A, mag/airmass] (default: the profile's [site] extinction_file)")(
+      "fluxcal.mask", po::value<std::string>()->default_value(""), "telluric/bad band mask [A]")(
+      "fluxcal.fwhm-angstrom", po::value<double>()->default_value(5.0), "instrument resolution (FWHM, A)")(
+      "fluxcal.mode", po::value<std::string>()->default_value("exposure"), "exposure | nightly")(
+      "fluxcal.min-standards", po::value<int>()->default_value(2),
+      "nightly mode: an exposure with fewer usable stars gets the nightly vector");
+  desc.add(flux);
   auto opts = parse_options("reduce",
                             "kspecdr reduce --raw RAWDIR --instrument NAME|FILE --out OUTDIR [--stage im|ex|red] "
                             "[--config FILE] [--overwrite]",
@@ -130,6 +144,23 @@ int run_reduce(int argc, char** argv) {
   cfg.red.sky_linelist = vm["red.sky-linelist"].as<std::string>();
   cfg.red.master_sky_clip_sigma = vm["red.master-sky-clip"].as<double>();
   cfg.red.master_sky_min_fibers = vm["red.master-sky-min-fibers"].as<int>();
+  if (!vm["fluxcal.catalog"].as<std::string>().empty()) {
+    auto& f = cfg.infield;
+    f.catalog_file = vm["fluxcal.catalog"].as<std::string>();
+    f.templates_file = vm["fluxcal.templates"].as<std::string>();
+    f.filters_dir = vm["fluxcal.filters"].as<std::string>();
+    f.filter_unit = vm["fluxcal.filter-unit"].as<std::string>();
+    f.extinction_file = vm["fluxcal.extinction"].as<std::string>();
+    f.mask_file = vm["fluxcal.mask"].as<std::string>();
+    f.fit.resolution.fwhm_poly_angstrom = {vm["fluxcal.fwhm-angstrom"].as<double>()};
+    f.mode = vm["fluxcal.mode"].as<std::string>();
+    f.min_standards = vm["fluxcal.min-standards"].as<int>();
+    if (f.templates_file.empty() || f.filters_dir.empty())
+      throw ConfigError("--fluxcal.catalog needs --fluxcal.templates and --fluxcal.filters");
+    if (f.mode != "exposure" && f.mode != "nightly")
+      throw ConfigError(fmt::format("--fluxcal.mode {}: give exposure or nightly", f.mode));
+    if (!(vm["fluxcal.fwhm-angstrom"].as<double>() > 0)) throw ConfigError("--fluxcal.fwhm-angstrom must be positive");
+  }
   if (cfg.red.wavecal.order < 1 || cfg.red.master_sky_min_fibers < 1)
     throw ConfigError("--wavecal.order and --red.master-sky-min-fibers must be at least 1");
   cfg.resolved_config = resolved_config_ini("reduce", vm);

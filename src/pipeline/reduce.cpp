@@ -693,6 +693,41 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     }
   }
 
+  // In-field flux calibration of every science RED (collective: the stars are spread over the ranks).
+  if (cfg.stage == ReduceStage::Red && !cfg.infield.catalog_file.empty()) {
+    fluxcal::InFieldConfig fc = cfg.infield;
+    fc.red_files.clear();
+    for (const auto& set : series_sets)
+      for (const auto& e : set.exposures)
+        if (fs::exists(e.red)) fc.red_files.push_back(e.red);
+    fc.out_dir = cfg.out_dir / "fcal";
+    fc.overwrite = true;
+    if (fc.extinction_file.empty() && !profile.extinction_file.empty()) fc.extinction_file = profile.extinction_file;
+    try {
+      if (comm.is_root()) fs::create_directories(fc.out_dir);
+      comm.barrier();
+      const fluxcal::InFieldResult fr = fluxcal::run_infield(fc, comm);
+      std::size_t ok = 0;
+      for (const auto& x : fr.exposures) {
+        if (x.ok) {
+          ++ok;
+        } else if (comm.is_root()) {
+          spdlog::error("{}: not flux-calibrated: {}", x.run, x.message.empty() ? x.error : x.message);
+          summary.failures.push_back({x.run, (fc.out_dir / (x.run + ".fcal.fits")).string(),
+                                      "flux calibration: " + (x.message.empty() ? x.error : x.message)});
+        }
+      }
+      if (comm.is_root())
+        spdlog::info("flux calibration (in-field, {} mode): {} of {} exposures calibrated in {}", fc.mode, ok,
+                     fr.exposures.size(), fc.out_dir.string());
+    } catch (const std::exception& e) {
+      if (comm.is_root()) {
+        spdlog::error("flux calibration not done: {}", e.what());
+        summary.failures.push_back({"fluxcal", fc.out_dir.string(), e.what()});
+      }
+    }
+  }
+
   // Per star a Rainbow cube of the night (collective), then chromatic's FITS of each star (rank 0).
   if (cfg.stage == ReduceStage::Red && !series_sets.empty()) {
     const fs::path cube = cfg.out_dir / (night_name(cfg) + ".rainbow.h5");

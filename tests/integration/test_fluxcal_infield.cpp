@@ -433,3 +433,30 @@ TEST_F(InField, CatalogWithoutTheStarsIsAClearError) {
 }
 
 }  // namespace
+
+// `kspecdr reduce` runs the in-field calibration after the RED stage when given a catalog (--fluxcal.*): the
+// night's RED files (kept: same configuration) are calibrated into OUTDIR/fcal with their star tables.
+TEST_F(InField, ReduceRunsItAfterTheRedStage) {
+  if (!g_night) GTEST_SKIP() << "../shared/data/filters is absent";
+  const Night& n = *g_night;
+  ReduceConfig rc;
+  rc.raw_dir = n.dir->path() / "night" / "raw";
+  rc.out_dir = n.dir->path() / "out";
+  rc.instrument = n.sim.profile_file.string();
+  rc.stage = ReduceStage::Red;
+  rc.resolved_config = "[reduce]\nstage = red\n";  // the configuration the night was reduced with: REDs kept
+  rc.infield = n.cfg;
+  const ReduceSummary s = reduce_night(rc, mpi::world());
+  EXPECT_EQ(s.exit_code(), 0);
+  for (const auto& f : s.failures) ADD_FAILURE() << f.exposure << ": " << f.reason;
+  EXPECT_EQ(s.skipped, 2 * s.exposures + n.reds.size()) << "IM, EX (science and arcs) and RED files should be kept";
+  for (const auto& red : n.reds) {
+    const std::string run = red.filename().string().substr(0, red.filename().string().find('.'));
+    const fs::path cal = rc.out_dir / "fcal" / (run + ".fcal.fits");
+    ASSERT_TRUE(fs::exists(cal)) << cal;
+    const auto r = wavecal::read_red_file(cal);
+    EXPECT_TRUE(r.spectra.header.get_bool("FLUXCAL").value_or(false)) << run;
+    EXPECT_EQ(r.spectra.header.get_string("BUNIT").value_or(""), "erg/cm2/s/A") << run;
+    EXPECT_TRUE(fs::exists(fluxcal::star_table_path(cal))) << run;
+  }
+}

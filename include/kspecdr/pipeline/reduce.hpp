@@ -11,6 +11,7 @@
 #include "kspecdr/detector/config.hpp"
 #include "kspecdr/pipeline/extract_stage.hpp"
 #include "kspecdr/pipeline/red_stage.hpp"
+#include "kspecdr/fluxcal/infield.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 
 namespace kspecdr {
@@ -29,6 +30,9 @@ struct ReduceConfig {
   detector::DetectorConfig detector;
   ExStageConfig ex;
   RedStageConfig red;
+  /// In-field flux calibration after the RED stage (fiber mode), when `infield.catalog_file` is set:
+  /// OUTDIR/fcal/<run>.fcal.fits and <run>.fcalstars.csv (red_files and out_dir are filled by reduce).
+  fluxcal::InFieldConfig infield;
   std::string resolved_config;     ///< INI text of every option used (written to config-used.ini)
 };
 
