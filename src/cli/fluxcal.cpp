@@ -16,6 +16,7 @@
 
 #include "kspecdr/cli/options.hpp"
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/io/atomic.hpp"
 #include "kspecdr/fluxcal/apply.hpp"
 #include "kspecdr/fluxcal/infield.hpp"
 #include "kspecdr/io/hdf5.hpp"
@@ -30,12 +31,37 @@ namespace {
 // The in-field vectors (all at airmass 0): per exposure its combined vector (exposures/NNN) and every star's
 // own vector (exposures/NNN/stars/MMM, with the star's fiber, name, decision and grey factor), and the nightly
 // mean when one was formed. Root only.
+/// The options both modes share: extinction curve, band mask, output folder, mode, overwrite and the Cal
+/// vectors file (default OUT/fluxcal_cal.h5 when --out is given).
+struct CommonOptions {
+  fs::path extinction_file, mask_file, out_dir, cal_file;
+  std::string mode;
+  bool overwrite = false;
+};
+
+CommonOptions read_common_options(const po::variables_map& vm, const std::string& default_mode) {
+  CommonOptions c;
+  c.extinction_file = vm["extinction"].as<std::string>();
+  if (!fs::is_regular_file(c.extinction_file))
+    throw ConfigError(fmt::format("fluxcal: extinction curve {} does not exist", c.extinction_file.string()));
+  c.mask_file = vm["mask"].as<std::string>();
+  if (!c.mask_file.empty() && !fs::is_regular_file(c.mask_file))
+    throw ConfigError(fmt::format("fluxcal: mask file {} does not exist", c.mask_file.string()));
+  c.out_dir = vm["out"].as<std::string>();
+  c.mode = vm["mode"].as<std::string>();
+  if (c.mode.empty()) c.mode = default_mode;
+  if (c.mode != "exposure" && c.mode != "nightly")
+    throw ConfigError(fmt::format("fluxcal: --mode {}: give exposure or nightly", c.mode));
+  c.overwrite = vm["overwrite"].as<bool>();
+  c.cal_file = vm["cal-file"].as<std::string>();
+  if (c.cal_file.empty() && !c.out_dir.empty()) c.cal_file = c.out_dir / "fluxcal_cal.h5";
+  return c;
+}
+
 void write_infield_cal_file(const fs::path& path, const fluxcal::InFieldResult& r, bool overwrite) {
-  if (fs::exists(path) && !overwrite)
-    throw Error(fmt::format("{} exists (use --overwrite to replace it)", path.string()), ErrorContext{.file = path.string()});
-  const fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".tmp");
+  io::AtomicOutput out(path, overwrite);  // refuses an existing file without --overwrite
   {
-    auto f = h5::File::create(tmp);
+    auto f = h5::File::create(out.temp_path());
     auto& root = f.root();
     auto put = [](h5::Group& g, const fluxcal::CalVector& v) {
       g.write("wavelength", v.wavelength_angstrom);
@@ -77,7 +103,7 @@ void write_infield_cal_file(const fs::path& path, const fluxcal::InFieldResult& 
     }
     f.close();
   }
-  fs::rename(tmp, path);
+  out.commit();
 }
 
 int run_fluxcal_infield(const po::variables_map& vm) {
@@ -103,20 +129,13 @@ int run_fluxcal_infield(const po::variables_map& vm) {
   if (!(fwhm > 0)) throw ConfigError("fluxcal: --fwhm-angstrom must be positive");
   cfg.fit.resolution.fwhm_poly_angstrom = {fwhm};
   cfg.min_standards = vm["min-standards"].as<int>();
-  cfg.extinction_file = vm["extinction"].as<std::string>();
-  if (!fs::is_regular_file(cfg.extinction_file))
-    throw ConfigError(fmt::format("fluxcal: extinction curve {} does not exist", cfg.extinction_file.string()));
-  cfg.mask_file = vm["mask"].as<std::string>();
-  if (!cfg.mask_file.empty() && !fs::is_regular_file(cfg.mask_file))
-    throw ConfigError(fmt::format("fluxcal: mask file {} does not exist", cfg.mask_file.string()));
-  cfg.out_dir = vm["out"].as<std::string>();
-  cfg.mode = vm["mode"].as<std::string>();
-  if (cfg.mode.empty()) cfg.mode = "exposure";
-  if (cfg.mode != "exposure" && cfg.mode != "nightly")
-    throw ConfigError(fmt::format("fluxcal: --mode {}: give exposure or nightly", cfg.mode));
-  cfg.overwrite = vm["overwrite"].as<bool>();
-  fs::path cal_file = vm["cal-file"].as<std::string>();
-  if (cal_file.empty() && !cfg.out_dir.empty()) cal_file = cfg.out_dir / "fluxcal_cal.h5";
+  const CommonOptions common = read_common_options(vm, "exposure");
+  cfg.extinction_file = common.extinction_file;
+  cfg.mask_file = common.mask_file;
+  cfg.out_dir = common.out_dir;
+  cfg.mode = common.mode;
+  cfg.overwrite = common.overwrite;
+  const fs::path cal_file = common.cal_file;
   auto& comm = mpi::world();
   if (comm.is_root() && !cfg.out_dir.empty()) fs::create_directories(cfg.out_dir);
   comm.barrier();
@@ -222,20 +241,13 @@ int run_fluxcal(int argc, char** argv) {
     if (const char* s = std::getenv("KSPECDR_SHARED_DIR")) cfg.standard_dirs.push_back(fs::path(s) / "data/standards/iraf");
     cfg.standard_dirs.push_back(data_dir() / "standards");
   }
-  cfg.extinction_file = vm["extinction"].as<std::string>();
-  if (!fs::is_regular_file(cfg.extinction_file))
-    throw ConfigError(fmt::format("fluxcal: extinction curve {} does not exist", cfg.extinction_file.string()));
-  cfg.mask_file = vm["mask"].as<std::string>();
-  if (!cfg.mask_file.empty() && !fs::is_regular_file(cfg.mask_file))
-    throw ConfigError(fmt::format("fluxcal: mask file {} does not exist", cfg.mask_file.string()));
-  cfg.out_dir = vm["out"].as<std::string>();
-  cfg.mode = vm["mode"].as<std::string>();
-  if (cfg.mode.empty()) cfg.mode = "nightly";
-  if (cfg.mode != "exposure" && cfg.mode != "nightly")
-    throw ConfigError(fmt::format("fluxcal: --mode {}: give exposure or nightly", cfg.mode));
-  cfg.overwrite = vm["overwrite"].as<bool>();
-  cfg.cal_file = vm["cal-file"].as<std::string>();
-  if (cfg.cal_file.empty() && !cfg.out_dir.empty()) cfg.cal_file = cfg.out_dir / "fluxcal_cal.h5";
+  const CommonOptions common = read_common_options(vm, "nightly");
+  cfg.extinction_file = common.extinction_file;
+  cfg.mask_file = common.mask_file;
+  cfg.out_dir = common.out_dir;
+  cfg.mode = common.mode;
+  cfg.overwrite = common.overwrite;
+  cfg.cal_file = common.cal_file;
   // Serial work: one rank writes.
   if (!mpi::world().is_root()) return 0;
   if (!cfg.out_dir.empty()) fs::create_directories(cfg.out_dir);

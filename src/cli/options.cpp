@@ -76,6 +76,22 @@ std::string resolved_config_ini(const std::string& command, const po::variables_
   return os.str();
 }
 
+std::vector<double> parse_number_list(const std::string& text, const std::string& command, const std::string& option) {
+  std::vector<double> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.find_first_not_of(" \t") == std::string::npos) continue;
+    char* end = nullptr;
+    const double v = std::strtod(item.c_str(), &end);
+    if (end == item.c_str() || std::string(end).find_first_not_of(" \t") != std::string::npos)
+      throw ConfigError(fmt::format("{}: --{} = '{}' is not a comma-separated list of numbers", command, option, text),
+                        ErrorContext{.keyword = option});
+    out.push_back(v);
+  }
+  return out;
+}
+
 const std::vector<Command>& commands() {
   static const std::vector<Command> list = {
       {"simulate", "write a simulated night of raw frames and its truth (going backward)", run_simulate},

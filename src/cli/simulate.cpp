@@ -14,22 +14,6 @@
 namespace kspecdr::cli {
 namespace {
 
-std::vector<double> parse_number_list(const std::string& text, const std::string& option) {
-  std::vector<double> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.find_first_not_of(" \t") == std::string::npos) continue;
-    char* end = nullptr;
-    const double v = std::strtod(item.c_str(), &end);
-    if (end == item.c_str() || std::string(end).find_first_not_of(" \t") != std::string::npos)
-      throw ConfigError(fmt::format("simulate: {} = '{}' is not a comma-separated list of numbers", option, text),
-                        ErrorContext{.keyword = option});
-    out.push_back(v);
-  }
-  return out;
-}
-
 }  // namespace
 
 int run_simulate(int argc, char** argv) {
@@ -136,7 +120,7 @@ int run_simulate(int argc, char** argv) {
   c.science_exptime_s = vm["science-exptime-s"].as<double>();
   c.overhead_s = vm["overhead-s"].as<double>();
   c.mjd_start = vm["mjd-start"].as<double>();
-  c.bias_level_dn = parse_number_list(vm["bias-level-dn"].as<std::string>(), "bias-level-dn");
+  c.bias_level_dn = parse_number_list(vm["bias-level-dn"].as<std::string>(), "simulate", "bias-level-dn");
   c.bias_gradient_dn = vm["bias-gradient-dn"].as<double>();
   c.bias_edge_dn = vm["bias-edge-dn"].as<double>();
   c.pixel_flat_rms = vm["pixel-flat-rms"].as<double>();

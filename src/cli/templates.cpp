@@ -17,18 +17,7 @@ namespace kspecdr::cli {
 namespace {
 
 std::vector<double> number_list(const std::string& text, const std::string& option) {
-  std::vector<double> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.find_first_not_of(" \t") == std::string::npos) continue;
-    char* end = nullptr;
-    const double v = std::strtod(item.c_str(), &end);
-    if (end == item.c_str() || std::string(end).find_first_not_of(" \t") != std::string::npos)
-      throw ConfigError(fmt::format("templates: --{} = '{}' is not a comma-separated list of numbers", option, text),
-                        ErrorContext{.keyword = option});
-    out.push_back(v);
-  }
+  auto out = parse_number_list(text, "templates", option);
   if (out.empty()) throw ConfigError(fmt::format("templates: --{} is empty", option), ErrorContext{.keyword = option});
   return out;
 }

@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/core/names.hpp"
 #include "kspecdr/core/log.hpp"
 #include "kspecdr/detector/calibrate.hpp"
 #include "kspecdr/detector/masters.hpp"
@@ -34,11 +35,7 @@
 namespace kspecdr {
 namespace fs = std::filesystem;
 
-std::string setup_slug(const std::string& setup) {
-  std::string s;
-  for (char c : setup) s += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-') ? c : '_';
-  return s.empty() ? "default" : s;
-}
+std::string setup_slug(const std::string& setup) { return safe_name(setup, "default"); }
 
 namespace {
 
@@ -190,6 +187,15 @@ std::vector<fs::path> files_of(const std::vector<PlannedFrame>& plan, const std:
   return out;
 }
 
+/// The light of the flat lamp as the detector saw it (normalised): pixel flat × large-scale model, with the
+/// pixel flat's variance scaled alike. Fiber traces are found on it, and fiber throughputs extracted from it.
+Image flat_light(const detector::MasterFlat& flat) {
+  Image im = flat.pixel_flat;
+  im.data = flat.pixel_flat.data * flat.illumination;
+  im.variance = flat.pixel_flat.variance * flat.illumination.square();
+  return im;
+}
+
 /// IM → EX for one setup: master traces (every rank computes them from the same files, so they agree
 /// without being sent), then exposures dealt to ranks in rounds like the IM step. The master flat and
 /// bias (nullptr = none) give the calibration noise of the IM pixels to the extraction's model variance.
@@ -218,10 +224,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
         for (const auto* p : science_frames) science.push_back(fits::read_image_file(im_path(*p)));
       } else {
         if (!usable.empty()) fibres = read_fibre_table(usable.front()->file, profile);
-        if (flat) {
-          flat_image = flat->pixel_flat;
-          flat_image.data = flat->pixel_flat.data * flat->illumination;
-        }
+        if (flat) flat_image = flat_light(*flat);
       }
       masters[key] = build_master_traces(profile, science, flat ? &flat_image : nullptr, fibres, cfg.ex);
       // The trace map product, for figures and later checks; a failed write costs the file, not the night.
@@ -301,9 +304,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
   if (profile.mode == SpectroMode::Fiber && flat && masters.count("") && comm.is_root()) {
     const fs::path flat_ex = cfg.out_dir / "calib" / fmt::format("flat_ex_{}.fits", setup_slug(setup));
     try {
-      Image flat_image = flat->pixel_flat;
-      flat_image.data = flat->pixel_flat.data * flat->illumination;
-      flat_image.variance = flat->pixel_flat.variance * flat->illumination.square();
+      const Image flat_image = flat_light(*flat);
       extract::ExtractConfig ecfg = cfg.ex.extract;
       ecfg.read_noise = extract::ReadNoise{};
       ecfg.calibration_noise = extract::CalibrationNoise{};

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/core/names.hpp"
 #include "kspecdr/core/mask.hpp"
 #include "kspecdr/io/atomic.hpp"
 #include "kspecdr/io/fits.hpp"
@@ -23,12 +24,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-std::string safe(const std::string& s) {
-  std::string out;
-  for (char c : s) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '+') ? c : '_';
-  return out.empty() ? "_" : out;
-}
 
 /// The fluxlike float arrays: name, RED member, unit, description.
 struct FluxItem {
@@ -159,7 +154,7 @@ const std::vector<io::FormatItem>& rainbow_fits_format() {
 }
 
 std::string star_group(const std::string& traceset, const std::string& aperture) {
-  return traceset.empty() ? safe(aperture) : safe(traceset) + "/" + safe(aperture);
+  return traceset.empty() ? safe_name(aperture) : safe_name(traceset) + "/" + safe_name(aperture);
 }
 
 RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<SeriesSet>& sets, const Site& site,
@@ -312,7 +307,13 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
         const bool own = std::isfinite(ap.ra_deg) && std::isfinite(ap.dec_deg);
         for (std::size_t q = 0; q < cnt; ++q) {
           const SeriesExposure& e = set.exposures[b0 + q];
-          tv[0][q] = bjd_tdb(e.mjd_mid_utc, own ? ap.ra_deg : e.ra_deg, own ? ap.dec_deg : e.dec_deg, site);
+          // A time that cannot be computed (no position, no date) is NaN: a throw here would leave the other
+          // ranks in the collective writes below.
+          try {
+            tv[0][q] = bjd_tdb(e.mjd_mid_utc, own ? ap.ra_deg : e.ra_deg, own ? ap.dec_deg : e.dec_deg, site);
+          } catch (const std::exception& ex) {
+            spdlog::warn("{}: no BJD_TDB for {}: {}", e.name, ap.name, ex.what());
+          }
           tv[1][q] = e.mjd_mid_utc;
           tv[2][q] = e.exptime_s;
           tv[3][q] = e.airmass > 0 ? e.airmass : kNaN;

@@ -27,6 +27,10 @@ ParsedOptions parse_options(const std::string& command, const std::string& usage
 /// The resolved options as INI text ("key = value" per line, sorted, with a header comment).
 std::string resolved_config_ini(const std::string& command, const po::variables_map& vm);
 
+/// A comma-separated list of numbers (blank items skipped); ConfigError naming `command` and `option`
+/// for anything else.
+std::vector<double> parse_number_list(const std::string& text, const std::string& command, const std::string& option);
+
 /// Registry of commands for the dispatcher in main.cpp.
 struct Command {
   const char* name;
