@@ -5,6 +5,7 @@
 #include "kspecdr/cli/options.hpp"
 #include "kspecdr/cli/stage_options.hpp"
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/io/atomic.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 #include "kspecdr/pipeline/reduce.hpp"
 
@@ -21,7 +22,10 @@ int run_reduce(int argc, char** argv) {
       "resampling, fiber master sky, time-series cubes) | all (every stage: red)")(
       "night", po::value<std::string>()->default_value(""),
       "night name for <night>.rainbow.h5 (default: the raw folder's name, its parent's if it is 'raw')")(
-      "overwrite", po::bool_switch(), "replace existing outputs (otherwise they are kept and skipped)");
+      "overwrite", po::bool_switch(), "replace existing outputs (otherwise they are kept and skipped)")(
+      "fsync", po::value<bool>()->default_value(false),
+      "flush every output to stable storage before renaming it into place (survives a machine crash, not only a "
+      "killed run; costs a disk flush per file)");
   po::options_description det("detector options ([detector] section of a --config file)");
   det.add_options()("detector.bias-combine", po::value<std::string>()->default_value(to_string(d.bias_combine)),
                     "master bias: median | mean (sigma-clipped)")(
@@ -98,6 +102,7 @@ int run_reduce(int argc, char** argv) {
   cfg.out_dir = vm["out"].as<std::string>();
   cfg.instrument = vm["instrument"].as<std::string>();
   cfg.overwrite = vm["overwrite"].as<bool>();
+  io::set_sync_outputs(vm["fsync"].as<bool>());
   cfg.night_name = vm["night"].as<std::string>();
   const std::string stage = vm["stage"].as<std::string>();
   if (stage == "im")

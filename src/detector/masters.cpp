@@ -119,6 +119,51 @@ LoadedStack load_stack(const std::vector<fs::path>& files, const InstrumentProfi
   return s;
 }
 
+/// load_stack on every rank of `comm` (each reads every frame): a frame one rank cannot read fails the
+/// build on every rank with the same message, before any collective that rank would miss.
+LoadedStack load_stack_all(const std::vector<fs::path>& files, const InstrumentProfile& profile,
+                           const DetectorConfig& cfg, const char* what, const mpi::Comm* comm) {
+  if (!comm) return load_stack(files, profile, cfg, what);
+  LoadedStack s;
+  std::string error;
+  bool data_error = false;
+  try {
+    s = load_stack(files, profile, cfg, what);
+  } catch (const DataError& e) {
+    error = e.what();
+    data_error = true;
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  for (const auto& e : comm->allgather(fmt::format("{}{}", data_error ? 'D' : 'E', error)))
+    if (e.size() > 1) {
+      if (e[0] == 'D') throw DataError(e.substr(1));
+      throw Error(e.substr(1));
+    }
+  return s;
+}
+
+/// Rows [begin, end) of this rank's band (all rows without `comm`).
+std::pair<Eigen::Index, Eigen::Index> my_band(Eigen::Index ny, const mpi::Comm* comm) {
+  if (!comm) return {0, ny};
+  return {static_cast<Eigen::Index>(comm->band_begin(ny, comm->rank())),
+          static_cast<Eigen::Index>(comm->band_begin(ny, comm->rank() + 1))};
+}
+
+/// Copies a band (rows [y0, y0 + band.rows())) into a whole-frame array and gathers the other ranks' bands.
+template <typename A>
+A gather_band(const A& band, Eigen::Index y0, Eigen::Index ny, const mpi::Comm* comm) {
+  if (!comm) return band;
+  A full(ny, band.cols());
+  if (band.rows() > 0) full.middleRows(y0, band.rows()) = band;
+  comm->allgather_row_bands(full.data(), ny, static_cast<long long>(band.cols() * sizeof(typename A::Scalar)));
+  return full;
+}
+
+double median_of(std::vector<double>& v, const mpi::Comm* comm) {
+  return comm ? comm->median(v) : median_inplace(v);
+}
+
 std::vector<const ImageArray*> pointers(const std::vector<ImageArray>& v) {
   std::vector<const ImageArray*> p;
   for (const auto& a : v) p.push_back(&a);
@@ -229,8 +274,8 @@ std::vector<std::pair<double, double>> read_noise_from_pairs(const std::vector<c
 }
 
 MasterBias build_master_bias(const std::vector<fs::path>& bias_files, const InstrumentProfile& profile,
-                             const DetectorConfig& cfg) {
-  LoadedStack s = load_stack(bias_files, profile, cfg, "bias");
+                             const DetectorConfig& cfg, const mpi::Comm* comm) {
+  LoadedStack s = load_stack_all(bias_files, profile, cfg, "bias", comm);
   const auto& geo = s.meta.front().geometry;
   const std::size_t namps = geo.amps.size();
   MasterBias mb;
@@ -261,30 +306,35 @@ MasterBias build_master_bias(const std::vector<fs::path>& bias_files, const Inst
                    "noise {} e-{}",
                    s.frames.size(), ab.name, ab.read_noise_e, ab.read_noise_e > 0 ? "" : " (unknown: variance lacks it)");
     }
-    spdlog::info("master bias: amplifier {}: overscan level {:.3f} +- {:.3f} DN, read noise {:.3f} +- {:.3f} e-",
-                 ab.name, ab.bias_level_dn, ab.bias_level_err_dn, ab.read_noise_e, ab.read_noise_err_e);
+    if (!comm || comm->is_root())
+      spdlog::info("master bias: amplifier {}: overscan level {:.3f} +- {:.3f} DN, read noise {:.3f} +- {:.3f} e-",
+                   ab.name, ab.bias_level_dn, ab.bias_level_err_dn, ab.read_noise_e, ab.read_noise_err_e);
     mb.amps.push_back(ab);
   }
 
-  CombinedBand c = combine(ptrs, CombineOptions{cfg.bias_combine, cfg.combine_clip_sigma});
-  Image& im = mb.image;
-  im.data = std::move(c.value);
-  im.variance.resize(im.data.rows(), im.data.cols());
-  im.mask = MaskArray::Zero(im.data.rows(), im.data.cols());
+  const Eigen::Index ny = s.frames.front().rows(), nx = s.frames.front().cols();
+  const auto [y0, y1] = my_band(ny, comm);
+  CombinedBand c = combine_rows(ptrs, y0, y1, CombineOptions{cfg.bias_combine, cfg.combine_clip_sigma});
+  ImageArray value = std::move(c.value), variance(y1 - y0, nx);
+  MaskArray mask = MaskArray::Zero(y1 - y0, nx);
   std::vector<float> ratio(s.frames.size() + 1);
   for (std::size_t n = 0; n < ratio.size(); ++n)
     ratio[n] = n ? static_cast<float>(combined_variance_ratio(cfg.bias_combine, static_cast<int>(n))) : 0.0f;
-  for (Eigen::Index i = 0; i < im.data.size(); ++i) {
+  for (Eigen::Index i = 0; i < value.size(); ++i) {
     const auto u = c.used(i);
-    if (u == 0 || !std::isfinite(im.data(i))) {
-      im.data(i) = 0.0f;
-      im.variance(i) = 0.0f;
-      im.mask(i) = kMaskBad;
+    if (u == 0 || !std::isfinite(value(i))) {
+      value(i) = 0.0f;
+      variance(i) = 0.0f;
+      mask(i) = kMaskBad;
       continue;
     }
-    const double r = mb.amps[s.amp(i)].read_noise_e;
-    im.variance(i) = static_cast<float>(r * r) * ratio[u];
+    const double r = mb.amps[s.amp(y0 * nx + i)].read_noise_e;
+    variance(i) = static_cast<float>(r * r) * ratio[u];
   }
+  Image& im = mb.image;
+  im.data = gather_band(value, y0, ny, comm);
+  im.variance = gather_band(variance, y0, ny, comm);
+  im.mask = gather_band(mask, y0, ny, comm);
   im.unit = "electron";
   provenance(im.header, "BIAS", mb.calhash, mb.nframes, mb.inputs);
   im.header.set("COMBINE", to_string(mb.method), "per-pixel combination");
@@ -527,7 +577,7 @@ struct WindowSums {
 }  // namespace
 
 FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& variance, double window_px,
-                                 double clip_sigma) {
+                                 double clip_sigma, const mpi::Comm* comm) {
   const Eigen::Index ny = combined.rows(), nx = combined.cols();
   if (variance.rows() != ny || variance.cols() != nx)
     throw DataError("flat model: combined flat and its variance differ in shape");
@@ -653,10 +703,11 @@ FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& v
         w0s.push_back(fm.self_weight(y, x));
       }
     }
-    if (r.size() < 10) return 0.0;
-    const double sig = 1.4826 * median_inplace(r);
-    const double w0 = std::clamp(median_inplace(w0s), 0.0, 0.5);
-    return std::max(0.0, sig * sig / (1.0 - w0) - median_inplace(noise));
+    const long long n = comm ? comm->sum(static_cast<long long>(r.size())) : static_cast<long long>(r.size());
+    if (n < 10) return 0.0;
+    const double sig = 1.4826 * median_of(r, comm);
+    const double w0 = std::clamp(median_of(w0s, comm), 0.0, 0.5);
+    return std::max(0.0, sig * sig / (1.0 - w0) - median_of(noise, comm));
   };
 
   fit();
@@ -677,8 +728,9 @@ FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& v
 }
 
 MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const InstrumentProfile& profile,
-                             const MasterBias* bias, const MasterDark* dark, const DetectorConfig& cfg) {
-  LoadedStack s = load_stack(flat_files, profile, cfg, "flat");
+                             const MasterBias* bias, const MasterDark* dark, const DetectorConfig& cfg,
+                             const mpi::Comm* comm) {
+  LoadedStack s = load_stack_all(flat_files, profile, cfg, "flat", comm);
   const bool sub_bias = bias && cfg.use_bias, sub_dark = dark && cfg.use_dark;
   const std::size_t nf = s.frames.size();
   std::vector<double> norm(nf), texp(nf, 0.0);
@@ -700,27 +752,32 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
                       ErrorContext{.file = file, .exposure = s.meta[k].file.stem().string()});
     f /= static_cast<float>(norm[k]);
   }
-  CombinedBand c = combine(pointers(s.frames), CombineOptions{cfg.flat_combine, cfg.combine_clip_sigma});
+  // Everything per pixel below is done on this rank's band of rows [y0, y1) (the whole frame without comm);
+  // only the illumination model is needed whole (its local maximum looks at neighbouring rows).
+  const Eigen::Index ny = s.frames.front().rows(), nx = s.frames.front().cols();
+  const auto [y0, y1] = my_band(ny, comm);
+  const Eigen::Index off = y0 * nx;  // index of the band's first pixel in the whole frame
+  CombinedBand c = combine_rows(pointers(s.frames), y0, y1, CombineOptions{cfg.flat_combine, cfg.combine_clip_sigma});
   const ImageArray& comb = c.value;
-  const Eigen::Index ny = comb.rows(), nx = comb.cols();
 
   // Per-pixel variance of the combined normalised flat: each frame's electrons variance
   // (Poisson of the combined level scaled back, read noise, master bias/dark) over norm^2.
   std::vector<double> rn(s.meta.front().geometry.amps.size());
   for (std::size_t a = 0; a < rn.size(); ++a)
     rn[a] = sub_bias && a < bias->amps.size() ? bias->amps[a].read_noise_e : s.meta.front().geometry.amps[a].read_noise;
-  ImageArray var_comb(ny, nx);
+  ImageArray var_comb(comb.rows(), nx);
   for (Eigen::Index i = 0; i < comb.size(); ++i) {
     const double cv = comb(i);
     if (c.used(i) == 0 || !std::isfinite(cv)) {
       var_comb(i) = 0.0f;
       continue;
     }
-    const double extra = (sub_bias ? bias->image.variance(i) : 0.0) + rn[s.amp(i)] * rn[s.amp(i)];
+    const Eigen::Index j = off + i;  // whole-frame index
+    const double extra = (sub_bias ? bias->image.variance(j) : 0.0) + rn[s.amp(j)] * rn[s.amp(j)];
     double sum = 0;
     for (std::size_t k = 0; k < nf; ++k) {
       double v = std::max(0.0, cv * norm[k]) + extra;
-      if (sub_dark) v += dark->rate.variance(i) * texp[k] * texp[k];
+      if (sub_dark) v += dark->rate.variance(j) * texp[k] * texp[k];
       sum += v / (norm[k] * norm[k]);
     }
     var_comb(i) = static_cast<float>(sum / static_cast<double>(nf) *
@@ -735,17 +792,17 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
   ImageArray comb_fit = comb;
   for (Eigen::Index i = 0; i < comb.size(); ++i)
     if (c.used(i) == 0) comb_fit(i) = std::numeric_limits<float>::quiet_NaN();
-  FlatModel fm = flat_large_scale_model(comb_fit, var_comb, cfg.flat_smooth_px);
-  mf.illumination = fm.model;
+  FlatModel fm = flat_large_scale_model(comb_fit, var_comb, cfg.flat_smooth_px, 4.0, comm);
+  mf.illumination = gather_band(fm.model, y0, ny, comm);
   const ImageArray local_max = running_max_rows(mf.illumination, cfg.illumination_halfwindow);
   Image& pf = mf.pixel_flat;
-  pf.data.resize(ny, nx);
-  pf.variance.resize(ny, nx);
-  pf.mask = MaskArray::Zero(ny, nx);
-  long nlit = 0, nlow = 0, nhigh = 0;
+  pf.data.resize(comb.rows(), nx);
+  pf.variance.resize(comb.rows(), nx);
+  pf.mask = MaskArray::Zero(comb.rows(), nx);
+  long long nlit = 0, nlow = 0, nhigh = 0;
   for (Eigen::Index i = 0; i < comb.size(); ++i) {
-    const double mdl = mf.illumination(i);
-    const bool lit = std::isfinite(mdl) && mdl > 0 && mdl > cfg.illumination_threshold * local_max(i);
+    const double mdl = fm.model(i);
+    const bool lit = std::isfinite(mdl) && mdl > 0 && mdl > cfg.illumination_threshold * local_max(off + i);
     if (!lit) {
       pf.data(i) = 1.0f;
       pf.variance(i) = 0.0f;
@@ -779,10 +836,19 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
       ++nhigh;
     }
   }
-  spdlog::info("master flat: {} frames, {:.1f} % of pixels illuminated, {} low and {} high pixel-flat values, "
-               "response rms {:.4f}",
-               nf, 100.0 * static_cast<double>(nlit) / static_cast<double>(comb.size()), nlow, nhigh,
-               std::sqrt(fm.response_variance));
+  pf.data = gather_band(pf.data, y0, ny, comm);
+  pf.variance = gather_band(pf.variance, y0, ny, comm);
+  pf.mask = gather_band(pf.mask, y0, ny, comm);
+  if (comm) {
+    nlit = comm->sum(nlit);
+    nlow = comm->sum(nlow);
+    nhigh = comm->sum(nhigh);
+  }
+  if (!comm || comm->is_root())
+    spdlog::info("master flat: {} frames, {:.1f} % of pixels illuminated, {} low and {} high pixel-flat values, "
+                 "response rms {:.4f}",
+                 nf, 100.0 * static_cast<double>(nlit) / static_cast<double>(ny * nx), nlow, nhigh,
+                 std::sqrt(fm.response_variance));
   pf.unit = "";
   provenance(pf.header, "FLAT", mf.calhash, mf.nframes, mf.inputs);
   pf.header.set("COMBINE", to_string(cfg.flat_combine), "per-pixel combination");

@@ -15,8 +15,10 @@ namespace fs = std::filesystem;
 
 namespace {
 std::atomic<unsigned> g_counter{0};
+std::atomic<bool> g_sync{true};
 
 void fsync_path(const fs::path& p) {
+  if (!g_sync.load()) return;
   int fd = ::open(p.c_str(), O_RDONLY);
   if (fd >= 0) {
     ::fsync(fd);
@@ -24,6 +26,9 @@ void fsync_path(const fs::path& p) {
   }
 }
 }  // namespace
+
+void set_sync_outputs(bool sync) { g_sync.store(sync); }
+bool sync_outputs() { return g_sync.load(); }
 
 AtomicOutput::AtomicOutput(fs::path final_path, bool overwrite) : final_(std::move(final_path)) {
   if (!overwrite && fs::exists(final_))

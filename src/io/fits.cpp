@@ -582,34 +582,47 @@ void Fits::write_table(const Table& t, const Header& h, const std::string& extna
   check(status, fmt::format("cannot create table {}", extname));
   write_header_cards(h);
   const LONGLONG n = static_cast<LONGLONG>(t.nrows());
-  for (std::size_t i = 0; i < t.columns.size() && n > 0; ++i) {
-    const auto& c = t.columns[i];
-    int colnum = static_cast<int>(i) + 1;
+  for (const auto& c : t.columns)
     if (c.nrows() != t.nrows())
       throw DataError(fmt::format("table {}: column {} has {} rows, the first column {}", extname, c.name, c.nrows(),
                                   t.nrows()),
                       ErrorContext{.file = path_, .hdu = extname});
-    switch (c.type) {
-      case Column::Type::Double:
-        fits_write_col(ff(f_), TDOUBLE, colnum, 1, 1, n * c.repeat, const_cast<double*>(c.doubles.data()), &status);
-        break;
-      case Column::Type::Int:
-        fits_write_col(ff(f_), TLONGLONG, colnum, 1, 1, n * c.repeat, const_cast<long long*>(c.ints.data()), &status);
-        break;
-      case Column::Type::String: {
-        std::vector<char*> ptrs;
-        for (const auto& s : c.strings) ptrs.push_back(const_cast<char*>(s.c_str()));
-        fits_write_col(ff(f_), TSTRING, colnum, 1, 1, n, ptrs.data(), &status);
-        break;
+  // Row blocks of the size CFITSIO's buffers hold, every column per block: writing whole columns one
+  // after the other would pass over every row once per column and re-read and re-write each record.
+  long block = 0;
+  fits_get_rowsize(ff(f_), &block, &status);
+  check(status, fmt::format("cannot size the row blocks of table {}", extname));
+  block = std::max(1L, block);
+  std::vector<char> logicals;
+  std::vector<char*> ptrs;
+  for (LONGLONG r0 = 0; r0 < n; r0 += block) {
+    const LONGLONG nr = std::min<LONGLONG>(block, n - r0);
+    for (std::size_t i = 0; i < t.columns.size(); ++i) {
+      const auto& c = t.columns[i];
+      const int colnum = static_cast<int>(i) + 1;
+      const LONGLONG first = r0 * c.repeat, count = nr * c.repeat;
+      switch (c.type) {
+        case Column::Type::Double:
+          fits_write_col(ff(f_), TDOUBLE, colnum, r0 + 1, 1, count, const_cast<double*>(c.doubles.data() + first),
+                         &status);
+          break;
+        case Column::Type::Int:
+          fits_write_col(ff(f_), TLONGLONG, colnum, r0 + 1, 1, count, const_cast<long long*>(c.ints.data() + first),
+                         &status);
+          break;
+        case Column::Type::String:
+          ptrs.clear();
+          for (LONGLONG r = r0; r < r0 + nr; ++r) ptrs.push_back(const_cast<char*>(c.strings[r].c_str()));
+          fits_write_col(ff(f_), TSTRING, colnum, r0 + 1, 1, nr, ptrs.data(), &status);
+          break;
+        case Column::Type::Logical:
+          logicals.clear();
+          for (LONGLONG r = r0; r < r0 + nr; ++r) logicals.push_back(c.logicals[r] ? 1 : 0);
+          fits_write_col(ff(f_), TLOGICAL, colnum, r0 + 1, 1, nr, logicals.data(), &status);
+          break;
       }
-      case Column::Type::Logical: {
-        std::vector<char> v;
-        for (bool b : c.logicals) v.push_back(b ? 1 : 0);
-        fits_write_col(ff(f_), TLOGICAL, colnum, 1, 1, n, v.data(), &status);
-        break;
-      }
+      check(status, fmt::format("cannot write column {}", c.name));
     }
-    check(status, fmt::format("cannot write column {}", c.name));
   }
 }
 

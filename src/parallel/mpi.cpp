@@ -1,5 +1,9 @@
 #include "kspecdr/parallel/mpi.hpp"
 
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
 #include <fmt/format.h>
 
 #include "kspecdr/core/error.hpp"
@@ -160,6 +164,68 @@ std::vector<double> Comm::allgatherv(const std::vector<double>& v) const {
   check(MPI_Allgatherv(v.data(), len, MPI_DOUBLE, out.data(), lens.data(), displs.data(), MPI_DOUBLE, c_),
         "MPI_Allgatherv(doubles)");
   return out;
+}
+
+long long Comm::band_begin(long long nrows, int r) const {
+  return nrows * static_cast<long long>(r) / static_cast<long long>(size());
+}
+
+void Comm::allgather_row_bands(void* buf, long long nrows, long long row_bytes) const {
+  const int n = size();
+  if (n == 1 || nrows == 0) return;
+  MPI_Datatype row;
+  check(MPI_Type_contiguous(static_cast<int>(row_bytes), MPI_BYTE, &row), "MPI_Type_contiguous(row)");
+  check(MPI_Type_commit(&row), "MPI_Type_commit(row)");
+  std::vector<int> counts(static_cast<std::size_t>(n)), displs(static_cast<std::size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    displs[static_cast<std::size_t>(r)] = static_cast<int>(band_begin(nrows, r));
+    counts[static_cast<std::size_t>(r)] = static_cast<int>(band_begin(nrows, r + 1) - band_begin(nrows, r));
+  }
+  const int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts.data(), displs.data(), row, c_);
+  MPI_Type_free(&row);
+  check(rc, "MPI_Allgatherv(row bands)");
+}
+
+namespace {
+/// A key whose unsigned order is the order of the doubles (negative values bit-flipped, positive ones with the
+/// sign bit set).
+std::uint64_t order_key(double v) {
+  std::uint64_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return (b >> 63) ? ~b : (b | (1ull << 63));
+}
+double from_key(std::uint64_t k) {
+  const std::uint64_t b = (k >> 63) ? (k & ~(1ull << 63)) : ~k;
+  double v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+}  // namespace
+
+double Comm::kth_smallest(const std::vector<double>& local, long long k) const {
+  std::vector<std::uint64_t> keys(local.size());
+  for (std::size_t i = 0; i < local.size(); ++i) keys[i] = order_key(local[i]);
+  // The smallest key with at least k + 1 values at or below it.
+  std::uint64_t lo = 0, hi = ~0ull;
+  while (lo < hi) {
+    const std::uint64_t mid = lo + (hi - lo) / 2;
+    long long c = 0;
+    for (auto key : keys) c += key <= mid;
+    if (sum(c) >= k + 1)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return from_key(lo);
+}
+
+double Comm::median(const std::vector<double>& local) const {
+  const long long n = sum(static_cast<long long>(local.size()));
+  if (n == 0) return std::numeric_limits<double>::quiet_NaN();
+  const long long h = n / 2;
+  const double upper = kth_smallest(local, h);
+  if (n % 2) return upper;
+  return 0.5 * (kth_smallest(local, h - 1) + upper);
 }
 
 Comm& world() {

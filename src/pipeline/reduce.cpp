@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <ctime>
 #include <functional>
@@ -38,6 +39,37 @@ namespace fs = std::filesystem;
 std::string setup_slug(const std::string& setup) { return safe_name(setup, "default"); }
 
 namespace {
+
+/// Wall time spent in each phase of the night (summed over setups), as this rank saw it: where the time of a
+/// run goes, reported by rank 0 at the end (a phase of one rank includes its waits for the others).
+class PhaseClock {
+ public:
+  /// Charges the time since the previous mark to `phase`.
+  void mark(const std::string& phase) {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    for (auto& [name, t] : phases_)
+      if (name == phase) {
+        t += s;
+        return;
+      }
+    phases_.emplace_back(phase, s);
+  }
+  std::string report() const {
+    std::string out;
+    double total = 0;
+    for (const auto& [name, t] : phases_) {
+      out += fmt::format("{}{} {:.2f} s", out.empty() ? "" : ", ", name, t);
+      total += t;
+    }
+    return fmt::format("{} (total {:.2f} s)", out, total);
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+  std::vector<std::pair<std::string, double>> phases_;
+};
 
 /// One unit of work of the plan, as broadcast from rank 0.
 struct PlannedFrame {
@@ -76,27 +108,33 @@ std::vector<PlannedFrame> deserialize(const std::string& text) {
   return plan;
 }
 
-/// Runs `work` on rank 0 only and makes its outcome known everywhere: an error becomes the same
-/// ConfigError/Error on every rank, so no rank waits in a collective that another has left.
-void on_root(const mpi::Comm& comm, const std::function<void()>& work) {
+/// Runs `work` on every rank (it may call collectives) and makes any rank's failure the failure of all: the
+/// first rank's error (in rank order) is thrown everywhere, as the same type (ConfigError, DataError, Error).
+void on_all(const mpi::Comm& comm, const std::function<void()>& work) {
   std::string error;
-  long long is_config = 0;
-  if (comm.is_root()) {
-    try {
-      work();
-    } catch (const ConfigError& e) {
-      error = e.what();
-      is_config = 1;
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
+  try {
+    work();
+  } catch (const ConfigError& e) {
+    error = std::string("C") + e.what();
+  } catch (const DataError& e) {
+    error = std::string("D") + e.what();
+  } catch (const std::exception& e) {
+    error = std::string("E") + e.what();
   }
-  comm.bcast(error);
-  comm.bcast(is_config);
-  if (!error.empty()) {
-    if (is_config) throw ConfigError(error);
-    throw Error(error);
+  for (const auto& e : comm.allgather(error)) {
+    if (e.empty()) continue;
+    if (e[0] == 'C') throw ConfigError(e.substr(1));
+    if (e[0] == 'D') throw DataError(e.substr(1));
+    throw Error(e.substr(1));
   }
+}
+
+/// Runs `work` on rank 0 only and makes its outcome known everywhere: an error becomes the same error on
+/// every rank, so no rank waits in a collective that another has left.
+void on_root(const mpi::Comm& comm, const std::function<void()>& work) {
+  on_all(comm, [&] {
+    if (comm.is_root()) work();
+  });
 }
 
 /// FNV-1a 64-bit of a text, as 16 hex digits: a stable identifier of a configuration.
@@ -150,11 +188,11 @@ std::string provenance_text(const std::string& resolved) {
   std::string out, line;
   while (std::getline(is, line)) {
     // Comments (the version line: the outputs carry KSPVER and KSPSHA themselves) and the options that do
-    // not change what is computed are left out; paths count by where they point, not how they are spelled.
+    // not change what is computed (how far a run goes, what it overwrites, how it logs and flushes) are left out; paths count by where they point, not how they are spelled.
     if (line.empty() || line[0] == '#') continue;
     const auto eq = line.find(" = ");
     const std::string key = eq == std::string::npos ? line : line.substr(0, eq);
-    if (key == "stage" || key == "overwrite" || key == "night" || key == "log-level") continue;
+    if (key == "stage" || key == "overwrite" || key == "night" || key == "log-level" || key == "fsync") continue;
     if ((key == "raw" || key == "out" || key == "instrument") && eq != std::string::npos) {
       const fs::path p(line.substr(eq + 3));
       std::error_code ec;
@@ -203,7 +241,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
                    const std::vector<const PlannedFrame*>& work, const detector::MasterFlat* flat,
                    const detector::MasterBias* bias, const fs::path& imdir, const fs::path& exdir,
                    const mpi::Comm& comm, ReduceSummary& summary, const std::string& config_hash,
-                   std::map<std::string, std::string>& trace_keys) {
+                   std::map<std::string, std::string>& trace_keys, PhaseClock& clock) {
   auto im_path = [&](const PlannedFrame& p) { return imdir / (p.name + ".im.fits"); };
   std::vector<const PlannedFrame*> usable;
   for (const auto* p : work)
@@ -298,10 +336,14 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
   };
 
   for (const auto* p : usable) trace_keys[p->name] = traces_for(*p);
+  clock.mark("traces");
+
 
   // Fiber mode: the master flat extracted along the master traces, the relative fiber throughputs of
-  // the RED stage (a calibration product; rank 0 writes it).
-  if (profile.mode == SpectroMode::Fiber && flat && masters.count("") && comm.is_root()) {
+  // the RED stage (a calibration product). One more item of the EX rounds, so that one rank does it while the
+  // others extract exposures.
+  const bool extract_flat = profile.mode == SpectroMode::Fiber && flat && masters.count("");
+  auto extract_master_flat = [&] {
     const fs::path flat_ex = cfg.out_dir / "calib" / fmt::format("flat_ex_{}.fits", setup_slug(setup));
     try {
       const Image flat_image = flat_light(*flat);
@@ -320,15 +362,16 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
       spdlog::error("setup '{}': master flat not extracted ({}); RED will assume equal fiber throughputs", setup,
                     e.what());
     }
-  }
-
+  };
   const std::size_t nranks = static_cast<std::size_t>(comm.size());
-  const std::size_t rounds = (usable.size() + nranks - 1) / nranks;
+  const std::size_t items = usable.size() + (extract_flat ? 1 : 0);
+  const std::size_t rounds = (items + nranks - 1) / nranks;
   Progress progress(fmt::format("EX spectra of setup '{}'", setup), usable.size(), comm.is_root());
   long long done_total = 0, failed_total = 0;
   for (std::size_t round = 0; round < rounds; ++round) {
     const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
     long long did = 0, failed = 0;
+    if (extract_flat && i == usable.size()) extract_master_flat();
     if (i < usable.size()) {
       const PlannedFrame& p = *usable[i];
       const fs::path out = exdir / (p.name + ".ex.fits");
@@ -362,6 +405,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
     failed_total += comm.sum(failed);
     progress.set(static_cast<std::size_t>(done_total), static_cast<std::size_t>(failed_total));
   }
+  clock.mark("EX");
 }
 
 /// EX → RED for one setup: per trace set (fiber mode: one; slit mode: one per object) the arcs combined and
@@ -371,7 +415,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
 void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const std::string& setup,
                const std::vector<const PlannedFrame*>& work, const std::map<std::string, std::string>& trace_keys,
                const fs::path& exdir, const fs::path& reddir, const mpi::Comm& comm, ReduceSummary& summary,
-               const std::string& config_hash, std::vector<series::SeriesSet>& series_sets) {
+               const std::string& config_hash, std::vector<series::SeriesSet>& series_sets, PhaseClock& clock) {
   auto ex_path = [&](const PlannedFrame& p) { return exdir / (p.name + ".ex.fits"); };
   std::map<std::string, std::vector<const PlannedFrame*>> arcs, science;
   for (const auto* p : work) {
@@ -474,6 +518,7 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
       failure = e.what();
       if (comm.is_root()) spdlog::error("{}: no wavelength calibration: {}", what, failure);
     }
+    clock.mark("arcs");
 
     const std::size_t nranks = static_cast<std::size_t>(comm.size());
     const std::size_t rounds = (frames.size() + nranks - 1) / nranks;
@@ -508,6 +553,7 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
       failed_total += comm.sum(failed);
       progress.set(static_cast<std::size_t>(done_total), static_cast<std::size_t>(failed_total));
     }
+    clock.mark("RED");
   }
 }
 
@@ -525,6 +571,7 @@ std::string night_name(const ReduceConfig& cfg) {
 
 ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   ReduceSummary summary;
+  PhaseClock clock;
   const std::string config_hash = fnv1a_hex(provenance_text(cfg.resolved_config));
   // Every rank loads the profile (a small file): identical and cheap, and a bad profile fails
   // alike everywhere before any collective.
@@ -577,6 +624,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   });
   comm.bcast(plan_text);
   const std::vector<PlannedFrame> plan = deserialize(plan_text);
+  clock.mark("plan");
 
   // Unreadable files are failed exposures of the night, named with their reason.
   std::vector<std::string> setups;
@@ -596,47 +644,54 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     const auto bias_files = files_of(plan, setup, FrameClass::Bias);
     const auto flat_files = files_of(plan, setup, FrameClass::Flat);
 
-    // Calibration products: built once (rank 0), reused when inputs and settings match.
-    bool have_bias = false, have_flat = false;
-    on_root(comm, [&] {
-      if (!bias_files.empty()) {
-        std::string hash = detector::calibration_hash(bias_files, detector::bias_config_text(profile, cfg.detector));
-        if (detector::calibration_is_current(bias_path, hash)) {
-          spdlog::info("reusing {} (CALHASH {})", bias_path.string(), hash);
-        } else {
-          spdlog::info("building master bias for setup '{}' from {} frames", setup, bias_files.size());
-          detector::write_master_bias(bias_path, detector::build_master_bias(bias_files, profile, cfg.detector), true);
-        }
-      } else {
-        spdlog::warn("setup '{}': no bias frames: IM frames get overscan subtraction only (BIASCORR = 'OVERSCAN')",
-                     setup);
+    // Calibration products: built once per setup by all ranks together (row bands), written by rank 0, reused
+    // when inputs and settings match (rank 0 decides, so every rank takes the same branch).
+    auto needs_building = [&](const fs::path& path, const std::string& hash) {
+      long long build = 1;
+      if (comm.is_root() && detector::calibration_is_current(path, hash)) {
+        spdlog::info("reusing {} (CALHASH {})", path.string(), hash);
+        build = 0;
       }
-    });
+      comm.bcast(build);
+      return build != 0;
+    };
+    bool have_bias = false, have_flat = false;
+    if (!bias_files.empty()) {
+      const std::string hash = detector::calibration_hash(bias_files, detector::bias_config_text(profile, cfg.detector));
+      if (needs_building(bias_path, hash)) {
+        if (comm.is_root()) spdlog::info("building master bias for setup '{}' from {} frames", setup, bias_files.size());
+        on_all(comm, [&] {
+          const auto mb = detector::build_master_bias(bias_files, profile, cfg.detector, &comm);
+          if (comm.is_root()) detector::write_master_bias(bias_path, mb, true);
+        });
+      }
+    } else if (comm.is_root()) {
+      spdlog::warn("setup '{}': no bias frames: IM frames get overscan subtraction only (BIASCORR = 'OVERSCAN')", setup);
+    }
     have_bias = !bias_files.empty();
     std::optional<detector::MasterBias> bias;
     if (have_bias) bias = detector::read_master_bias(bias_path);
 
-    on_root(comm, [&] {
-      if (!flat_files.empty()) {
-        std::string hash = detector::calibration_hash(
-            flat_files, detector::flat_config_text(profile, cfg.detector, bias ? &*bias : nullptr, nullptr));
-        if (detector::calibration_is_current(flat_path, hash)) {
-          spdlog::info("reusing {} (CALHASH {})", flat_path.string(), hash);
-        } else {
-          spdlog::info("building master flat for setup '{}' from {} frames", setup, flat_files.size());
-          detector::write_master_flat(
-              flat_path,
-              detector::build_master_flat(flat_files, profile, bias ? &*bias : nullptr, nullptr, cfg.detector), true);
-        }
-      } else {
-        spdlog::warn("setup '{}': no flat frames: IM frames use a unit flat (FLATCORR = F); pixel-to-pixel "
-                     "sensitivity is not corrected",
-                     setup);
+    if (!flat_files.empty()) {
+      const std::string hash = detector::calibration_hash(
+          flat_files, detector::flat_config_text(profile, cfg.detector, bias ? &*bias : nullptr, nullptr));
+      if (needs_building(flat_path, hash)) {
+        if (comm.is_root()) spdlog::info("building master flat for setup '{}' from {} frames", setup, flat_files.size());
+        on_all(comm, [&] {
+          const auto mf =
+              detector::build_master_flat(flat_files, profile, bias ? &*bias : nullptr, nullptr, cfg.detector, &comm);
+          if (comm.is_root()) detector::write_master_flat(flat_path, mf, true);
+        });
       }
-    });
+    } else if (comm.is_root()) {
+      spdlog::warn("setup '{}': no flat frames: IM frames use a unit flat (FLATCORR = F); pixel-to-pixel "
+                   "sensitivity is not corrected",
+                   setup);
+    }
     have_flat = !flat_files.empty();
     std::optional<detector::MasterFlat> flat;
     if (have_flat) flat = detector::read_master_flat(flat_path);
+    clock.mark("masters");
 
     // Exposures that become IM files, dealt round-robin to ranks (frames of one setup share a size).
     std::vector<const PlannedFrame*> work;
@@ -685,12 +740,13 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       failed_setup += comm.sum(failed);
       progress.set(static_cast<std::size_t>(done_setup), static_cast<std::size_t>(failed_setup));
     }
+    clock.mark("IM");
     if (cfg.stage == ReduceStage::Ex || cfg.stage == ReduceStage::Red) {
       std::map<std::string, std::string> trace_keys;
       extract_setup(cfg, profile, setup, work, flat ? &*flat : nullptr, bias ? &*bias : nullptr, imdir, exdir, comm,
-                    summary, config_hash, trace_keys);
+                    summary, config_hash, trace_keys, clock);
       if (cfg.stage == ReduceStage::Red)
-        red_setup(cfg, profile, setup, work, trace_keys, exdir, reddir, comm, summary, config_hash, series_sets);
+        red_setup(cfg, profile, setup, work, trace_keys, exdir, reddir, comm, summary, config_hash, series_sets, clock);
     }
   }
 
@@ -727,6 +783,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
         summary.failures.push_back({"fluxcal", fc.out_dir.string(), e.what()});
       }
     }
+    clock.mark("fluxcal");
   }
 
   // Per star a Rainbow cube of the night (collective), then chromatic's FITS of each star (rank 0).
@@ -738,16 +795,25 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
                                                  version(), git_sha(), config_hash, profile.name,
                                                  cfg.raw_dir.string());
       const auto rs = series::write_rainbow_file(cube, series_sets, site, provenance, comm, true);
+      clock.mark("cube");
       if (comm.is_root()) {
         spdlog::info("time series: {} star group(s) in {} ({} exposure(s) without a usable RED marked ok = 0){}",
                      rs.groups.size(), cube.string(), rs.failed_exposures,
                      rs.no_collective_cause ? fmt::format("; collective MPI-IO was NOT used (cause bits {:#x})",
                                                           rs.no_collective_cause)
                                             : "");
-        for (const auto& g : rs.groups) {
-          std::string file = g;
-          std::replace(file.begin(), file.end(), '/', '_');
-          series::write_chromatic_fits(cube, g, cfg.out_dir / (file + ".rainbow.fits"), true);
+      }
+      // chromatic's FITS of each star, the stars dealt to the ranks (each reads its groups from the closed cube).
+      for (std::size_t i = static_cast<std::size_t>(comm.rank()); i < rs.groups.size();
+           i += static_cast<std::size_t>(comm.size())) {
+        std::string file = rs.groups[i];
+        std::replace(file.begin(), file.end(), '/', '_');
+        const fs::path out = cfg.out_dir / (file + ".rainbow.fits");
+        try {
+          series::write_chromatic_fits(cube, rs.groups[i], out, true);
+        } catch (const std::exception& e) {
+          spdlog::error("{} not written: {}", out.string(), e.what());
+          summary.failures.push_back({"rainbow", out.string(), e.what()});
         }
       }
     } catch (const std::exception& e) {
@@ -757,6 +823,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       }
     }
   }
+
+  if (cfg.stage == ReduceStage::Red && !series_sets.empty()) clock.mark("star FITS");
 
   // Gather every rank's counts and failures so rank 0 can report the whole night.
   summary.done = static_cast<std::size_t>(comm.sum(static_cast<long long>(summary.done)));
@@ -801,6 +869,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     } catch (const std::exception& e) {
       spdlog::error("diagnostics.h5 not written: {}", e.what());
     }
+    clock.mark("diagnostics");
+    spdlog::info("wall time by phase (rank 0): {}", clock.report());
     spdlog::info("peak resident memory per rank: {}", rss_report);
     spdlog::info("night done: {} exposures planned, {} files written, {} kept from earlier runs, {} failed", summary.exposures,
                  summary.done, summary.skipped, summary.failures.size());

@@ -195,7 +195,11 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
     const SetLayout& lay = layouts[si];
     if (!lay.ok) continue;
     const hsize_t nwave = lay.wavelength.size(), ntime = set.exposures.size();
-    const hsize_t k = std::max<hsize_t>(1, std::min<hsize_t>(16, ntime));
+    // Time chunks of at most 16 exposures, as even as the night allows (24 exposures: 2 × 12), so that the
+    // ranks' blocks below are whole chunks: a whole chunk is one contiguous piece of the file, a part of one
+    // is nwave pieces.
+    const hsize_t nchunk = std::max<hsize_t>(1, (ntime + 15) / 16);
+    const hsize_t k = std::max<hsize_t>(1, (ntime + nchunk - 1) / nchunk);
     struct Star {
       std::size_t aperture;
       h5::Group g;
@@ -241,13 +245,15 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
       stars.push_back(std::move(s));
     }
 
-    // Each rank writes a contiguous block of time slots (rank r: [N r / n, N (r + 1) / n)), in rounds of at
-    // most kBlock exposures so that a rank holds a few RED files at a time: one collective write per dataset
-    // and round, whatever the number of exposures. A rank whose block is exhausted takes part with an empty
-    // selection.
-    constexpr std::size_t kBlock = 16;
+    // Each rank writes a contiguous block of whole time chunks (rank r: chunks [C r / n, C (r + 1) / n) of C),
+    // one chunk per round so that a rank holds a few RED files at a time: one collective write per dataset and
+    // round, whatever the number of exposures. A rank whose block is exhausted, or that has none because the
+    // ranks outnumber the chunks, takes part with an empty selection.
+    const std::size_t kBlock = static_cast<std::size_t>(k);
     const std::size_t nexp = set.exposures.size(), r = static_cast<std::size_t>(comm.rank());
-    const std::size_t lo = nexp * r / nranks, hi = nexp * (r + 1) / nranks;
+    const std::size_t nchunks = (nexp + kBlock - 1) / kBlock;
+    const std::size_t lo = std::min(nexp, kBlock * (nchunks * r / nranks)),
+                      hi = std::min(nexp, kBlock * (nchunks * (r + 1) / nranks));
     const std::size_t mine_total = hi - lo;
     const auto rounds = static_cast<std::size_t>(
         comm.max(static_cast<long long>((mine_total + kBlock - 1) / kBlock)));

@@ -1,7 +1,8 @@
 // The same simulated night reduced by `kspecdr reduce --stage red` on 1, 2, 3 and 4 ranks gives the same
 // RED files and the same Rainbow cube, value for value: every exposure is reduced by one rank alone from
-// the same inputs, and calibrations are built once (or computed identically on every rank), so the rank
-// count may change who does the work, never the numbers.
+// the same inputs, and calibrations are built once (the master bias and flat by all ranks together, one band
+// of detector rows each; traces and arc solutions identically on every rank), so the rank count may change who
+// does the work, never the numbers.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kspecdr/detector/masters.hpp"
 #include "kspecdr/io/hdf5.hpp"
 #include "kspecdr/wavecal/red_file.hpp"
 #include "support/testing.hpp"
@@ -52,8 +54,27 @@ void check_mode(const std::string& mode) {
   std::vector<std::string> reds;
   for (const auto& e : fs::directory_iterator(ref / "red")) reds.push_back(e.path().filename().string());
   ASSERT_EQ(reds.size(), 5u) << mode;
+  std::vector<fs::path> masters;
+  for (const auto& e : fs::directory_iterator(ref / "calib"))
+    if (e.path().filename().string().rfind("master_", 0) == 0) masters.push_back(e.path().filename());
+  ASSERT_EQ(masters.size(), 2u) << mode << ": a master bias and a master flat";
   for (int np = 2; np <= 4; ++np) {
     const fs::path out = dir / ("out-np" + std::to_string(np));
+    for (const auto& name : masters) {
+      const bool is_bias = name.string().rfind("master_bias", 0) == 0;
+      const Image a = is_bias ? detector::read_master_bias(ref / "calib" / name).image
+                              : detector::read_master_flat(ref / "calib" / name).pixel_flat;
+      const Image b = is_bias ? detector::read_master_bias(out / "calib" / name).image
+                              : detector::read_master_flat(out / "calib" / name).pixel_flat;
+      EXPECT_EQ(differences(a.data, b.data), 0) << mode << " np" << np << " " << name;
+      EXPECT_EQ(differences(a.variance, b.variance), 0) << mode << " np" << np << " " << name;
+      EXPECT_EQ(differences(a.mask, b.mask), 0) << mode << " np" << np << " " << name;
+      if (!is_bias)
+        EXPECT_EQ(differences(detector::read_master_flat(ref / "calib" / name).illumination,
+                              detector::read_master_flat(out / "calib" / name).illumination),
+                  0)
+            << mode << " np" << np << " " << name;
+    }
     for (const auto& name : reds) {
       const auto a = wavecal::read_red_file(ref / "red" / name), b = wavecal::read_red_file(out / "red" / name);
       EXPECT_EQ(differences(a.spectra.flux, b.spectra.flux), 0) << mode << " np" << np << " " << name;

@@ -13,6 +13,7 @@
 #include "kspecdr/detector/raw.hpp"
 #include "kspecdr/io/format.hpp"
 #include "kspecdr/io/instrument.hpp"
+#include "kspecdr/parallel/mpi.hpp"
 
 namespace kspecdr::detector {
 
@@ -71,8 +72,11 @@ bool calibration_is_current(const std::filesystem::path& path, const std::string
 
 /// Master bias from overscan-subtracted bias frames. Needs at least one frame; read noise needs
 /// two (with one frame the profile's nominal read noise is used, with a warning).
+/// With `comm` (collective: every rank calls it with the same arguments) the pixel work is split
+/// into detector row bands, one per rank, and every rank returns the whole master, the same
+/// numbers whatever the number of ranks.
 MasterBias build_master_bias(const std::vector<std::filesystem::path>& bias_files, const InstrumentProfile& profile,
-                             const DetectorConfig& cfg);
+                             const DetectorConfig& cfg, const mpi::Comm* comm = nullptr);
 
 /// Master dark (e-/s) from dark frames after overscan and master bias; exposure time from the
 /// profile's exptime keyword.
@@ -82,9 +86,11 @@ MasterDark build_master_dark(const std::vector<std::filesystem::path>& dark_file
 /// Master flat: bias-subtracted flats, each normalised by its median over illuminated pixels,
 /// combined; each row then modelled along x (dispersion) by a clipped local quadratic fit in a
 /// window of cfg.flat_smooth_px columns; pixel flat = combined / model where the model is above
-/// the illumination threshold, with a variance that includes the model's own.
+/// the illumination threshold, with a variance that includes the model's own. `comm` as for
+/// build_master_bias: combination, model and pixel flat by row bands, the whole master on every rank.
 MasterFlat build_master_flat(const std::vector<std::filesystem::path>& flat_files, const InstrumentProfile& profile,
-                             const MasterBias* bias, const MasterDark* dark, const DetectorConfig& cfg);
+                             const MasterBias* bias, const MasterDark* dark, const DetectorConfig& cfg,
+                             const mpi::Comm* comm = nullptr);
 
 /// The large-scale model of a combined, normalised flat and what is needed for its noise.
 struct FlatModel {
@@ -105,9 +111,11 @@ struct FlatModel {
 /// follows a curved or tilted fiber profile as the trace drifts across the row, as long as the
 /// trace moves by less than about its width over the window. Pixels off the model by more than
 /// `clip_sigma` times their noise (variance plus response scatter) are left out of the fit (two
-/// rounds). `variance` is the variance of `combined`; non-finite pixels take no part.
+/// rounds). `variance` is the variance of `combined`; non-finite pixels take no part. Rows are
+/// modelled independently, so `combined` may be one rank's band of rows: with `comm` the one
+/// number that needs every row (the response scatter) is a median over the bands of all ranks.
 FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& variance, double window_px,
-                                 double clip_sigma = 4.0);
+                                 double clip_sigma = 4.0, const mpi::Comm* comm = nullptr);
 
 /// Read noise per amplifier from pair differences of bias frames (e-), with its uncertainty:
 /// disjoint pairs (0,1), (2,3) ...; each pair gives the clipped standard deviation of the

@@ -19,13 +19,20 @@ class AtomicOutput {
   /// Where to write: same folder, hidden name, same suffix (CFITSIO picks compression by suffix).
   const std::filesystem::path& temp_path() const { return temp_; }
   const std::filesystem::path& final_path() const { return final_; }
-  /// Renames the temporary file onto the final name (fsync'd first).
+  /// Renames the temporary file onto the final name (the file and its folder fsync'd when sync_outputs()).
   void commit();
 
  private:
   std::filesystem::path final_, temp_;
   bool committed_ = false;
 };
+
+/// Whether commit() flushes each output to stable storage (fsync of the file before the rename and of the
+/// folder after it). On by default. Without it an output is still complete or absent after a kill of the
+/// process (the rename is atomic and the page cache outlives the process); only a crash of the machine
+/// itself can then leave a renamed file short, which the checksum check on resume catches for FITS outputs.
+void set_sync_outputs(bool sync);
+bool sync_outputs();
 
 /// Writes a small text file atomically.
 void write_text_atomic(const std::filesystem::path& path, const std::string& text, bool overwrite = true);

@@ -54,6 +54,17 @@ class Comm {
   std::vector<std::string> allgather(const std::string& s) const;
   /// Every rank's vector concatenated in rank order (sizes may differ), on every rank.
   std::vector<double> allgatherv(const std::vector<double>& v) const;
+  /// In-place gather of row bands: `buf` holds `nrows` rows of `row_bytes` bytes on every rank; rank r has
+  /// filled rows [band_begin(r), band_begin(r + 1)) and receives every other rank's band.
+  void allgather_row_bands(void* buf, long long nrows, long long row_bytes) const;
+  /// First row of rank r's band when `nrows` rows are split into size() contiguous bands (r = size(): nrows).
+  long long band_begin(long long nrows, int r) const;
+  /// The k-th smallest (0-based) of the values of all ranks together, exact and the same on every rank whatever
+  /// the number of ranks (bisection over the order of the doubles; NaNs must be left out by the caller).
+  double kth_smallest(const std::vector<double>& local, long long k) const;
+  /// The median of the values of all ranks together (mean of the two middle values for an even count; NaN for
+  /// none): the same number as a median of the concatenated values on one rank.
+  double median(const std::vector<double>& local) const;
 
  private:
   MPI_Comm c_;
