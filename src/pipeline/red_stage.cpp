@@ -124,7 +124,7 @@ wavecal::Spectrum1D row_of(const ImageArray& flux, const ImageArray& var, const 
 
 ArcCalibration calibrate_arcs(const std::vector<SpectrumSet>& arcs, const std::vector<std::string>& names,
                               const InstrumentProfile& profile, const wavecal::LineList& lines,
-                              const RedStageConfig& cfg) {
+                              const RedStageConfig& cfg, const mpi::Comm* comm) {
   if (arcs.empty()) throw DataError("no arc exposure to calibrate the wavelengths with");
   const Eigen::Index naper = arcs.front().naper(), npix = arcs.front().npix();
   for (std::size_t i = 0; i < arcs.size(); ++i)
@@ -159,20 +159,25 @@ ArcCalibration calibrate_arcs(const std::vector<SpectrumSet>& arcs, const std::v
   const auto t0 = std::chrono::steady_clock::now();
   if (profile.mode == SpectroMode::Fiber) {
     try {
-      arc.solutions = wavecal::calibrate_fibers(combined, lines, hint, cfg.wavecal).solutions;
+      arc.solutions = wavecal::calibrate_fibers(combined, lines, hint, cfg.wavecal, comm).solutions;
     } catch (const Error& e) {
       throw DataError(fmt::format("no fiber could be wavelength-calibrated: {}", e.what()));
     }
   } else {
-    for (Eigen::Index a = 0; a < naper; ++a) {
+    // Aperture a is solved by rank a mod n and shared.
+    const Eigen::Index nranks = comm ? comm->size() : 1, me = comm ? comm->rank() : 0;
+    arc.solutions.resize(static_cast<std::size_t>(naper));
+    for (Eigen::Index a = me; a < naper; a += nranks) {
       const auto& ap = arc.apertures[static_cast<std::size_t>(a)];
+      auto& sol = arc.solutions[static_cast<std::size_t>(a)];
       try {
-        arc.solutions.push_back(wavecal::calibrate_arc(wavecal::spectrum_row(combined, a), lines, hint, cfg.wavecal));
+        sol = wavecal::calibrate_arc(wavecal::spectrum_row(combined, a), lines, hint, cfg.wavecal);
       } catch (const Error& e) {
-        arc.solutions.push_back(failed_solution(static_cast<long>(npix), e.what()));
+        sol = failed_solution(static_cast<long>(npix), e.what());
         spdlog::warn("arc solution for aperture {} failed: {}", ap.name, e.what());
       }
     }
+    if (comm) wavecal::share_solutions(arc.solutions, *comm);
   }
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   arc.header.set("ARCTMS", ms / static_cast<double>(std::max<Eigen::Index>(1, naper)),

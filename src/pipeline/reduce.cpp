@@ -468,7 +468,7 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
         names.push_back(p->name);
         arc_mjd += p->mjd / static_cast<double>(a->second.size());
       }
-      arc = calibrate_arcs(arc_ex, names, profile, lines, cfg.red);
+      arc = calibrate_arcs(arc_ex, names, profile, lines, cfg.red, &comm);
       arc.setup = setup;
       arc.traceset = key;
       arc.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");

@@ -1,5 +1,6 @@
 #include "kspecdr/wavecal/fiber.hpp"
 
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -147,14 +148,16 @@ WavelengthSolution correct(const std::vector<ArcPeak>& peaks, long npix, const s
 
 FiberCalibration calibrate_fibers(const std::vector<std::vector<ArcPeak>>& peaks, long npix,
                                   const std::vector<double>& coordinate, const LineList& list,
-                                  const DispersionHint& hint, const WavecalConfig& cfg) {
+                                  const DispersionHint& hint, const WavecalConfig& cfg, const mpi::Comm* comm) {
   const std::size_t nf = peaks.size();
   if (coordinate.size() != nf)
     throw DataError(fmt::format("calibrate_fibers: {} coordinates for {} fibers", coordinate.size(), nf));
   FiberCalibration out;
   out.solutions.resize(nf);
   std::vector<char> own_ok(nf, 0);
-  for (std::size_t i = 0; i < nf; ++i) {
+  const std::size_t nranks = comm ? static_cast<std::size_t>(comm->size()) : 1,
+                    me = comm ? static_cast<std::size_t>(comm->rank()) : 0;
+  for (std::size_t i = me; i < nf; i += nranks) {
     auto& s = out.solutions[i];
     s.npix = npix;
     s.medium = cfg.output_medium;
@@ -170,6 +173,11 @@ FiberCalibration calibrate_fibers(const std::vector<std::vector<ArcPeak>>& peaks
       s.npix = npix;
       s.message = e.message();
     }
+  }
+  if (comm && nranks > 1) {
+    // Fiber i was solved by rank i mod n; an own identification is what left it Ok.
+    share_solutions(out.solutions, *comm);
+    for (std::size_t i = 0; i < nf; ++i) own_ok[i] = out.solutions[i].status == SolutionStatus::Ok;
   }
   // Smooth each coefficient across the well-measured fibers, rejecting fibers whose own solution
   // departs from the smooth model (a wrong identification, a bad fiber).
@@ -269,7 +277,7 @@ FiberCalibration calibrate_fibers(const std::vector<std::vector<ArcPeak>>& peaks
 }
 
 FiberCalibration calibrate_fibers(const SpectrumSet& arc, const LineList& list, const DispersionHint& hint,
-                                  const WavecalConfig& cfg) {
+                                  const WavecalConfig& cfg, const mpi::Comm* comm) {
   arc.check_shapes("arc spectra");
   std::vector<std::vector<ArcPeak>> peaks(static_cast<std::size_t>(arc.naper()));
   std::vector<double> coord(peaks.size());
@@ -279,7 +287,7 @@ FiberCalibration calibrate_fibers(const SpectrumSet& arc, const LineList& list, 
       continue;
     peaks[static_cast<std::size_t>(a)] = find_peaks(spectrum_row(arc, a), cfg.peaks);
   }
-  return calibrate_fibers(peaks, arc.npix(), coord, list, hint, cfg);
+  return calibrate_fibers(peaks, arc.npix(), coord, list, hint, cfg, comm);
 }
 
 }  // namespace kspecdr::wavecal

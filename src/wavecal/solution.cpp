@@ -5,6 +5,9 @@
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <map>
 #include <random>
 
@@ -679,6 +682,108 @@ WavelengthSolution calibrate_arc(const Spectrum1D& arc, const LineList& list, co
   arc.check("arc spectrum");
   const auto peaks = find_peaks(arc, cfg.peaks);
   return identify(peaks, static_cast<long>(arc.size()), list, hint, cfg);
+}
+
+namespace {
+/// Appends and reads back plain values and length-prefixed strings.
+struct Packer {
+  std::string out;
+  template <typename T>
+  void put(const T& v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    out.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  void put(const std::string& v) {
+    put(static_cast<std::uint64_t>(v.size()));
+    out.append(v);
+  }
+};
+struct Unpacker {
+  const std::string& in;
+  std::size_t pos = 0;
+  template <typename T>
+  T get() {
+    static_assert(std::is_trivially_copyable_v<T>);
+    if (pos + sizeof(T) > in.size()) throw Error("wavelength solution bytes cut short");
+    T v;
+    std::memcpy(&v, in.data() + pos, sizeof v);
+    pos += sizeof v;
+    return v;
+  }
+  std::string get_string() {
+    const auto n = static_cast<std::size_t>(get<std::uint64_t>());
+    if (pos + n > in.size()) throw Error("wavelength solution bytes cut short");
+    std::string v = in.substr(pos, n);
+    pos += n;
+    return v;
+  }
+};
+}  // namespace
+
+std::string pack(const WavelengthSolution& s) {
+  Packer p;
+  p.put(s.lambda.xmin);
+  p.put(s.lambda.xmax);
+  p.put(static_cast<std::uint64_t>(s.lambda.coeffs.size()));
+  for (double c : s.lambda.coeffs) p.put(c);
+  p.put(s.npix);
+  p.put(s.medium);
+  p.put(s.status);
+  p.put(s.message);
+  for (double v : {s.rms_px, s.rms_angstrom, s.expected_rms_px, s.predicted_error_px, s.max_predicted_error_px,
+                   s.chi2_dof, s.match_tolerance_px, s.match_significance})
+    p.put(v);
+  for (int v : {s.n_peaks, s.n_matched, s.n_used, s.n_rejected}) p.put(v);
+  p.put(s.reversed);
+  p.put(static_cast<std::uint64_t>(s.lines.size()));
+  for (const auto& l : s.lines) {
+    for (double v : {l.x_px, l.x_err_px, l.wavelength_angstrom, l.fit_angstrom, l.residual_px, l.snr, l.flux,
+                     l.sigma_px})
+      p.put(v);
+    p.put(l.used);
+    p.put(l.id);
+  }
+  return std::move(p.out);
+}
+
+void share_solutions(std::vector<WavelengthSolution>& solutions, const mpi::Comm& comm) {
+  const std::size_t n = static_cast<std::size_t>(comm.size()), me = static_cast<std::size_t>(comm.rank());
+  if (n == 1) return;
+  Packer mine;
+  for (std::size_t i = me; i < solutions.size(); i += n) mine.put(pack(solutions[i]));
+  const auto all = comm.allgather(mine.out);
+  for (std::size_t r = 0; r < n; ++r) {
+    Unpacker u{all[r]};
+    for (std::size_t i = r; i < solutions.size(); i += n) solutions[i] = unpack_solution(u.get_string());
+  }
+}
+
+WavelengthSolution unpack_solution(const std::string& bytes) {
+  Unpacker u{bytes};
+  WavelengthSolution s;
+  s.lambda.xmin = u.get<double>();
+  s.lambda.xmax = u.get<double>();
+  s.lambda.coeffs.resize(static_cast<std::size_t>(u.get<std::uint64_t>()));
+  for (double& c : s.lambda.coeffs) c = u.get<double>();
+  s.npix = u.get<long>();
+  s.medium = u.get<Medium>();
+  s.status = u.get<SolutionStatus>();
+  s.message = u.get_string();
+  for (double* v : {&s.rms_px, &s.rms_angstrom, &s.expected_rms_px, &s.predicted_error_px, &s.max_predicted_error_px,
+                    &s.chi2_dof, &s.match_tolerance_px, &s.match_significance})
+    *v = u.get<double>();
+  for (int* v : {&s.n_peaks, &s.n_matched, &s.n_used, &s.n_rejected}) *v = u.get<int>();
+  s.reversed = u.get<bool>();
+  s.lines.resize(static_cast<std::size_t>(u.get<std::uint64_t>()));
+  for (auto& l : s.lines) {
+    for (double* v : {&l.x_px, &l.x_err_px, &l.wavelength_angstrom, &l.fit_angstrom, &l.residual_px, &l.snr, &l.flux,
+                      &l.sigma_px})
+      *v = u.get<double>();
+    l.used = u.get<bool>();
+    l.id = u.get_string();
+  }
+  if (u.pos != bytes.size()) throw Error("wavelength solution bytes longer than the solution");
+  return s;
 }
 
 }  // namespace kspecdr::wavecal

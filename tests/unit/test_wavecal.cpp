@@ -349,6 +349,29 @@ TEST(WavecalIdentify, FindsAReversedDispersionAndSaysSo) {
   EXPECT_THROW(calibrate_arc(arc, list, hint, strict), NumericalError);
 }
 
+// Ranks share the solutions they computed as bytes: the copy must be the solution, bit for bit.
+TEST(WavecalIdentify, PackedSolutionsComeBackBitForBit) {
+  REQUIRE_LINELISTS(dir);
+  const LineList list = read_linelist(dir / "henear.dat", Medium::Air);
+  const Truth t = henear_truth();
+  std::mt19937_64 rng(5);
+  const Spectrum1D arc = make_arc(t, list, ArcOptions{}, rng);
+  const auto s = calibrate_arc(arc, list, DispersionHint{t.lambda(t.xc()), t.dispersion(t.xc()), t.xc()},
+                               WavecalConfig{});
+  ASSERT_GT(s.lines.size(), 5u);
+  const auto c = unpack_solution(pack(s));
+  EXPECT_EQ(pack(c), pack(s));  // every field, every bit
+  EXPECT_EQ(c.lambda.coeffs, s.lambda.coeffs);
+  EXPECT_EQ(c.status, s.status);
+  EXPECT_EQ(c.message, s.message);
+  EXPECT_EQ(c.lines.size(), s.lines.size());
+  EXPECT_EQ(c.lines.back().id, s.lines.back().id);
+  for (double x : {0.0, 100.5, static_cast<double>(s.npix - 1)}) EXPECT_EQ(c.wavelength(x), s.wavelength(x));
+  std::string cut = pack(s);
+  cut.pop_back();
+  EXPECT_THROW(unpack_solution(cut), Error);
+}
+
 TEST(WavecalIdentify, NoSolutionIsAnErrorNotAWrongAnswer) {
   REQUIRE_LINELISTS(dir);
   const LineList list = read_linelist(dir / "henear.dat", Medium::Air);

@@ -4,6 +4,7 @@
 // smoothed across fibers), then per science exposure the flexure shift, the
 // resampling of every aperture onto one wavelength grid, and in fiber mode
 // the master sky from the sky fibers subtracted from every fiber.
+#include "kspecdr/parallel/mpi.hpp"
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -49,10 +50,12 @@ wavecal::LineList profile_arc_lines(const InstrumentProfile& profile);
 /// Combines the arc EX spectra of one setup (and trace set) per aperture (inverse-variance mean) and
 /// solves each aperture: slit mode one solution per trace, fiber mode one per fiber smoothed across the
 /// fibers. An aperture that cannot be solved gets status Failed with the reason; it never stops the
-/// others. Throws DataError when the arcs disagree in shape or no aperture at all is solved.
+/// others. Throws DataError when the arcs disagree in shape or no aperture at all is solved. With `comm`
+/// (collective) the apertures are solved by the ranks in turn and shared: the same solutions on every rank,
+/// whatever their number.
 wavecal::ArcCalibration calibrate_arcs(const std::vector<SpectrumSet>& arcs, const std::vector<std::string>& names,
                                        const InstrumentProfile& profile, const wavecal::LineList& lines,
-                                       const RedStageConfig& cfg);
+                                       const RedStageConfig& cfg, const mpi::Comm* comm = nullptr);
 
 /// The common grid of a setup: from the config, with the range covered by every solved aperture and
 /// the median dispersion where the config leaves them open.

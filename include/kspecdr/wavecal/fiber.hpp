@@ -5,6 +5,7 @@
 // neighbours, and a fiber that still fails is flagged rather than fatal.
 #include <vector>
 
+#include "kspecdr/parallel/mpi.hpp"
 #include "kspecdr/wavecal/solution.hpp"
 
 namespace kspecdr::wavecal {
@@ -18,13 +19,16 @@ struct FiberCalibration {
 
 /// `peaks[i]` are the lines of fiber i; `coordinate[i]` its position across the fibers (fiber index
 /// or trace position at the detector centre). Fibers to skip (unused, dead) have empty peaks.
-/// Throws DataError when no fiber at all can be calibrated.
+/// Throws DataError when no fiber at all can be calibrated. With `comm` (collective: every rank calls it with
+/// the same arguments) the fibers' own identifications, the costly part, are dealt to the ranks and shared;
+/// the result is the same on every rank and for any number of ranks.
 FiberCalibration calibrate_fibers(const std::vector<std::vector<ArcPeak>>& peaks, long npix,
                                   const std::vector<double>& coordinate, const LineList& list,
-                                  const DispersionHint& hint, const WavecalConfig& cfg);
+                                  const DispersionHint& hint, const WavecalConfig& cfg,
+                                  const mpi::Comm* comm = nullptr);
 
 /// The same from an EX arc: peaks of every aperture whose trace is usable, fiber index as coordinate.
 FiberCalibration calibrate_fibers(const SpectrumSet& arc, const LineList& list, const DispersionHint& hint,
-                                  const WavecalConfig& cfg);
+                                  const WavecalConfig& cfg, const mpi::Comm* comm = nullptr);
 
 }  // namespace kspecdr::wavecal

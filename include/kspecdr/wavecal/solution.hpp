@@ -4,6 +4,7 @@
 // matching and a clipped Legendre fit of λ(x), and a validation that turns a
 // doubtful answer into "no solution" (an exception with the reason) instead of
 // a wrong solution with a small rms.
+#include "kspecdr/parallel/mpi.hpp"
 #include <limits>
 #include <string>
 #include <vector>
@@ -78,6 +79,14 @@ struct WavelengthSolution {
   /// x where λ(x) = `angstrom` (Newton on the monotonic solution; may lie outside the detector).
   double pixel(double angstrom) const;
 };
+
+/// The solution as bytes and back, exactly (every double bit for bit): how ranks that solved different
+/// apertures share their solutions.
+std::string pack(const WavelengthSolution& s);
+WavelengthSolution unpack_solution(const std::string& bytes);
+/// Collective: solutions[i] was computed by rank i mod n (n = comm.size()); afterwards every rank holds
+/// every rank's solutions, bit for bit.
+void share_solutions(std::vector<WavelengthSolution>& solutions, const mpi::Comm& comm);
 
 /// Identifies the lines of `peaks` in `list` and fits λ(x). Throws DataError when the input cannot
 /// give a solution (too few lines, no line of the list in range) and NumericalError when no candidate
