@@ -2,25 +2,41 @@
 # Whole-night throughput and strong scaling of `kspecdr reduce --stage red`: one simulated night reduced
 # from scratch on 1, 2, ... ranks (a fresh output folder each time), wall time, exposures per minute, speed-up, and the
 # peak resident memory per rank that reduce reports. Ranks beyond the machine's cores are oversubscribed
-# (reported as such: that measures overhead, not scaling).
-#   scripts/bench_night.sh [MODE=fiber] [N_SCIENCE=12] [RANKS="1 2"]
+# (reported as such: that measures overhead, not scaling). With SCALING=weak the night grows with the ranks
+# (N_SCIENCE exposures per rank, a new night per rank count) and the efficiency t(1) / t(n) is shown instead.
+# Rank 0's wall time of each phase of the last run is printed at the end.
+#   scripts/bench_night.sh [MODE=fiber] [N_SCIENCE=12] [RANKS="1 2"] [SCALING=strong|weak]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-fiber}
 NSCI=${2:-12}
 RANKS=${3:-"1 2"}
+SCALING=${4:-strong}
 BIN=${KSPECDR_BIN:-build/kspecdr}
 WORK=${KSPECDR_BENCH_DIR:-/tmp/kspecdr-bench-night}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 rm -rf "$WORK" && mkdir -p "$WORK"
-"$BIN" simulate --mode "$MODE" --out "$WORK/night" --seed 3 --n-science "$NSCI" > "$WORK/simulate.log" 2>&1
-nexp=$(ls "$WORK/night/raw" | wc -l)
+simulate() {  # $1: science exposures
+  rm -rf "$WORK/night"
+  "$BIN" simulate --mode "$MODE" --out "$WORK/night" --seed 3 --n-science "$1" > "$WORK/simulate.log" 2>&1
+}
+[ "$SCALING" = strong ] && simulate "$NSCI"
 cores=$(nproc)
-echo "night: $MODE, $nexp raw frames ($NSCI science), $cores cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| ranks | wall (s) | science exposures / min | speed-up | peak RSS per rank |"
+if [ "$SCALING" = strong ]; then
+  echo "night: $MODE, $(ls "$WORK/night/raw" | wc -l) raw frames ($NSCI science), $cores cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "| ranks | wall (s) | science exposures / min | speed-up | peak RSS per rank |"
+else
+  echo "weak scaling: $MODE nights of $NSCI science exposures per rank, $cores cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "| ranks | wall (s) | science exposures / min | efficiency t(1)/t(n) | peak RSS per rank |"
+fi
 echo "|---:|---:|---:|---:|---|"
 t1=""
 for np in $RANKS; do
+  n=$NSCI
+  if [ "$SCALING" = weak ]; then
+    n=$((NSCI * np))
+    simulate "$n"
+  fi
   rm -rf "$WORK/out"  # every run from scratch: masters, traces and arc solutions included
   start=$(date +%s.%N)
   mpirun -np "$np" --oversubscribe "$BIN" reduce --raw "$WORK/night/raw" --instrument "$WORK/night/instrument.ini" \
@@ -30,6 +46,7 @@ for np in $RANKS; do
   [ -z "$t1" ] && t1=$wall
   rss=$(grep -o "peak resident memory per rank: .*" "$WORK/reduce-np$np.log" | sed 's/peak resident memory per rank: //')
   note=""; [ "$np" -gt "$cores" ] && note=" (oversubscribed)"
-  awk -v np="$np" -v note="$note" -v w="$wall" -v n="$NSCI" -v t1="$t1" -v rss="$rss" \
+  awk -v np="$np" -v note="$note" -v w="$wall" -v n="$n" -v t1="$t1" -v rss="$rss" \
     'BEGIN{printf "| %s%s | %.1f | %.1f | %.2f | %s |\n", np, note, w, n*60/w, t1/w, rss}'
 done
+for np in $RANKS; do grep -o "wall time by phase.*" "$WORK/reduce-np$np.log" | sed "s/^/$np ranks: /" || true; done
