@@ -228,6 +228,40 @@ double Comm::median(const std::vector<double>& local) const {
   return 0.5 * (kth_smallest(local, h - 1) + upper);
 }
 
+void RoundSums::add(long long done, long long failed) {
+  auto r = std::make_unique<Round>();
+  r->in[0] = done;
+  r->in[1] = failed;
+  check(MPI_Iallreduce(r->in, r->out, 2, MPI_LONG_LONG, MPI_SUM, comm_.get(), &r->request), "MPI_Iallreduce(SUM)");
+  rounds_.push_back(std::move(r));
+}
+
+std::pair<long long, long long> RoundSums::totals() {
+  while (completed_ < rounds_.size()) {
+    int flag = 0;
+    check(MPI_Test(&rounds_[completed_]->request, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+    if (!flag) break;
+    done_ += rounds_[completed_]->out[0];
+    failed_ += rounds_[completed_]->out[1];
+    ++completed_;
+  }
+  return {done_, failed_};
+}
+
+std::pair<long long, long long> RoundSums::finish() {
+  for (; completed_ < rounds_.size(); ++completed_) {
+    check(MPI_Wait(&rounds_[completed_]->request, MPI_STATUS_IGNORE), "MPI_Wait");
+    done_ += rounds_[completed_]->out[0];
+    failed_ += rounds_[completed_]->out[1];
+  }
+  return {done_, failed_};
+}
+
+RoundSums::~RoundSums() {
+  // A round left outstanding by an exception: complete it, so that no request outlives its buffers.
+  for (; completed_ < rounds_.size(); ++completed_) MPI_Wait(&rounds_[completed_]->request, MPI_STATUS_IGNORE);
+}
+
 Comm& world() {
   static Comm w(MPI_COMM_WORLD, false);
   return w;

@@ -367,7 +367,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
   const std::size_t items = usable.size() + (extract_flat ? 1 : 0);
   const std::size_t rounds = (items + nranks - 1) / nranks;
   Progress progress(fmt::format("EX spectra of setup '{}'", setup), usable.size(), comm.is_root());
-  long long done_total = 0, failed_total = 0;
+  mpi::RoundSums sums(comm);
   for (std::size_t round = 0; round < rounds; ++round) {
     const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
     long long did = 0, failed = 0;
@@ -401,9 +401,13 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
         }
       }
     }
-    done_total += comm.sum(did);
-    failed_total += comm.sum(failed);
-    progress.set(static_cast<std::size_t>(done_total), static_cast<std::size_t>(failed_total));
+    sums.add(did, failed);
+    const auto [d, f] = sums.totals();
+    progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
+  }
+  {
+    const auto [d, f] = sums.finish();
+    progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
   }
   clock.mark("EX");
 }
@@ -523,7 +527,7 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
     const std::size_t nranks = static_cast<std::size_t>(comm.size());
     const std::size_t rounds = (frames.size() + nranks - 1) / nranks;
     Progress progress(fmt::format("RED spectra of {}", what), frames.size(), comm.is_root());
-    long long done_total = 0, failed_total = 0;
+    mpi::RoundSums sums(comm);
     for (std::size_t round = 0; round < rounds; ++round) {
       const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
       long long did = 0, failed = 0;
@@ -549,9 +553,13 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
           }
         }
       }
-      done_total += comm.sum(did);
-      failed_total += comm.sum(failed);
-      progress.set(static_cast<std::size_t>(done_total), static_cast<std::size_t>(failed_total));
+      sums.add(did, failed);
+      const auto [d, f] = sums.totals();
+      progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
+    }
+    {
+      const auto [d, f] = sums.finish();
+      progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
     }
     clock.mark("RED");
   }
@@ -700,12 +708,13 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
                                p.frame_class == FrameClass::Imaging))
         work.push_back(&p);
     summary.exposures += work.size();
-    // Rounds of one exposure per rank: after each round the ranks add up what is done, so rank 0
-    // can show the progress of the whole setup (every rank takes part in every round's sum).
+    // Rounds of one exposure per rank: after each round the ranks add up what is done without waiting for
+    // each other (mpi::RoundSums), so rank 0 can show the progress of the whole setup while no rank is held
+    // in step with the others.
     const std::size_t nranks = static_cast<std::size_t>(comm.size());
     const std::size_t rounds = (work.size() + nranks - 1) / nranks;
     Progress progress(fmt::format("IM frames of setup '{}'", setup), work.size(), comm.is_root());
-    long long done_setup = 0, failed_setup = 0;
+    mpi::RoundSums sums(comm);
     for (std::size_t round = 0; round < rounds; ++round) {
       const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
       long long did = 0, failed = 0;
@@ -736,9 +745,13 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
           }
         }
       }
-      done_setup += comm.sum(did);
-      failed_setup += comm.sum(failed);
-      progress.set(static_cast<std::size_t>(done_setup), static_cast<std::size_t>(failed_setup));
+      sums.add(did, failed);
+      const auto [d, f] = sums.totals();
+      progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
+    }
+    {
+      const auto [d, f] = sums.finish();
+      progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
     }
     clock.mark("IM");
     if (cfg.stage == ReduceStage::Ex || cfg.stage == ReduceStage::Red) {

@@ -3,7 +3,9 @@
 // returning codes (in the spirit of heffte::mpi). Nothing here knows astronomy.
 #include <mpi.h>
 
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kspecdr::mpi {
@@ -69,6 +71,33 @@ class Comm {
  private:
   MPI_Comm c_;
   bool owned_;
+};
+
+/// Sums of (done, failed) counts per round of work, reduced without waiting: each rank adds its round's counts
+/// with add() (an MPI_Iallreduce; every rank calls add() once per round, in the same order), goes on with its
+/// next item, and reads the totals of the rounds completed so far with totals(). finish() waits for the rest.
+/// So ranks are never held in step by the progress count, only by the work itself.
+class RoundSums {
+ public:
+  explicit RoundSums(const Comm& comm) : comm_(comm) {}
+  ~RoundSums();
+  RoundSums(const RoundSums&) = delete;
+  RoundSums& operator=(const RoundSums&) = delete;
+  void add(long long done, long long failed);
+  /// Totals of the rounds whose reductions have completed (tests the outstanding ones, in order).
+  std::pair<long long, long long> totals();
+  /// Waits for every round; the totals of all rounds.
+  std::pair<long long, long long> finish();
+
+ private:
+  struct Round {
+    long long in[2] = {0, 0}, out[2] = {0, 0};
+    MPI_Request request = MPI_REQUEST_NULL;
+  };
+  const Comm& comm_;
+  std::vector<std::unique_ptr<Round>> rounds_;  // stable addresses for MPI
+  std::size_t completed_ = 0;
+  long long done_ = 0, failed_ = 0;
 };
 
 /// MPI_COMM_WORLD (not owned).
