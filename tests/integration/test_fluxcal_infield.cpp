@@ -631,5 +631,11 @@ TEST_F(InField, ReduceRunsItAfterTheRedStage) {
     EXPECT_TRUE(r.spectra.header.get_bool("FLUXCAL").value_or(false)) << run;
     EXPECT_EQ(r.spectra.header.get_string("BUNIT").value_or(""), "erg/cm2/s/A") << run;
     EXPECT_TRUE(fs::exists(fluxcal::star_table_path(cal))) << run;
+    // The template fit's resolution was measured from the night's arcs, and the file says so.
+    EXPECT_EQ(r.spectra.header.get_string("FCALRESS").value_or(""), "arcs") << run;
+    EXPECT_GT(r.spectra.header.get_double("FCALFWHM").value_or(0.0), 0.0) << run;
   }
+  // The time series in flux units beside the electron cube.
+  EXPECT_TRUE(fs::exists(rc.out_dir / "night.rainbow.h5"));
+  EXPECT_TRUE(fs::exists(rc.out_dir / "night.fcal.rainbow.h5"));
 }
