@@ -19,7 +19,9 @@
 #include "kspecdr/io/atomic.hpp"
 #include "kspecdr/fluxcal/apply.hpp"
 #include "kspecdr/fluxcal/infield.hpp"
+#include "kspecdr/io/fits.hpp"
 #include "kspecdr/io/hdf5.hpp"
+#include "kspecdr/pipeline/reduce.hpp"
 #include "kspecdr/io/instrument.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 
@@ -82,6 +84,14 @@ void write_infield_cal_file(const fs::path& path, const fluxcal::InFieldResult& 
       g.set_attr("exptime_s", e.exptime_s);
       g.set_attr("rms", e.rms);
       g.set_attr("n_used", static_cast<double>(e.n_used));
+      g.set_attr("level_rel_err", e.level_rel_err);
+      g.set_attr("resolution", e.resolution_source);
+      if (e.cal.size() > 0) {
+        std::vector<double> fwhm;
+        for (double l : e.cal.wavelength_angstrom) fwhm.push_back(e.resolution.fwhm(l));
+        g.write("fwhm", fwhm);
+        g.open_dataset("fwhm").set_attr("units", "Angstrom (FWHM of the instrument used by the template fit)");
+      }
       g.set_attr("applied", e.applied);
       g.set_attr("error", e.error);
       for (std::size_t k = 0; k < e.stars.size(); ++k) {
@@ -125,9 +135,38 @@ int run_fluxcal_infield(const po::variables_map& vm) {
   cfg.filter_unit = vm["filter-unit"].as<std::string>();
   if (vm.count("bands")) cfg.bands = vm["bands"].as<std::vector<std::string>>();
   cfg.match_radius_arcsec = vm["match-radius-arcsec"].as<double>();
-  const double fwhm = vm["fwhm-angstrom"].as<double>();
-  if (!(fwhm > 0)) throw ConfigError("fluxcal: --fwhm-angstrom must be positive");
-  cfg.fit.resolution.fwhm_poly_angstrom = {fwhm};
+  // The instrument resolution: an explicit --fwhm-angstrom, else measured from the arc lines of --arcsol, else
+  // of the arc solution the RED was made with (OUT/calib/arcsol_<ARCSETUP>[_<ARCTRSET>].fits beside OUT/red/).
+  if (vm.count("fwhm-angstrom")) {
+    const double fwhm = vm["fwhm-angstrom"].as<double>();
+    if (!(fwhm > 0)) throw ConfigError("fluxcal: --fwhm-angstrom must be positive");
+    cfg.fit.resolution.fwhm_poly_angstrom = {fwhm};
+    cfg.fwhm_explicit = true;
+  } else if (vm.count("arcsol")) {
+    for (const auto& f : vm["arcsol"].as<std::vector<std::string>>()) {
+      if (!fs::is_regular_file(f)) throw ConfigError(fmt::format("fluxcal: arc-solution file {} does not exist", f));
+      cfg.arcsol_files.emplace_back(f);
+    }
+  } else {
+    for (const auto& red : cfg.red_files) {
+      auto fr = fits::Fits::open(red.string());
+      const Header h = fr.read_header();
+      const auto setup = h.get_string("ARCSETUP");
+      if (!setup)
+        throw ConfigError(fmt::format("fluxcal: {} has no ARCSETUP keyword: give --arcsol FILE or --fwhm-angstrom W for "
+                                      "the instrument resolution",
+                                      red.string()));
+      const auto trset = h.get_string("ARCTRSET").value_or("");
+      const fs::path arc = fs::absolute(red).parent_path().parent_path() / "calib" /
+                           (trset.empty() ? fmt::format("arcsol_{}.fits", setup_slug(*setup))
+                                          : fmt::format("arcsol_{}_{}.fits", setup_slug(*setup), setup_slug(trset)));
+      if (!fs::is_regular_file(arc))
+        throw ConfigError(fmt::format("fluxcal: the arc solution of {} ({}) does not exist: give --arcsol FILE or "
+                                      "--fwhm-angstrom W for the instrument resolution",
+                                      red.string(), arc.string()));
+      cfg.arcsol_files.push_back(arc);
+    }
+  }
   cfg.min_standards = vm["min-standards"].as<int>();
   const CommonOptions common = read_common_options(vm, "exposure");
   cfg.extinction_file = common.extinction_file;
@@ -175,6 +214,9 @@ int run_fluxcal(int argc, char** argv) {
       "run names (RED file names without .red.fits) of the standard's exposures")(
       "standard-aperture", po::value<std::string>()->default_value(""),
       "the standard's aperture name when its exposures hold several")(
+      "standard-error", po::value<double>()->default_value(0.02),
+      "fractional uncertainty of the standard's tabulated spectrum per band (added to the Cal variance after "
+      "the standard's exposures are combined)")(
       "standards-dir", po::value<std::vector<std::string>>()->multitoken(),
       "folders of tabulated standards searched by name (default: $KSPECDR_SHARED_DIR/data/standards/iraf, "
       "then <data>/standards)")(
@@ -194,8 +236,12 @@ int run_fluxcal(int argc, char** argv) {
       "bands", po::value<std::vector<std::string>>()->multitoken(),
       "catalog bands to use (default: every band with a filter curve)")(
       "match-radius-arcsec", po::value<double>()->default_value(2.0), "fiber-to-catalog match radius [arcsec]")(
-      "fwhm-angstrom", po::value<double>()->default_value(5.0),
-      "instrument resolution for the template fit: FWHM of the line-spread function [Angstrom]")(
+      "fwhm-angstrom", po::value<double>(),
+      "instrument resolution for the template fit, FWHM [Angstrom]; wins over --arcsol (default: measured from the "
+      "arc lines)")(
+      "arcsol", po::value<std::vector<std::string>>()->multitoken(),
+      "arc-solution file(s) (calib/arcsol_*.fits; one, or one per RED) whose line widths give the resolution "
+      "(default: the one each RED was made with, ../calib/ beside its red/ folder)")(
       "min-standards", po::value<int>()->default_value(2),
       "in-field nightly mode: an exposure with fewer usable stars gets the nightly vector")(
       "cal-file", po::value<std::string>()->default_value(""),
@@ -208,7 +254,7 @@ int run_fluxcal(int argc, char** argv) {
       "kspecdr fluxcal --red FILE... --standard NAME|FILE --standard-exposure RUN... --extinction FILE "
       "[--mask FILE] [--out DIR] [--mode exposure|nightly] [--standard-aperture NAME] [--overwrite]\n"
       "kspecdr fluxcal --red FILE... --catalog CSV --templates H5 --filters DIR --extinction FILE [--filter-unit um] "
-      "[--bands B...] [--match-radius-arcsec R] [--fwhm-angstrom W] [--mode exposure|nightly] [--mask FILE] "
+      "[--bands B...] [--match-radius-arcsec R] [--arcsol FILE... | --fwhm-angstrom W] [--mode exposure|nightly] [--mask FILE] "
       "[--out DIR]\n\n"
       "In-field mode: per exposure, the C fibers matched to the catalog by position, fitted with templates, "
       "scaled by synthetic photometry; their Cal vectors gated and combined, applied to every aperture. A "
@@ -235,6 +281,7 @@ int run_fluxcal(int argc, char** argv) {
   cfg.standard = vm["standard"].as<std::string>();
   cfg.standard_exposures = vm["standard-exposure"].as<std::vector<std::string>>();
   cfg.standard_aperture = vm["standard-aperture"].as<std::string>();
+  cfg.standard_rel_err = vm["standard-error"].as<double>();
   if (vm.count("standards-dir")) {
     for (const auto& d : vm["standards-dir"].as<std::vector<std::string>>()) cfg.standard_dirs.emplace_back(d);
   } else {

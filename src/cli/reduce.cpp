@@ -85,7 +85,9 @@ int run_reduce(int argc, char** argv) {
       "fluxcal.extinction", po::value<std::string>()->default_value(""),
       "extinction curve [A, mag/airmass] (default: the profile's [site] extinction_file)")(
       "fluxcal.mask", po::value<std::string>()->default_value(""), "telluric/bad band mask [A]")(
-      "fluxcal.fwhm-angstrom", po::value<double>()->default_value(5.0), "instrument resolution (FWHM, A)")(
+      "fluxcal.fwhm-angstrom", po::value<double>()->default_value(0.0),
+      "instrument resolution for the template fit (FWHM, A); 0: measured from the arc lines of the setup's arc "
+      "solution")(
       "fluxcal.mode", po::value<std::string>()->default_value("exposure"), "exposure | nightly")(
       "fluxcal.min-standards", po::value<int>()->default_value(2),
       "nightly mode: an exposure with fewer usable stars gets the nightly vector");
@@ -157,14 +159,19 @@ int run_reduce(int argc, char** argv) {
     f.filter_unit = vm["fluxcal.filter-unit"].as<std::string>();
     f.extinction_file = vm["fluxcal.extinction"].as<std::string>();
     f.mask_file = vm["fluxcal.mask"].as<std::string>();
-    f.fit.resolution.fwhm_poly_angstrom = {vm["fluxcal.fwhm-angstrom"].as<double>()};
+    const double fwhm = vm["fluxcal.fwhm-angstrom"].as<double>();
+    if (fwhm > 0) {
+      f.fit.resolution.fwhm_poly_angstrom = {fwhm};
+      f.fwhm_explicit = true;
+    }
     f.mode = vm["fluxcal.mode"].as<std::string>();
     f.min_standards = vm["fluxcal.min-standards"].as<int>();
     if (f.templates_file.empty() || f.filters_dir.empty())
       throw ConfigError("--fluxcal.catalog needs --fluxcal.templates and --fluxcal.filters");
     if (f.mode != "exposure" && f.mode != "nightly")
       throw ConfigError(fmt::format("--fluxcal.mode {}: give exposure or nightly", f.mode));
-    if (!(vm["fluxcal.fwhm-angstrom"].as<double>() > 0)) throw ConfigError("--fluxcal.fwhm-angstrom must be positive");
+    if (vm["fluxcal.fwhm-angstrom"].as<double>() < 0)
+      throw ConfigError("--fluxcal.fwhm-angstrom must be positive (or 0: measured from the arcs)");
   }
   if (cfg.red.wavecal.order < 1 || cfg.red.master_sky_min_fibers < 1)
     throw ConfigError("--wavecal.order and --red.master-sky-min-fibers must be at least 1");

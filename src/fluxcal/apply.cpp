@@ -288,6 +288,9 @@ KnownStandardResult run_known_standard(const KnownStandardConfig& cfg) {
   if (cfg.mode != "exposure" && cfg.mode != "nightly")
     throw ConfigError(fmt::format("fluxcal: mode '{}' is not 'exposure' or 'nightly'", cfg.mode));
   if (cfg.red_files.empty()) throw ConfigError("fluxcal: no RED file given");
+  if (!(cfg.standard_rel_err >= 0) || !std::isfinite(cfg.standard_rel_err))
+    throw ConfigError(fmt::format("fluxcal: the standard's fractional uncertainty must be finite and >= 0, not {}",
+                                  cfg.standard_rel_err));
   for (const auto& f : cfg.red_files) {
     CalibratedFile c;
     c.input = f;
@@ -331,6 +334,15 @@ KnownStandardResult run_known_standard(const KnownStandardConfig& cfg) {
                    red.spectra.apertures[static_cast<std::size_t>(ap)].name, airmass, exptime, cal.n_good(), cal.size());
     }
     result.combined = combine_mean(result.per_exposure, 3.0, &result.rms);
+    // The table's own error: common to every exposure of the star, so added after the combination (averaging
+    // it over the exposures would shrink it, and it would hide their scatter from combine_mean's χ²).
+    const double f2 = cfg.standard_rel_err * cfg.standard_rel_err;
+    auto add_table_error = [f2](CalVector& v) {
+      for (std::size_t j = 0; j < v.size(); ++j)
+        if (v.good[j]) v.variance[j] += f2 * v.cal[j] * v.cal[j];
+    };
+    add_table_error(result.combined);
+    for (auto& v : result.per_exposure) add_table_error(v);
     if (!cfg.cal_file.empty()) write_cal_file(cfg.cal_file, result, cfg.overwrite);
   } catch (const Error& e) {
     result.error = e.what();

@@ -182,6 +182,21 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
   for (std::size_t s : use)
     for (std::size_t j = 0; j < n; ++j) kept[s][j] = usable(stars[s], j);
 
+  // With grey factors a star's fully correlated (level) variance is absorbed by its factor: weights and
+  // clipping use the rest, and the level of the common curve (the geometric mean of the stars' levels, the
+  // factors being normalised to a geometric mean of 1) carries (1/N²) Σ correlated_rel_var.
+  const bool grey = cfg.per_star_scale && use.size() > 1;
+  auto vind = [&](std::size_t s, std::size_t j) {
+    const double v = stars[s].variance[j];
+    if (!grey || !(stars[s].correlated_rel_var > 0)) return v;
+    const double r = v - stars[s].correlated_rel_var * stars[s].cal[j] * stars[s].cal[j];
+    return r > 0 ? r : v;
+  };
+  double grey_level = 0.0;
+  if (grey) {
+    for (std::size_t s : use) grey_level += std::max(0.0, stars[s].correlated_rel_var);
+    grey_level /= static_cast<double>(use.size() * use.size());
+  }
   auto combine_once = [&] {
     out.cal.assign(n, kNaN);
     out.variance.assign(n, kNaN);
@@ -199,8 +214,7 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
         const double med = median_of(v0);
         for (std::size_t k = 0; k < in.size(); ++k) {
           const auto s = in[k];
-          on[k] = std::abs(stars[s].cal[j] / factor[s] - med) / (std::sqrt(stars[s].variance[j]) / factor[s]) <=
-                  cfg.clip_sigma;
+          on[k] = std::abs(stars[s].cal[j] / factor[s] - med) / (std::sqrt(vind(s, j)) / factor[s]) <= cfg.clip_sigma;
         }
         if (std::count(on.begin(), on.end(), 1) == 0) std::fill(on.begin(), on.end(), 1);
       }
@@ -210,7 +224,7 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
         for (std::size_t k = 0; k < in.size(); ++k) {
           if (!on[k]) continue;
           const auto s = in[k];
-          const double v = stars[s].cal[j] / factor[s], w = factor[s] * factor[s] / stars[s].variance[j];
+          const double v = stars[s].cal[j] / factor[s], w = factor[s] * factor[s] / vind(s, j);
           sw += w;
           swv += w * v;
           vals.push_back(v);
@@ -223,11 +237,14 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
           mean = swv / sw;
           var = 1.0 / sw;
         }
+        // The level part: with grey factors it was taken out of the weights and comes back once, as the
+        // error of the common level; without, it is already inside 1/Σw.
+        if (grey) var += grey_level * mean * mean;
         if (cfg.method == "median" || in.size() < 3 || it == cfg.clip_iterations) break;
         bool changed = false;
         for (std::size_t k = 0; k < in.size(); ++k) {
           const auto s = in[k];
-          const double z = std::abs(stars[s].cal[j] / factor[s] - mean) / (std::sqrt(stars[s].variance[j]) / factor[s]);
+          const double z = std::abs(stars[s].cal[j] / factor[s] - mean) / (std::sqrt(vind(s, j)) / factor[s]);
           const unsigned char now = z <= cfg.clip_sigma;
           changed = changed || now != on[k];
           on[k] = now;
@@ -264,7 +281,7 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
         for (std::size_t j = 0; j < n; ++j)
           if (kept[s][j] && out.cal[j] > 0) {
             const double r = stars[s].cal[j] / out.cal[j];
-            const double w = out.cal[j] * out.cal[j] / stars[s].variance[j];
+            const double w = out.cal[j] * out.cal[j] / vind(s, j);
             sw += w, swr += w * r;
           }
         factor[s] = sw > 0 ? swr / sw : 1.0;
@@ -276,6 +293,23 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
     }
   }
   for (std::size_t s = 0; s < stars.size(); ++s) out.qc[s].factor = factor[s];
+  if (grey) {
+    out.level_rel_var = grey_level;
+  } else {
+    // Without grey factors: the inverse-variance weighted mean of the stars' level variances, in the weights
+    // of a typical pixel (every star's median weight).
+    double sw = 0, swwc = 0;
+    for (std::size_t s : use) {
+      std::vector<double> w;
+      for (std::size_t j = 0; j < n; ++j)
+        if (usable(stars[s], j)) w.push_back(stars[s].cal[j] * stars[s].cal[j] / stars[s].variance[j]);
+      const double wm = median_of(w);
+      if (!std::isfinite(wm)) continue;
+      sw += wm;
+      swwc += wm * wm * std::max(0.0, stars[s].correlated_rel_var);
+    }
+    out.level_rel_var = sw > 0 ? swwc / (sw * sw) : 0.0;
+  }
   out.good.assign(n, 0);
   for (std::size_t j = 0; j < n; ++j) out.good[j] = out.n_used[j] > 0 && std::isfinite(out.cal[j]);
   if (cfg.smooth == "savgol") out.cal = savitzky_golay(out.cal, out.good, cfg.savgol_window, cfg.savgol_order);

@@ -223,7 +223,10 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
   const std::vector<double> all_scores = comm.allgatherv(mine);
 
   // ---- 3. The owner finishes each star: fit, photometric scale, Cal at airmass 0.
-  const std::size_t rec_len = 12 + 3 * nw;  // k, ok, teff, logg, mh, alpha, rv, rv_err, scale, scale_err, chi2/dof, snr
+  // k, ok, teff, logg, mh, alpha, rv, rv_err, scale, scale_err, chi2/dof, snr, model mismatch, model neighbours,
+  // then cal, variance, good
+  constexpr std::size_t kHead = 14;
+  const std::size_t rec_len = kHead + 3 * nw;
   std::vector<double> recs;
   std::string reasons;
   const auto widths = widths_of(red.grid);
@@ -258,16 +261,24 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
       rec[2] = fit.params.teff_k, rec[3] = fit.params.logg, rec[4] = fit.params.mh, rec[5] = fit.params.alpha;
       rec[6] = fit.rv.rv_km_s, rec[7] = fit.rv.rv_err_km_s;
       rec[8] = ps.scale, rec[9] = ps.scale_err, rec[10] = fit.chi2_dof(), rec[11] = s.snr;
-      std::vector<double> model(nw), model_var(nw, 0.0);
-      for (std::size_t j = 0; j < nw; ++j) model[j] = ps.scale * fit.model_on_data[j];  // erg s⁻¹ cm⁻² Å⁻¹
+      // Var(model): the photometric scale's error (fully correlated across λ) and what the fit says about the
+      // template itself (the χ² excess as a per-pixel floor, the step to the neighbouring grid models).
+      const ModelUncertainty mu = model_uncertainty(p.obs, in.grid, fit, cfg.fit);
+      rec[12] = mu.mismatch_rel, rec[13] = mu.neighbours_rel;
+      const double scale_rel_var = ps.scale > 0 ? (ps.scale_err / ps.scale) * (ps.scale_err / ps.scale) : 0.0;
+      std::vector<double> model(nw), model_var(nw);
+      for (std::size_t j = 0; j < nw; ++j) {
+        model[j] = ps.scale * fit.model_on_data[j];  // erg s⁻¹ cm⁻² Å⁻¹
+        model_var[j] = model[j] * model[j] * (scale_rel_var + (std::isfinite(mu.rel_var[j]) ? mu.rel_var[j] : 0.0));
+      }
       CalVector cal = make_cal_vector(red.grid.centres, widths, model, model_var, p.counts, p.counts_var,
                                       ex.exptime_s, in.mask, fmt::format("{} {} {}", s.name, run, s.fiber));
       cal.airmass = ex.airmass;
       cal = to_airmass(cal, in.extinction, 0.0);
       for (std::size_t j = 0; j < nw; ++j) {
-        rec[12 + j] = cal.cal[j];
-        rec[12 + nw + j] = cal.variance[j];
-        rec[12 + 2 * nw + j] = cal.good[j];
+        rec[kHead + j] = cal.cal[j];
+        rec[kHead + nw + j] = cal.variance[j];
+        rec[kHead + 2 * nw + j] = cal.good[j];
       }
       rec[1] = 1;
     } catch (const Error& e) {
@@ -288,13 +299,14 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
     s.params = {all_recs[i + 2], all_recs[i + 3], all_recs[i + 4], all_recs[i + 5]};
     s.rv_km_s = all_recs[i + 6], s.rv_err_km_s = all_recs[i + 7];
     s.scale = all_recs[i + 8], s.scale_err = all_recs[i + 9], s.chi2_dof = all_recs[i + 10];
+    s.model_mismatch = all_recs[i + 12], s.model_neighbours = all_recs[i + 13];
     s.cal.wavelength_angstrom = red.grid.centres;
-    s.cal.cal.assign(all_recs.begin() + static_cast<std::ptrdiff_t>(i + 12),
-                     all_recs.begin() + static_cast<std::ptrdiff_t>(i + 12 + nw));
-    s.cal.variance.assign(all_recs.begin() + static_cast<std::ptrdiff_t>(i + 12 + nw),
-                          all_recs.begin() + static_cast<std::ptrdiff_t>(i + 12 + 2 * nw));
+    s.cal.cal.assign(all_recs.begin() + static_cast<std::ptrdiff_t>(i + kHead),
+                     all_recs.begin() + static_cast<std::ptrdiff_t>(i + kHead + nw));
+    s.cal.variance.assign(all_recs.begin() + static_cast<std::ptrdiff_t>(i + kHead + nw),
+                          all_recs.begin() + static_cast<std::ptrdiff_t>(i + kHead + 2 * nw));
     s.cal.good.resize(nw);
-    for (std::size_t j = 0; j < nw; ++j) s.cal.good[j] = all_recs[i + 12 + 2 * nw + j] != 0.0 ? 1 : 0;
+    for (std::size_t j = 0; j < nw; ++j) s.cal.good[j] = all_recs[i + kHead + 2 * nw + j] != 0.0 ? 1 : 0;
     s.cal.airmass = 0.0;
     s.cal.source = fmt::format("{} {} {}", s.name, run, s.fiber);
   }
@@ -318,13 +330,15 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
     sc.chi2_dof = s.chi2_dof;
     sc.snr = s.snr;
     sc.scale_rel_err = s.scale_err / s.scale;
+    sc.correlated_rel_var = sc.scale_rel_err * sc.scale_rel_err;  // inside the variance (model_var above)
     star_cals.push_back(std::move(sc));
     star_of_cal.push_back(i);
   }
 
   // ---- 5. The root gates and combines; the result is broadcast.
   std::string error;
-  std::vector<double> combined;  // cal, variance, good (nw each), rms, n_stars, then per star: factor, log_level, rejected
+  std::vector<double> combined;  // cal, variance, good (nw each), rms, n_stars, level_rel_var, then per star: factor,
+                                 // log_level, rejected
   std::string qc_reasons;        // per star, '\n'-separated
   if (comm.is_root()) {
     try {
@@ -344,6 +358,7 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
       for (auto g : cc.good) combined.push_back(g);
       combined.push_back(cc.rms_median);
       combined.push_back(cc.n_stars);
+      combined.push_back(cc.level_rel_var);
       for (const auto& q : cc.qc) {
         combined.insert(combined.end(), {q.factor, q.log_level, q.rejected ? 1.0 : 0.0});
         qc_reasons += q.reason + "\n";
@@ -361,7 +376,7 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
     reason_lines.push_back(qc_reasons.substr(pos, nl - pos));
     pos = nl + 1;
   }
-  const std::size_t off = error.empty() ? 3 * nw + 2 : 0;
+  const std::size_t off = error.empty() ? 3 * nw + 3 : 0;
   if (combined.size() == off + 3 * star_cals.size() && reason_lines.size() == star_cals.size()) {
     for (std::size_t c = 0; c < star_cals.size(); ++c) {
       StarResult& s = ex.stars[star_of_cal[c]];
@@ -386,6 +401,7 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
   ex.cal.source = run + " in-field";
   ex.rms = combined[3 * nw];
   ex.n_used = static_cast<int>(combined[3 * nw + 1]);
+  ex.level_rel_err = std::sqrt(combined[3 * nw + 2]);
   return ex;
 }
 
@@ -398,15 +414,16 @@ void write_star_table(const fs::path& path, const std::vector<StarResult>& stars
   {
     std::ofstream f(tmp);
     if (!f) throw Error("cannot write " + tmp.string(), ErrorContext{.file = tmp.string()});
-    f << "run,fiber,name,sep_arcsec,teff_k,logg,mh,alpha,rv_km_s,rv_err_km_s,scale,scale_err,chi2_dof,snr,factor,"
-         "log_level,used,reason\n";
+    f << "run,fiber,name,sep_arcsec,teff_k,logg,mh,alpha,rv_km_s,rv_err_km_s,scale,scale_err,chi2_dof,model_mismatch,"
+         "model_neighbours,snr,factor,log_level,used,reason\n";
     for (const auto& s : stars) {
       std::string reason = s.reason;
       std::replace(reason.begin(), reason.end(), '"', '\'');
-      f << fmt::format("{},{},\"{}\",{:.4g},{:.1f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.6e},{:.6e},{:.4f},{:.2f},{:.5f},"
-                       "{:.5f},{},\"{}\"\n",
+      f << fmt::format("{},{},\"{}\",{:.4g},{:.1f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.6e},{:.6e},{:.4f},{:.5f},{:.5f},"
+                       "{:.2f},{:.5f},{:.5f},{},\"{}\"\n",
                        s.run, s.fiber, s.name, s.separation_arcsec, s.params.teff_k, s.params.logg, s.params.mh,
-                       s.params.alpha, s.rv_km_s, s.rv_err_km_s, s.scale, s.scale_err, s.chi2_dof, s.snr, s.factor,
+                       s.params.alpha, s.rv_km_s, s.rv_err_km_s, s.scale, s.scale_err, s.chi2_dof, s.model_mismatch,
+                       s.model_neighbours, s.snr, s.factor,
                        s.log_level, s.used ? 1 : 0, reason);
     }
     if (!f) throw Error("cannot write " + tmp.string(), ErrorContext{.file = tmp.string()});
@@ -455,16 +472,35 @@ InFieldResult run_infield(const InFieldConfig& cfg, const mpi::Comm& comm) {
     return result;
   }
 
-  for (auto& ex : result.exposures) {
+  if (!cfg.arcsol_files.empty() && cfg.arcsol_files.size() != 1 && cfg.arcsol_files.size() != cfg.red_files.size())
+    throw ConfigError(fmt::format("fluxcal: {} arc-solution files for {} RED files (give one, or one per RED)",
+                                  cfg.arcsol_files.size(), cfg.red_files.size()));
+  std::map<fs::path, ArcResolution> measured;  // each arc-solution file measured once
+  for (std::size_t i = 0; i < result.exposures.size(); ++i) {
+    auto& ex = result.exposures[i];
+    InFieldConfig ecfg = cfg;
+    std::string res_source = fmt::format("configured FWHM {}", cfg.fwhm_explicit ? "(explicit)" : "(default)");
     try {
+      if (!cfg.arcsol_files.empty() && !cfg.fwhm_explicit) {
+        const fs::path& arc = cfg.arcsol_files.size() == 1 ? cfg.arcsol_files.front() : cfg.arcsol_files[i];
+        auto it = measured.find(arc);
+        if (it == measured.end()) {
+          it = measured.emplace(arc, resolution_from_arc_file(arc)).first;
+          if (root) spdlog::info("fluxcal: instrument resolution measured: {}", it->second.summary());
+        }
+        ecfg.fit.resolution = it->second.resolution;
+        res_source = it->second.summary();
+      }
       const wavecal::RedSpectra red = wavecal::read_red_file(ex.input);
-      auto cal = calibrate_exposure(red, ex.run, in, cfg, comm);
+      auto cal = calibrate_exposure(red, ex.run, in, ecfg, comm);
       cal.input = ex.input;
       cal.output = ex.output;
       ex = std::move(cal);
     } catch (const Error& e) {
-      ex.error = e.what();  // reading the file: the same on every rank, before any collective
+      ex.error = e.what();  // reading the files: the same on every rank, before any collective
     }
+    ex.resolution = ecfg.fit.resolution;
+    ex.resolution_source = res_source;
     if (!ex.error.empty()) spdlog::warn("fluxcal: {}: no calibration from its own stars: {}", ex.run, ex.error);
   }
 
@@ -507,6 +543,15 @@ InFieldResult run_infield(const InFieldConfig& cfg, const mpi::Comm& comm) {
       for (const auto& s : ex.stars)
         for (auto& line : star_history(s)) rec.history.push_back(line);
       apply_to_red(red, *cal, in.extinction, rec, ex.input.string());
+      {
+        const auto& c = red.grid.centres;
+        const double mid = c.empty() ? 0.0 : 0.5 * (c.front() + c.back());
+        red.spectra.header.set("FCALFWHM", ex.resolution.fwhm(mid),
+                               fmt::format("[Angstrom] template-fit FWHM at {:.0f} A", mid));
+        red.spectra.header.set("FCALRESS", ex.resolution_source.rfind("configured", 0) == 0 ? "config" : "arcs",
+                               "FWHM from the arc lines or the configuration");
+        red.spectra.header.add_history(short_text("FCAL resolution: " + ex.resolution_source, 200));
+      }
       wavecal::write_red_file(ex.output, red, cfg.overwrite);
       ex.ok = true;
       spdlog::info("fluxcal: {} -> {} ({} vector, {} standard stars)", ex.input.string(), ex.output.string(),

@@ -121,7 +121,11 @@ StandardSpectrum load_standard(const std::string& name_or_file, const std::vecto
 }
 
 CalVector cal_from_tabulated(const StandardSpectrum& star, const wavecal::RedSpectra& red, long aperture,
-                             double exptime_s, double airmass, const BandMask& mask, const std::string& source) {
+                             double exptime_s, double airmass, const BandMask& mask, const std::string& source,
+                             double model_rel_err) {
+  if (!(model_rel_err >= 0) || !std::isfinite(model_rel_err))
+    throw ConfigError(fmt::format("{}: the standard's fractional uncertainty must be finite and >= 0, not {}", source,
+                                  model_rel_err));
   const auto& sp = red.spectra;
   if (aperture < 0 || aperture >= sp.naper())
     throw DataError(fmt::format("{}: aperture {} does not exist ({} apertures)", source, aperture, sp.naper()));
@@ -179,7 +183,7 @@ CalVector cal_from_tabulated(const StandardSpectrum& star, const wavecal::RedSpe
     lam.push_back(star.wavelength_angstrom[b]);
     width.push_back(w);
     model.push_back(star.flambda[b]);
-    model_var.push_back(0.0);
+    model_var.push_back(model_rel_err * model_rel_err * star.flambda[b] * star.flambda[b]);
     counts.push_back(ok ? c : CalVector::kNaN);
     counts_var.push_back(ok ? v : CalVector::kNaN);
   }

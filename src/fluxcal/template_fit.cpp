@@ -162,6 +162,7 @@ Comparison refine_rv(const ObservedSpectrum& obs, const std::vector<double>& w, 
 }  // namespace
 
 double Resolution::fwhm(double lambda) const {
+  lambda = std::clamp(lambda, lambda_lo, lambda_hi);
   double v = 0, p = 1;
   for (double c : fwhm_poly_angstrom) v += c * p, p *= lambda;
   return v;
@@ -471,6 +472,7 @@ FitResult finish_fit(const ObservedSpectrum& obs, const TemplateGrid& grid, std:
   FitResult r;
   r.grid_index = best_it->index;
   r.params = grid.params[static_cast<std::size_t>(r.grid_index)];
+  r.refined = r.params;
   std::vector<double> flux = grid.flux_of(static_cast<std::size_t>(r.grid_index));
   double best_score = best_it->score;
   if (cfg.interpolate) {
@@ -499,6 +501,7 @@ FitResult finish_fit(const ObservedSpectrum& obs, const TemplateGrid& grid, std:
       const double B = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / den;
       if (A > 0) *fields[a] = std::clamp(-B / (2.0 * A), x0, x2);
     }
+    r.refined = p;
     std::vector<double> fi;
     if (grid.find(p) < 0 && interpolate_model(grid, p, fi)) {
       const TemplateScore s = score_model(obs, grid.wavelength_angstrom, fi, grid.resolving_power, cfg);
@@ -531,6 +534,96 @@ FitResult finish_fit(const ObservedSpectrum& obs, const TemplateGrid& grid, std:
   r.normalised_model = c.mn;
   r.normalised_sigma = c.sn;
   return r;
+}
+
+ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGrid& grid, const FitResult& fit,
+                                   const FitConfig& cfg) {
+  const std::size_t n = obs.wavelength_angstrom.size();
+  ModelUncertainty out;
+  out.rel_var.assign(n, kNaN);
+  if (fit.model_on_data.size() != n) return out;
+  // Mismatch floor: Σ r²/(σ² + s²) = dof, solved for s² by bisection (the left side falls with s²).
+  std::vector<double> r2, s2;
+  for (std::size_t i = 0; i < fit.normalised_data.size() && i < n; ++i) {
+    const double d = fit.normalised_data[i], m = fit.normalised_model[i], sg = fit.normalised_sigma[i];
+    if (!std::isfinite(d) || !std::isfinite(m) || !(sg > 0)) continue;
+    r2.push_back((d - m) * (d - m));
+    s2.push_back(sg * sg);
+  }
+  const double dof = static_cast<double>(fit.dof);
+  auto chi2_at = [&](double f) {
+    double c = 0;
+    for (std::size_t i = 0; i < r2.size(); ++i) c += r2[i] / (s2[i] + f);
+    return c;
+  };
+  double floor2 = 0.0;
+  if (dof > 0 && chi2_at(0.0) > dof) {
+    double lo = 0.0, hi = 1e-6;
+    while (chi2_at(hi) > dof && hi < 1.0) hi *= 4.0;
+    for (int it = 0; it < 60; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      (chi2_at(mid) > dof ? lo : hi) = mid;
+    }
+    floor2 = 0.5 * (lo + hi);
+  }
+  out.mismatch_rel = std::sqrt(floor2);
+  // Neighbours along each axis of the best grid model.
+  std::vector<double> nb(n, 0.0);
+  if (fit.grid_index >= 0) {
+    const TemplateParams p0 = grid.params[static_cast<std::size_t>(fit.grid_index)];
+    const double rv = fit.rv.rv_km_s;
+    auto on_data = [&](long idx) {
+      const PreparedModel pm = prepare_for(obs, grid.wavelength_angstrom, grid.flux_of(static_cast<std::size_t>(idx)),
+                                           grid.resolving_power, cfg);
+      return resample_model(pm, rv, obs.wavelength_angstrom);
+    };
+    std::vector<double> m0;
+    for (int a = 0; a < 4; ++a) {
+      const auto ax = grid.axis(a);
+      const double v0 = param_value(p0, a);
+      const auto pos = std::lower_bound(ax.begin(), ax.end(), v0 - 1e-9) - ax.begin();
+      if (pos == 0 || pos + 1 >= static_cast<long>(ax.size())) continue;
+      long idx[2] = {-1, -1};
+      for (int side = 0; side < 2; ++side) {
+        TemplateParams q = p0;
+        double* qf[4] = {&q.teff_k, &q.logg, &q.mh, &q.alpha};
+        *qf[a] = ax[static_cast<std::size_t>(pos + (side ? 1 : -1))];
+        idx[side] = grid.find(q);
+      }
+      if (idx[0] < 0 || idx[1] < 0) continue;
+      const double xm = ax[static_cast<std::size_t>(pos - 1)], xp = ax[static_cast<std::size_t>(pos + 1)];
+      const double pu = param_value(fit.interpolated ? fit.params : fit.refined, a);
+      // Fractional position: in the cell [x_lo, x_hi] holding the interpolated value, or the offset (in steps of
+      // the side it lies on) from the grid point.
+      const double h = pu >= v0 ? xp - v0 : v0 - xm;
+      const double u = h > 0 ? std::abs(pu - v0) / h : 0.0;
+      if (!(u > 1e-9)) continue;
+      if (m0.empty()) m0 = on_data(fit.grid_index);
+      const auto mm = on_data(idx[0]), mp = on_data(idx[1]);
+      for (std::size_t j = 0; j < n; ++j) {
+        if (!(m0[j] > 0) || !(mm[j] > 0) || !(mp[j] > 0)) {
+          nb[j] = kNaN;
+          continue;
+        }
+        const double l0 = std::log(m0[j]), lm = std::log(mm[j]), lp = std::log(mp[j]);
+        // Divided differences on a possibly uneven axis, in units of the cell width h.
+        const double d1 = (lp - lm) / (xp - xm) * h;
+        const double d2 = 2.0 * ((lp - l0) / (xp - v0) - (l0 - lm) / (v0 - xm)) / (xp - xm) * h * h;
+        const double e = fit.interpolated ? 0.5 * u * (1.0 - u) * std::abs(d2) : u * std::abs(d1);
+        nb[j] += e * e;
+      }
+    }
+  }
+  std::vector<double> nb_sigma;
+  for (std::size_t j = 0; j < n; ++j) {
+    const double m = fit.normalised_model.size() == n ? fit.normalised_model[j] : kNaN;
+    if (!(fit.model_on_data[j] > 0) || !std::isfinite(nb[j])) continue;
+    const double mis = std::isfinite(m) && m > 0 ? floor2 / (m * m) : floor2;
+    out.rel_var[j] = mis + nb[j];
+    nb_sigma.push_back(std::sqrt(nb[j]));
+  }
+  out.neighbours_rel = median_of(nb_sigma);
+  return out;
 }
 
 FitResult fit_template(const ObservedSpectrum& obs, const TemplateGrid& grid, const std::vector<std::size_t>& candidates,

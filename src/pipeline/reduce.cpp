@@ -416,6 +416,8 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
 /// solved (every rank solves from the same files, so the solutions agree without being sent; rank 0 writes
 /// the arc solution file), the output grid, the fiber throughputs, then the science exposures dealt to
 /// ranks in rounds.
+fs::path arcsol_path(const fs::path& calib, const std::string& setup, const std::string& key);
+
 void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const std::string& setup,
                const std::vector<const PlannedFrame*>& work, const std::map<std::string, std::string>& trace_keys,
                const fs::path& exdir, const fs::path& reddir, const mpi::Comm& comm, ReduceSummary& summary,
@@ -501,9 +503,7 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
         }
       }
       if (comm.is_root()) {
-        const fs::path arc_path = cfg.out_dir / "calib" /
-                                  (key.empty() ? fmt::format("arcsol_{}.fits", slug)
-                                               : fmt::format("arcsol_{}_{}.fits", slug, setup_slug(key)));
+        const fs::path arc_path = arcsol_path(cfg.out_dir / "calib", setup, key);
         wavecal::write_arc_file(arc_path, arc, true);
         std::vector<double> rms;
         for (const auto& s : arc.solutions)
@@ -563,6 +563,13 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
     }
     clock.mark("RED");
   }
+}
+
+/// The arc solution of a setup (and, in slit mode, a trace set) in calib/.
+fs::path arcsol_path(const fs::path& calib, const std::string& setup, const std::string& key) {
+  const std::string slug = setup_slug(setup);
+  return calib / (key.empty() ? fmt::format("arcsol_{}.fits", slug)
+                              : fmt::format("arcsol_{}_{}.fits", slug, setup_slug(key)));
 }
 
 /// The night's name: the configured one, else the raw folder's name (its parent's when it is called "raw").
@@ -764,19 +771,28 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   }
 
   // In-field flux calibration of every science RED (collective: the stars are spread over the ranks).
+  bool fluxcal_ran = false;
+  const fs::path fcal_dir = cfg.out_dir / "fcal";
   if (cfg.stage == ReduceStage::Red && !cfg.infield.catalog_file.empty()) {
     fluxcal::InFieldConfig fc = cfg.infield;
     fc.red_files.clear();
+    fc.arcsol_files.clear();
     for (const auto& set : series_sets)
       for (const auto& e : set.exposures)
-        if (fs::exists(e.red)) fc.red_files.push_back(e.red);
-    fc.out_dir = cfg.out_dir / "fcal";
+        if (fs::exists(e.red)) {
+          fc.red_files.push_back(e.red);
+          // The resolution of the template fit from the arc lines of the exposure's own arc solution, unless
+          // a FWHM was configured.
+          fc.arcsol_files.push_back(arcsol_path(calib, set.setup, set.traceset));
+        }
+    fc.out_dir = fcal_dir;
     fc.overwrite = true;
     if (fc.extinction_file.empty() && !profile.extinction_file.empty()) fc.extinction_file = profile.extinction_file;
     try {
       if (comm.is_root()) fs::create_directories(fc.out_dir);
       comm.barrier();
       const fluxcal::InFieldResult fr = fluxcal::run_infield(fc, comm);
+      fluxcal_ran = true;
       std::size_t ok = 0;
       for (const auto& x : fr.exposures) {
         if (x.ok) {
@@ -838,6 +854,31 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   }
 
   if (cfg.stage == ReduceStage::Red && !series_sets.empty()) clock.mark("star FITS");
+
+  // The same cubes in flux units from the calibrated files (OUT/fcal/<run>.fcal.fits); an exposure whose
+  // calibration failed (its file FLUXCAL = F, or none) is ok = 0 there.
+  if (cfg.stage == ReduceStage::Red && fluxcal_ran && !series_sets.empty()) {
+    const fs::path cube = cfg.out_dir / (night_name(cfg) + ".fcal.rainbow.h5");
+    std::vector<series::SeriesSet> fcal_sets = series_sets;
+    for (auto& set : fcal_sets)
+      for (auto& e : set.exposures) e.red = fcal_dir / (e.name + ".fcal.fits");
+    try {
+      const series::Site site{profile.site_longitude_deg, profile.site_latitude_deg, profile.site_height_m};
+      const std::string provenance =
+          fmt::format("kspecdr {} ({}); config hash {}; instrument profile {}; raw {}; flux-calibrated in-field ({})",
+                      version(), git_sha(), config_hash, profile.name, cfg.raw_dir.string(), fcal_dir.string());
+      const auto rs = series::write_rainbow_file(cube, fcal_sets, site, provenance, comm, true, true);
+      if (comm.is_root())
+        spdlog::info("time series in flux units: {} star group(s) in {} ({} exposure(s) not calibrated marked ok = 0)",
+                     rs.groups.size(), cube.string(), rs.failed_exposures);
+    } catch (const std::exception& e) {
+      if (comm.is_root()) {
+        spdlog::error("flux-calibrated time-series cube {} not written: {}", cube.string(), e.what());
+        summary.failures.push_back({"rainbow", cube.string(), e.what()});
+      }
+    }
+    clock.mark("flux cube");
+  }
 
   // Gather every rank's counts and failures so rank 0 can report the whole night.
   summary.done = static_cast<std::size_t>(comm.sum(static_cast<long long>(summary.done)));

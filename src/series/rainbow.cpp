@@ -62,6 +62,21 @@ const char* const kTimeDesc[] = {"mid-exposure BJD_TDB (Julian Date) at the star
                                  "median per-pixel S/N"};
 constexpr std::size_t kNTime = sizeof(kTime) / sizeof(kTime[0]);
 
+/// The unit of a fluxlike array in the electron cube or in the flux-calibrated one (the fcal RED files'
+/// BUNIT and its square).
+std::string flux_unit(const FluxItem& it, bool calibrated) {
+  if (!calibrated) return it.unit;
+  return std::string(it.unit) == "electron" ? "erg/cm2/s/A" : "(erg/cm2/s/A)**2";
+}
+
+/// The description of a fluxlike array: "RED" becomes "fcal RED" in the calibrated cube.
+std::string flux_description(const FluxItem& it, bool calibrated) {
+  std::string d = it.description;
+  if (calibrated && d.rfind("RED ", 0) == 0) d = "flux-calibrated " + d;
+  if (calibrated && std::string(it.name) == "var_cal") d += ", and from the calibration vector";
+  return d;
+}
+
 /// What every rank must know about a set before the collective creation: the grid and the apertures.
 struct SetLayout {
   std::vector<double> wavelength;
@@ -90,9 +105,10 @@ SetLayout layout_of(const SeriesSet& set) {
 
 }  // namespace
 
-const std::vector<io::FormatItem>& rainbow_format() {
+namespace {
+std::vector<io::FormatItem> make_rainbow_format(bool calibrated) {
   using K = io::FormatItem::Kind;
-  static const std::vector<io::FormatItem> f = [] {
+  {
     std::vector<io::FormatItem> v;
     auto attr = [&](const char* obj, const char* name, const char* type, const char* what) {
       v.push_back({obj, K::Attribute, name, type, "", what});
@@ -113,15 +129,27 @@ const std::vector<io::FormatItem>& rainbow_format() {
     attr(S, "exposures", "string", "exposure names in time order, comma-separated");
     ds("<star>/wavelike", "wavelength", "float64", "Angstrom", "wavelength grid (nwave), the RED grid");
     attr("<star>/wavelike/wavelength", "medium", "string", "air | vacuum");
-    for (const auto& it : kFlux)
-      ds("<star>/fluxlike", it.name, "float32", it.unit, std::string(it.description) + " (nwave, ntime)");
+    for (const auto& it : kFlux) {
+      const std::string unit = flux_unit(it, calibrated);
+      ds("<star>/fluxlike", it.name, "float32", unit.c_str(), flux_description(it, calibrated) + " (nwave, ntime)");
+    }
     ds("<star>/fluxlike", "ok", "uint8", "", "1 = good pixel (mask 0, finite variance) (nwave, ntime)");
     for (std::size_t t = 0; t < kNTime; ++t) ds("<star>/timelike", kTime[t], "float64", kTimeUnits[t], kTimeDesc[t]);
     ds("<star>/timelike", "ok", "uint8", "", "1 = the exposure was reduced and the aperture is usable (ntime)");
     attr("<star>/timelike/time", "scale", "string", "BJD_TDB (Julian Date, barycentric, TDB)");
     attr("<star>/*/<array>", "units", "string", "unit of every dataset (the unit column; '' = dimensionless)");
     return v;
-  }();
+  }
+}
+}  // namespace
+
+const std::vector<io::FormatItem>& rainbow_format() {
+  static const std::vector<io::FormatItem> f = make_rainbow_format(false);
+  return f;
+}
+
+const std::vector<io::FormatItem>& rainbow_fcal_format() {
+  static const std::vector<io::FormatItem> f = make_rainbow_format(true);
   return f;
 }
 
@@ -158,7 +186,8 @@ std::string star_group(const std::string& traceset, const std::string& aperture)
 }
 
 RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<SeriesSet>& sets, const Site& site,
-                                  const std::string& provenance, const mpi::Comm& comm, bool overwrite) {
+                                  const std::string& provenance, const mpi::Comm& comm, bool overwrite,
+                                  bool flux_calibrated) {
   RainbowSummary summary;
   // Every rank reads the layout from the same files: the same answer everywhere without messages.
   std::vector<SetLayout> layouts;
@@ -187,7 +216,10 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
 
   h5::File f = h5::File::create_parallel(temp, comm.get());
   f.root().set_attr("provenance", provenance);
-  f.root().set_attr("format", "kspecdr Rainbow cube: per star wavelike/, timelike/, fluxlike/ (nwave, ntime)");
+  f.root().set_attr("format", flux_calibrated ? "kspecdr Rainbow cube, flux-calibrated (erg/cm2/s/A): per star "
+                                                "wavelike/, timelike/, fluxlike/ (nwave, ntime)"
+                                              : "kspecdr Rainbow cube: per star wavelike/, timelike/, fluxlike/ "
+                                                "(nwave, ntime)");
   const auto nranks = static_cast<std::size_t>(comm.size());
   std::uint32_t causes = 0;
   for (std::size_t si = 0; si < sets.size(); ++si) {
@@ -231,7 +263,7 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
       for (const auto& it : kFlux) {
         s.flux.push_back(s.g.create_dataset<float>(std::string("fluxlike/") + it.name, {nwave, ntime},
                                                    {nwave, H5S_UNLIMITED}, {nwave, k}));
-        s.flux.back().set_attr("units", it.unit);
+        s.flux.back().set_attr("units", flux_unit(it, flux_calibrated));
       }
       s.flux_ok = s.g.create_dataset<std::uint8_t>("fluxlike/ok", {nwave, ntime}, {nwave, H5S_UNLIMITED}, {nwave, k});
       s.flux_ok.set_attr("units", "");
@@ -266,6 +298,9 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
         if (fs::exists(e.red)) {
           try {
             reds[q] = wavecal::read_red_file(e.red);
+            if (flux_calibrated && !reds[q]->spectra.header.get_bool("FLUXCAL").value_or(false))
+              throw DataError(fmt::format("not flux-calibrated (FLUXCAL is not T: {})",
+                                          reds[q]->spectra.header.get_string("FCALERR").value_or("no reason given")));
             if (reds[q]->spectra.npix() != static_cast<Eigen::Index>(nwave) ||
                 reds[q]->spectra.naper() != static_cast<Eigen::Index>(lay.apertures.size()))
               throw DataError(fmt::format("{} × {} spectra, the series has {} × {}", reds[q]->spectra.naper(),

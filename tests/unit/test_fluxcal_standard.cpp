@@ -120,6 +120,30 @@ TEST(FluxcalStandard, BadTablesAreRefused) {
   EXPECT_THROW(read_standard_file(dir / "c.dat"), DataError);
 }
 
+// The tabulated spectrum's stated fractional uncertainty f enters Var(model) = (f F)²: the vector's relative
+// variance is f² + Var(C)/C² per band, and a negative or non-finite f is refused.
+TEST(FluxcalStandard, TableUncertaintyEntersTheVariance) {
+  const fs::path dir = fs::temp_directory_path() / "kspecdr-fluxcal-table-error";
+  fs::create_directories(dir);
+  write_text(dir / "star.dat", "# NAME star\n5000 15.0 50\n5100 15.1 50\n5200 15.2 50\n5300 15.3 50\n");
+  const auto star = read_standard_file(dir / "star.dat");
+  const auto red = small_red(300, 5000.0, 1.0, 1.0e4, 1.0e4);
+  const BandMask none;
+  const CalVector v0 = cal_from_tabulated(star, red, 0, 100.0, 1.2, none, "test");
+  const CalVector v2 = cal_from_tabulated(star, red, 0, 100.0, 1.2, none, "test", 0.02);
+  ASSERT_EQ(v0.size(), v2.size());
+  ASSERT_GT(v0.n_good(), 0u);
+  for (std::size_t i = 0; i < v0.size(); ++i) {
+    if (!v0.good[i]) continue;
+    EXPECT_DOUBLE_EQ(v2.cal[i], v0.cal[i]);
+    const double counts_rel = v0.variance[i] / (v0.cal[i] * v0.cal[i]);  // Var(C)/C² of the band, ≈ 1/(50 × 1e4)
+    EXPECT_NEAR(counts_rel * 5.0e5, 1.0, 0.02);
+    EXPECT_NEAR(v2.variance[i] / (v2.cal[i] * v2.cal[i]), 0.02 * 0.02 + counts_rel, 1e-12);
+  }
+  EXPECT_THROW(cal_from_tabulated(star, red, 0, 100.0, 1.2, none, "test", -0.01), ConfigError);
+  fs::remove_all(dir);
+}
+
 TEST(FluxcalSensitivity, MasksAndBands) {
   kspecdr::testing::TempDir dir;
   write_text(dir / "m.dat", "# bands\n6860 6960\n\n7590.0 7700.0  # A band\n");

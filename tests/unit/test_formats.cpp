@@ -466,6 +466,16 @@ INSTANTIATE_TEST_SUITE_P(Products, Formats,
                                            "obslog_format"),
                          [](const auto& p) { return p.param; });
 
+// The flux-calibrated cube <night>.fcal.rainbow.h5 needs the in-field calibration, which these nights do not
+// run: its files are checked against rainbow_fcal_format() by tests/integration/test_fluxcal_cube.cpp, its
+// table against the document here (the items it shares with the electron cube may be documented there).
+TEST(FormatsDoc, TheFcalCubeSectionListsExactlyTheTable) {
+  static const std::vector<DocSection> doc = read_doc();
+  ASSERT_FALSE(doc.empty()) << doc_path();
+  const Product p{"rainbow_fcal_format", &series::rainbow_fcal_format(), FileKind::Hdf5, {}};
+  check_doc(p, doc, &series::rainbow_format(), "rainbow_format");
+}
+
 // The CSV log has the ECSV's columns, in order.
 TEST(FormatsLog, TheCsvHeaderIsTheTable) {
   for (const auto& f : product("obslog_format").files) {

@@ -79,6 +79,9 @@ struct KnownStandardConfig {
   std::filesystem::path mask_file;                       ///< band mask; empty: no bands
   std::filesystem::path out_dir;                         ///< empty: beside each input
   std::string mode = "nightly";                          ///< exposure | nightly
+  /// Fractional uncertainty of the tabulated spectrum (per band; the same in every exposure of the star, so
+  /// it is added after the exposures are combined, not averaged down with them).
+  double standard_rel_err = 0.02;
   bool overwrite = false;
   std::filesystem::path cal_file;                        ///< where to write the Cal vectors (HDF5); empty: none
 };

@@ -7,7 +7,9 @@
 //   model  optionally every star is a grey factor a_s (fiber throughput, aperture loss) times one common
 //          curve; the factors are normalised to a geometric mean of 1 over the stars used;
 //   combine per pixel, the inverse-variance weighted mean with iterative sigma clipping (each star against
-//          its own σ; only with three or more stars), or the median;
+//          its own σ; only with three or more stars), or the median; with grey factors the weights and the
+//          clipping use each star's variance without its fully correlated part (StarCal::correlated_rel_var,
+//          absorbed by the factor), which comes back as the error of the common level;
 //   smooth  optionally Savitzky–Golay over the good pixels;
 //   QC      the rms fractional scatter of the stars about the result at every λ, and its median (undefined,
 //          NaN, when one star passes: never 0).
@@ -40,6 +42,10 @@ struct StarCal {
   double chi2_dof = 0.0;
   double snr = 0.0;                   ///< median S/N per pixel of its spectrum
   double scale_rel_err = 0.0;         ///< relative error of its photometric scale
+  /// The part of `variance` that is fully correlated across λ, as a fractional variance (variance_j contains
+  /// correlated_rel_var × cal_j²): the error of the photometric scale. A grey factor per star absorbs it, so
+  /// the combination weights and clips with the rest and adds it back as the error of the common level.
+  double correlated_rel_var = 0.0;
 };
 
 struct StarQC {
@@ -57,6 +63,9 @@ struct CombinedCal {
   std::vector<int> n_used;        ///< stars behind each pixel after clipping
   std::vector<double> rms_frac;   ///< rms fractional scatter of the stars about cal (NaN with < 2 stars)
   double rms_median = 0.0;        ///< median of rms_frac over good pixels; NaN when one star passed
+  /// Fractional variance of the result's overall level that is fully correlated across λ (included in
+  /// `variance`): with grey factors, the geometric mean of the stars' scale errors, (1/N²) Σ correlated_rel_var.
+  double level_rel_var = 0.0;
   int n_stars = 0;                ///< stars used
   std::vector<StarQC> qc;         ///< every star, in input order
 };

@@ -5,7 +5,8 @@
 //   RED exposure → C fibers → positional match to the photometric catalog → template fit per star
 //     (radial velocity, Teff, log g, [M/H], [α/M]; the instrument FWHM from the config)
 //     → the model scaled to the catalog magnitudes by synthetic photometry
-//     → F_model on the RED grid → Cal_star = F_model t Δλ / C            [erg cm⁻² e⁻¹] (sensitivity.hpp)
+//     → F_model on the RED grid → Cal_star = F_model t Δλ / C            [erg cm⁻² e⁻¹] (sensitivity.hpp),
+//       Var(F_model) from the scale's error and the fit's template uncertainty (template_fit.hpp)
 //     → moved to airmass 0 with the extinction curve → quality gates and combination (combine.hpp: one curve
 //       × a grey factor per star, the factors at geometric mean 1)
 //     → applied to every aperture of the exposure (apply.hpp).
@@ -34,6 +35,7 @@
 #include "kspecdr/fluxcal/catalog.hpp"
 #include "kspecdr/fluxcal/combine.hpp"
 #include "kspecdr/fluxcal/extinction.hpp"
+#include "kspecdr/fluxcal/resolution.hpp"
 #include "kspecdr/fluxcal/template_fit.hpp"
 #include "kspecdr/fluxcal/templates.hpp"
 #include "kspecdr/parallel/mpi.hpp"
@@ -57,6 +59,11 @@ struct InFieldConfig {
   int min_standards = 2;                  ///< nightly: fewer usable stars than this → the nightly vector
   bool overwrite = false;
   FitConfig fit;                          ///< resolution (FWHM, Å), metric, continuum, RV range
+  /// Arc-solution files (calib/arcsol_*.fits) for the instrument resolution: one per RED file (same order) or
+  /// one for all. When given and `fwhm_explicit` is false, each exposure's FWHM(λ) is measured from the arc
+  /// lines (resolution.hpp) and replaces fit.resolution; otherwise fit.resolution is used as configured.
+  std::vector<std::filesystem::path> arcsol_files;
+  bool fwhm_explicit = false;             ///< fit.resolution was given explicitly: it wins over the arcs
   CombineConfig combine;                  ///< gates and combination
 };
 
@@ -69,6 +76,8 @@ struct StarResult {
   double rv_km_s = kNaN, rv_err_km_s = kNaN;
   double scale = kNaN, scale_err = kNaN;  ///< model surface flux × scale = flux above the atmosphere
   double chi2_dof = kNaN;
+  double model_mismatch = kNaN;           ///< per-pixel fractional σ of the template mismatch (χ² excess)
+  double model_neighbours = kNaN;         ///< median fractional σ of the model from its neighbouring grid models
   double snr = kNaN;                      ///< median per-pixel S/N of the spectrum
   double factor = kNaN;                   ///< grey factor of the combination (fiber throughput relative)
   double log_level = kNaN;                ///< ln(level / median level) of the level gate
@@ -85,7 +94,12 @@ struct ExposureCalibration {
   std::vector<StarResult> stars;
   CalVector cal;                  ///< combined, airmass 0 (empty when none could be formed)
   double rms = CalVector::kNaN;   ///< median fractional rms of the stars about it
+  /// Fractional σ of the vector's overall level, fully correlated across λ (part of `cal.variance`): the
+  /// photometric scales of the stars used.
+  double level_rel_err = CalVector::kNaN;
   int n_used = 0;
+  Resolution resolution;          ///< the instrument FWHM(λ) the template fit used
+  std::string resolution_source;  ///< how it was obtained: the arc measurement's summary, or "configured …"
   std::string error;              ///< why no vector could be formed
   std::string applied;            ///< "own" | "nightly" | "" (not calibrated)
   bool ok = false;                ///< written calibrated
@@ -121,7 +135,8 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
                                        const InFieldConfig& cfg, const mpi::Comm& comm);
 
 /// The per-star sidecar (CSV, one header row): run, fiber, name, sep_arcsec, teff_k, logg, mh, alpha,
-/// rv_km_s, rv_err_km_s, scale, scale_err, chi2_dof, snr, factor, log_level, used (1/0), reason.
+/// rv_km_s, rv_err_km_s, scale, scale_err, chi2_dof, model_mismatch, model_neighbours, snr, factor, log_level,
+/// used (1/0), reason.
 void write_star_table(const std::filesystem::path& path, const std::vector<StarResult>& stars);
 
 /// "<run>.fcalstars.csv" beside the calibrated file.

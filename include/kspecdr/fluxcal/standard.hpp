@@ -42,8 +42,10 @@ StandardSpectrum load_standard(const std::string& name_or_file,
 /// with the squared weights and the neighbour covariance of COVAR) give Cal = f_λ t w / C_band through
 /// make_cal_vector. A band is masked when it touches a mask band, a pixel with MASK ≠ 0 or lies partly
 /// outside the RED grid. `exptime_s` and `airmass` are the exposure's (the result refers to `airmass`).
+/// `model_rel_err` is the table's fractional uncertainty per band: Var(model) = (model_rel_err × f_λ)².
 /// Throws DataError when the table does not overlap the RED grid or no band is usable.
 CalVector cal_from_tabulated(const StandardSpectrum& star, const wavecal::RedSpectra& red, long aperture,
-                             double exptime_s, double airmass, const BandMask& mask, const std::string& source);
+                             double exptime_s, double airmass, const BandMask& mask, const std::string& source,
+                             double model_rel_err = 0.0);
 
 }  // namespace kspecdr::fluxcal

@@ -14,6 +14,7 @@
 //      point is optionally refined by a parabola through its neighbours along every parameter axis
 //      and the model interpolated there (log-flux multilinear), kept only when it scores better.
 #include <array>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -24,9 +25,12 @@ namespace kspecdr::fluxcal {
 
 inline constexpr double kSpeedOfLightKmS = 299792.458;
 
-/// Instrument resolution: FWHM(λ) = Σ_k c_k λ^k (Å, λ in Å); one coefficient is a constant FWHM.
+/// Instrument resolution: FWHM(λ) = Σ_k c_k λ^k (Å, λ in Å); one coefficient is a constant FWHM. Outside
+/// [lambda_lo, lambda_hi] the polynomial is evaluated at the nearer end (held, never extrapolated).
 struct Resolution {
   std::vector<double> fwhm_poly_angstrom = {5.0};
+  double lambda_lo = -std::numeric_limits<double>::infinity();
+  double lambda_hi = std::numeric_limits<double>::infinity();
   double fwhm(double lambda_angstrom) const;
 };
 
@@ -100,6 +104,9 @@ struct TemplateScore {
 
 struct FitResult {
   TemplateParams params;        ///< of the model used (interpolated or a grid point)
+  /// The parabola's minimum along each axis (grid value where no parabola could be drawn): where the fit
+  /// puts the star, whether or not the interpolated model was kept.
+  TemplateParams refined{0.0, 0.0, 0.0, 0.0};
   long grid_index = -1;         ///< best grid point
   bool interpolated = false;
   RvMeasurement rv;
@@ -141,6 +148,26 @@ FitResult finish_fit(const ObservedSpectrum& obs, const TemplateGrid& grid, std:
 /// has too few good pixels, or the grid does not cover the observed range.
 FitResult fit_template(const ObservedSpectrum& obs, const TemplateGrid& grid, const std::vector<std::size_t>& candidates,
                        const FitConfig& cfg);
+
+/// The uncertainty of the fitted model on the observed pixels, as a fractional variance Var(model_j)/model_j²
+/// (without the photometric scale, whose error is separate and fully correlated across λ):
+///   mismatch       a per-pixel floor s² on the normalised spectrum, the one that brings the fit's χ² down to
+///                  its degrees of freedom (Σ r²/(σ² + s²) = dof over the fitted pixels; 0 when χ²/dof ≤ 1):
+///                  what the templates cannot reproduce, spread evenly over the pixels;
+///   neighbours     along each parameter axis, from the best grid model and its two neighbours (convolved,
+///                  shifted by the fitted RV, on the observed pixels): for an interpolated model the error of
+///                  linear interpolation in ln F, ½ u(1 − u) |Δ² ln F| at the fractional position u in its
+///                  cell; for a grid model the step to where the fit puts the star, |u*| |Δ ln F| (u* the
+///                  parabola's offset in grid steps, Δ the central difference). Axes where the best model has
+///                  no neighbour on both sides add nothing.
+/// The two add; rel_var is NaN where the model is undefined.
+struct ModelUncertainty {
+  std::vector<double> rel_var;   ///< per observed pixel
+  double mismatch_rel = 0.0;     ///< s (fractional, per pixel)
+  double neighbours_rel = 0.0;   ///< median over the pixels of the neighbours term's fractional σ
+};
+ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGrid& grid, const FitResult& fit,
+                                   const FitConfig& cfg);
 
 /// Throws DataError (naming the star) unless the grid's wavelengths cover the observed range with the RV
 /// search margin and 5 FWHM.

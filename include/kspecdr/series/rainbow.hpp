@@ -11,6 +11,7 @@
 //            wavelength_shift_px, sky_median_e, snr_median     float64 (ntime)
 //   timelike/ok                    uint8 (ntime): 1 = the exposure was reduced and the aperture is usable
 //   fluxlike/flux, uncertainty, sky, var_star, var_sky, var_read, var_cal   float32 (nwave, ntime), e-
+//            (erg/cm2/s/A and its square in the flux-calibrated cube <night>.fcal.rainbow.h5)
 //   fluxlike/ok                    uint8 (nwave, ntime): 1 = good pixel
 // chunked (nwave, k) with an unlimited time axis, and the group attrs name, type, ra_deg, dec_deg, setup,
 // traceset, n_time and exposures (the exposure names in time order, comma-separated). The file root
@@ -32,6 +33,9 @@ namespace kspecdr::series {
 /// The layout of <night>.rainbow.h5 (groups <star>, datasets and attributes) and of the chromatic FITS
 /// file <star>.rainbow.fits made from one of its groups.
 const std::vector<io::FormatItem>& rainbow_format();
+/// The flux-calibrated cube <night>.fcal.rainbow.h5: the same layout, the fluxlike arrays in erg/cm2/s/A
+/// (variances in its square).
+const std::vector<io::FormatItem>& rainbow_fcal_format();
 const std::vector<io::FormatItem>& rainbow_fits_format();
 
 /// One exposure of a time series.
@@ -60,9 +64,12 @@ struct RainbowSummary {
 /// Writes `path` (atomically: a temporary name renamed when complete) collectively over `comm`: every rank
 /// must call it with the same `sets`. Apertures of type 'N' (unused) get no group. Throws Error on every rank
 /// when no set has a readable RED file or the file cannot be written.
+/// `flux_calibrated`: the exposures' files are fluxcal's <run>.fcal.fits; the fluxlike arrays are then in
+/// erg/cm2/s/A (rainbow_fcal_format) and a file that is not FLUXCAL = T (its calibration failed) is a failed
+/// exposure, ok = 0.
 RainbowSummary write_rainbow_file(const std::filesystem::path& path, const std::vector<SeriesSet>& sets,
                                   const Site& site, const std::string& provenance, const mpi::Comm& comm,
-                                  bool overwrite);
+                                  bool overwrite, bool flux_calibrated = false);
 
 /// Rank-local: one star group of a Rainbow HDF5 file as chromatic's own FITS layout (primary header
 /// metadata; binary tables FLUXLIKE with one (ntime)-vector per wavelength row, WAVELIKE and TIMELIKE, each
