@@ -188,6 +188,10 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
       h.set("NCOSMIC", static_cast<long long>(cr.npix), "pixels flagged COSMIC");
       h.set("CRSIGCLP", cfg.cosmic_sigclip, "L.A.Cosmic sigclip");
       h.set("CROBJLIM", cfg.cosmic_objlim, "L.A.Cosmic objlim");
+      h.set("CRPSFX", cr.psf.sigma_x, "[pixel] PSF sigma along x of the CR sharpness bound");
+      h.set("CRPSFNX", static_cast<long long>(cr.psf.features_x), "features CRPSFX measured from (0: default)");
+      h.set("CRPSFY", cr.psf.sigma_y, "[pixel] PSF sigma along y of the CR sharpness bound");
+      h.set("CRPSFNY", static_cast<long long>(cr.psf.features_y), "features CRPSFY measured from (0: default)");
     }
     h.add_history(fmt::format("kspecdr {} detector: raw -> IM from {}", version(), name));
     im.unit = "electron";
@@ -238,6 +242,10 @@ const std::vector<io::FormatItem>& im_format() {
     kw("NCOSMIC", "int64", "", "pixels flagged COSMIC", "CRMASK = T");
     kw("CRSIGCLP", "float64", "", "L.A.Cosmic sigclip", "CRMASK = T");
     kw("CROBJLIM", "float64", "", "L.A.Cosmic objlim", "CRMASK = T");
+    kw("CRPSFX", "float64", "pixel", "PSF sigma along x of the cosmic-ray sharpness bound", "CRMASK = T");
+    kw("CRPSFNX", "int64", "", "isolated features CRPSFX was measured from; 0: default width", "CRMASK = T");
+    kw("CRPSFY", "float64", "pixel", "PSF sigma along y of the cosmic-ray sharpness bound", "CRMASK = T");
+    kw("CRPSFNY", "int64", "", "isolated features CRPSFY was measured from; 0: default width", "CRMASK = T");
     // Set by kspecdr reduce.
     kw("EXPNAME", "string", "", "exposure name");
     kw("FRAMECLS", "string", "", "frame class from the instrument profile");

@@ -6,6 +6,8 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kspecdr/core/error.hpp"
@@ -224,6 +226,209 @@ void separable_median_into(const ImageArray& in, int k, ImageArray& tmp, ImageAr
   }
 }
 
+// ---- PSF widths and the sharpness bound
+
+/// Fraction of a Gaussian of width `sigma` centred at `d` that falls on pixel k (pixel-integrated).
+double pixel_gauss(int k, double d, double sigma) {
+  const double s = std::sqrt(2.0) * sigma;
+  return 0.5 * (std::erf((k + 0.5 - d) / s) - std::erf((k - 0.5 - d) / s));
+}
+
+/// log p(0) - (log p(-1) + log p(1)) / 2 of a pixel-integrated Gaussian centred at d.
+double log_curvature(double sigma, double d) {
+  return std::log(pixel_gauss(0, d, sigma)) - 0.5 * (std::log(pixel_gauss(-1, d, sigma)) + std::log(pixel_gauss(1, d, sigma)));
+}
+
+/// The sigma whose pixel-integrated Gaussian, centred at d, has log-curvature c (decreasing in sigma).
+double sigma_from_curvature(double c, double d) {
+  double lo = 0.2, hi = 20.0;
+  for (int i = 0; i < 50; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (log_curvature(mid, d) > c ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
+/// Largest p(0) / mean(p(-1), p(1)) of a pixel-integrated Gaussian over its centring. By the
+/// mediant inequality no non-negative sum of such profiles (blends, a pedestal) exceeds it.
+double max_neighbour_ratio(double sigma) {
+  double r = 0.0;
+  for (int i = 0; i <= 50; ++i) {
+    const double d = 0.01 * i;
+    r = std::max(r, pixel_gauss(0, d, sigma) / (0.5 * (pixel_gauss(-1, d, sigma) + pixel_gauss(1, d, sigma))));
+  }
+  return r;
+}
+
+constexpr Eigen::Index kPsfBand = 16;    // rows (columns) averaged into one profile
+constexpr int kPsfBandMedian = 5;        // adjacent bands whose median removes cosmic rays
+constexpr Eigen::Index kPsfWindow = 5;   // a peak is the maximum within +-5 px
+constexpr double kPsfMinSnr = 20.0;      // peak above its pedestal, in units of its noise
+constexpr double kPsfIsolation = 0.2;    // profile beyond 2.5 sigma + 1 px below this fraction of the peak
+constexpr std::size_t kPsfMinFeatures = 3;   // fewer: the axis has the default width
+constexpr std::size_t kPsfMinWindows = 3;    // band windows a feature must be found in
+constexpr double kPsfOutlier = 0.25;         // see measure_axis
+// A profile narrower than this is a single pixel (a hot column or row), not an optical image:
+// a Gaussian of sigma 0.5 px puts 68 % of its light on one pixel.
+constexpr double kPsfUndersampled = 0.5;
+
+/// Profiles of the frame along one axis (x when `along_x`, else y): the mean over each band of
+/// kPsfBand rows (columns) without unusable pixels, then for each band the median of the
+/// kPsfBandMedian bands around it (clamped at the ends), which removes cosmic rays.
+struct BandProfiles {
+  Eigen::Index nb = 0, len = 0;      ///< bands, pixels along the profile
+  std::vector<float> p, noise;       ///< nb x len, band-major
+  std::vector<std::uint8_t> good;    ///< every band of the median has 3/4 usable pixels there
+  float at(Eigen::Index k, Eigen::Index i) const { return p[static_cast<std::size_t>(k * len + i)]; }
+};
+
+BandProfiles band_profiles(const ImageArray& data, const ImageArray& var, const MaskArray& mask, bool along_x) {
+  const MaskPixel unusable = kMaskBad | kMaskNoData | kMaskSaturated;
+  BandProfiles bp;
+  bp.len = along_x ? data.cols() : data.rows();                   // along the profile
+  const Eigen::Index depth = along_x ? data.rows() : data.cols();  // collapsed
+  bp.nb = depth / kPsfBand;
+  if (bp.nb < kPsfBandMedian) return bp;
+  const Eigen::Index nb = bp.nb, len = bp.len;
+  auto at = [&](const auto& a, Eigen::Index i, Eigen::Index j) { return along_x ? a(j, i) : a(i, j); };
+  std::vector<float> prof(static_cast<std::size_t>(nb * len)), pvar(prof.size());
+  std::vector<std::uint8_t> ok(prof.size());
+  for (Eigen::Index k = 0; k < nb; ++k) {
+    // The last band takes the remaining rows (columns) too.
+    const Eigen::Index j1 = k + 1 == nb ? depth : (k + 1) * kPsfBand;
+    for (Eigen::Index i = 0; i < len; ++i) {
+      double s = 0.0, v = 0.0;
+      int n = 0;
+      for (Eigen::Index j = k * kPsfBand; j < j1; ++j) {
+        const float x = at(data, i, j), vx = at(var, i, j);
+        if ((at(mask, i, j) & unusable) || !std::isfinite(x) || !std::isfinite(vx)) continue;
+        // The median of the pixel and its two neighbours along the collapsed axis: for a profile
+        // that is a product (or sum) of one along each axis it changes only the amplitude, and it
+        // removes cosmic rays that are not long along the collapsed axis.
+        const float lo = at(data, i, std::max<Eigen::Index>(j - 1, 0)), hi = at(data, i, std::min(j + 1, depth - 1));
+        s += (std::isfinite(lo) && std::isfinite(hi)) ? median3(lo, x, hi) : x;
+        v += std::max(vx, 0.0f);
+        ++n;
+      }
+      const auto q = static_cast<std::size_t>(k * len + i);
+      ok[q] = n * 4 >= 3 * kPsfBand;
+      prof[q] = n ? static_cast<float>(s / n) : 0.0f;
+      pvar[q] = n ? static_cast<float>(v / (static_cast<double>(n) * n)) : 0.0f;
+    }
+  }
+  bp.p.resize(prof.size());
+  bp.noise.resize(prof.size());
+  bp.good.resize(prof.size());
+  constexpr int h = kPsfBandMedian / 2;
+  for (Eigen::Index k = 0; k < nb; ++k) {
+    const Eigen::Index k0 = std::clamp<Eigen::Index>(k - h, 0, nb - kPsfBandMedian);
+    for (Eigen::Index i = 0; i < len; ++i) {
+      std::array<float, kPsfBandMedian> b;
+      bool g = true;
+      for (int m = 0; m < kPsfBandMedian; ++m) {
+        const auto q = static_cast<std::size_t>((k0 + m) * len + i);
+        b[static_cast<std::size_t>(m)] = prof[q];
+        g = g && ok[q];
+      }
+      const auto q = static_cast<std::size_t>(k * len + i);
+      bp.p[q] = median5(b[0], b[1], b[2], b[3], b[4]);
+      // Noise of a median of five band means: about 1.2 times that of one.
+      bp.noise[q] = 1.2f * std::sqrt(pvar[q]);
+      bp.good[q] = g;
+    }
+  }
+  return bp;
+}
+
+/// Width along the profile axis (x when `along_x`, else y); see measure_psf_widths.
+std::pair<double, int> measure_axis(const BandProfiles& bp) {
+  const Eigen::Index nb = bp.nb, len = bp.len;
+  if (nb < kPsfBandMedian || len < 2 * kPsfWindow + 3) return {kDefaultPsfSigma, 0};
+  std::vector<std::pair<Eigen::Index, double>> found;  // (position, sigma)
+  constexpr int h = kPsfBandMedian / 2;
+  for (Eigen::Index k = h; k + h < nb; ++k) {
+    const float* p = bp.p.data() + k * len;
+    const std::uint8_t* good = bp.good.data() + k * len;
+    auto P = [&](Eigen::Index i) { return static_cast<double>(p[static_cast<std::size_t>(i)]); };
+    auto all_good = [&](Eigen::Index a, Eigen::Index e) {
+      for (Eigen::Index i = a; i <= e; ++i)
+        if (!good[static_cast<std::size_t>(i)]) return false;
+      return true;
+    };
+    for (Eigen::Index i = kPsfWindow; i + kPsfWindow < len; ++i) {
+      if (!(P(i) > P(i - 1) && P(i) >= P(i + 1))) continue;
+      if (!all_good(i - kPsfWindow, i + kPsfWindow)) continue;
+      double top = P(i), ped = P(i);
+      for (Eigen::Index j = i - kPsfWindow; j <= i + kPsfWindow; ++j) {
+        top = std::max(top, P(j));
+        ped = std::min(ped, P(j));
+      }
+      if (top > P(i)) continue;
+      const double q0 = P(i) - ped, qm = P(i - 1) - ped, qp = P(i + 1) - ped;
+      const double noise = bp.noise[static_cast<std::size_t>(k * len + i)];
+      if (!(q0 > kPsfMinSnr * noise) || !(qm > 0) || !(qp > 0)) continue;
+      const double c = std::log(q0) - 0.5 * (std::log(qm) + std::log(qp));
+      if (!(c > 0)) continue;
+      const double d = (std::log(qp) - std::log(qm)) / (4.0 * c);
+      if (std::abs(d) > 0.5) continue;
+      const double sigma = sigma_from_curvature(c, d);
+      if (sigma < kPsfUndersampled) continue;
+      const auto reach = static_cast<Eigen::Index>(std::ceil(2.5 * sigma + 1.0));
+      if (i - reach < 0 || i + reach >= len || !all_good(i - reach, i + reach)) continue;
+      if (std::max(P(i - reach), P(i + reach)) - ped > kPsfIsolation * q0) continue;
+      found.emplace_back(i, sigma);
+    }
+  }
+  // One width per feature: peaks at the same or adjacent positions in different band windows.
+  // A feature seen in a single window is a coincidence of cosmic rays in neighbouring bands.
+  std::sort(found.begin(), found.end());
+  std::vector<double> widths, group;
+  for (std::size_t a = 0; a < found.size();) {
+    std::size_t e = a + 1;
+    while (e < found.size() && found[e].first - found[e - 1].first <= 1) ++e;
+    if (e - a >= kPsfMinWindows) {
+      group.clear();
+      for (std::size_t j = a; j < e; ++j) group.push_back(found[j].second);
+      auto mid = group.begin() + static_cast<std::ptrdiff_t>(group.size() / 2);
+      std::nth_element(group.begin(), mid, group.end());
+      widths.push_back(*mid);
+    }
+    a = e;
+  }
+  if (widths.size() < kPsfMinFeatures) return {kDefaultPsfSigma, 0};
+  // Coincidences of cosmic rays that the band median kept are far narrower than the rest: a
+  // feature more than 5 MAD and more than kPsfOutlier below the median width is dropped.
+  std::vector<double> tmp = widths;
+  auto mid = tmp.begin() + static_cast<std::ptrdiff_t>(tmp.size() / 2);
+  std::nth_element(tmp.begin(), mid, tmp.end());
+  const double med = *mid;
+  for (auto& t : tmp) t = std::abs(t - med);
+  std::nth_element(tmp.begin(), mid, tmp.end());
+  const double floor = med - std::max(5.0 * 1.4826 * *mid, kPsfOutlier * med);
+  std::erase_if(widths, [&](double w) { return w < floor; });
+  // The bound must hold for the sharpest real feature of the frame.
+  return {*std::min_element(widths.begin(), widths.end()), static_cast<int>(widths.size())};
+}
+
+// The column model: a pixel predicted by the pixels of its column at +-7, +-10 and +-13 rows,
+// as the median of the three symmetric pair means, where those pair means agree within
+// kColumnAgreement sigma (the column is flat or has a constant gradient there: an emission line
+// along a slit, away from star traces, fiber traces and slit ends). A track along a line, which
+// no sharpness test sees, stands out of it. The offsets exceed the length of most tracks.
+constexpr std::array<Eigen::Index, 3> kColumnOffsets = {7, 10, 13};
+constexpr float kColumnAgreement = 3.0f;
+
+// A hit must exceed the PSF bound along at least one direction by this many sigma of the
+// difference (the noise of the pixel and of its two neighbours).
+constexpr float kPsfSigmaClip = 3.0f;
+// The bound holds for the light above any level that does not exceed the smooth background under
+// the lines and traces; the lowest pixel within this many pixels along the direction (floored at
+// 0) is taken for it. Nearer, it can lie on the wing of a neighbouring line of a blend.
+constexpr int kPedestalReach = 8;
+// A Laplacian candidate without contrast or point-sharpness evidence (a track along a line or a
+// trace, resolved for the fine-structure image) is a hit if it exceeds the bound by this much.
+constexpr float kPsfRouteClip = 6.0f;
+
 // Noise of the residuals of the profile models, in units of the pixel's own noise: a median of
 // four neighbours has about 0.3 of one pixel's variance, so v - m has 1.3 (1.14 sigma). The
 // two-axis residual v - mx - my + mxy would have 1.7 for equal neighbours; on the wings of lines
@@ -238,9 +443,12 @@ constexpr float kMinFine = 0.01f;
 constexpr float kVoidContrastZ = 2.0f;
 
 // Every decision about a pixel depends on the working image within this many pixels (the 7x7
-// median of the 3x3 median, evaluated for neighbours of neighbours during growth). Blocks are
-// processed with this halo, so that a block's result equals that of the whole frame.
+// median of the 3x3 median, evaluated for neighbours of neighbours during growth), except the
+// line-and-trace model, which reads the frame itself. Blocks are processed with this halo, so
+// that a block's result equals that of the whole frame.
 constexpr Eigen::Index kHalo = 8;
+// A later pass can change a verdict only this close to a pixel cleaned by the pass before.
+constexpr Eigen::Index kReach = std::max(kHalo, kColumnOffsets.back());
 
 // A pixel flagged on its own evidence seeds growth into its neighbours in later passes; one
 // flagged only for standing out beside such a hit does not, so that growth cannot creep outwards
@@ -254,6 +462,8 @@ struct PassInput {
   const std::vector<std::uint8_t>& eligible;
   const std::vector<std::uint8_t>& cosmic;  ///< hits of earlier passes (kHitConfirmed or kHitGrown)
   float sigclip, sigcliplow, objlim;
+  float ratio_x, ratio_y, ratio_diag;  ///< largest p(0)/mean(neighbours) a PSF allows per direction
+  float psf_route;  ///< excess over the PSF bound that makes a Laplacian candidate a hit on its own
 };
 
 /// Scratch arrays for one block (core rectangle plus halo), reused from block to block.
@@ -355,6 +565,70 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
     const float f = std::max(kMinFine, (b.m3(li) - median7_at(b.m3, ly, lx)) / b.noise(li));
     return b.sp(li) / f;
   };
+  // Excess over the PSF bound: along x, y and both diagonals, the pixel above a local pedestal
+  // (the lowest pixel within kPedestalReach px in that direction, floored at 0) against the mean
+  // of its two neighbours above the same pedestal times the largest ratio the PSF allows; the best
+  // direction, over the noise of the difference. The pedestal reaches beyond the block halo, so it
+  // is read from the frame.
+  auto psf_excess = [&](Eigen::Index li) {
+    const Eigen::Index ly = li / wd, lx = li % wd, fy = y0 + ly, fx = x0 + lx;
+    const float p0 = b.w(li), n0 = b.noise(li);
+    float best = -std::numeric_limits<float>::infinity();
+    constexpr int dirs[4][2] = {{0, 1}, {1, 0}, {1, 1}, {1, -1}};
+    const float ratio[4] = {in.ratio_x, in.ratio_y, in.ratio_diag, in.ratio_diag};
+    for (int a = 0; a < 4; ++a) {
+      // Beyond a frame edge, the pixel mirrored across that edge (each axis on its own).
+      auto at = [&](int j) {
+        Eigen::Index yy = fy + j * dirs[a][0], xx = fx + j * dirs[a][1];
+        if (yy < 0 || yy >= ny) yy = fy - j * dirs[a][0];
+        if (xx < 0 || xx >= nx) xx = fx - j * dirs[a][1];
+        return std::pair{std::clamp<Eigen::Index>(yy, 0, ny - 1), std::clamp<Eigen::Index>(xx, 0, nx - 1)};
+      };
+      const auto [ym, xm] = at(-1);
+      const auto [yp, xp] = at(1);
+      const float pm = in.w(ym, xm), pp = in.w(yp, xp);
+      float ped = std::min(pm, pp);
+      for (int j = 2; j <= kPedestalReach; ++j) {
+        const auto [ya, xa] = at(-j);
+        const auto [yb, xb] = at(j);
+        ped = std::min({ped, in.w(ya, xa), in.w(yb, xb)});
+      }
+      ped = std::max(ped, 0.0f);
+      const float r = ratio[a];
+      const float e = (p0 - ped) - r * (0.5f * (pm + pp) - ped);
+      const float vn = std::max(in.var(ym, xm), 0.0f) + std::max(in.var(yp, xp), 0.0f);
+      const float v = n0 * n0 + 0.25f * r * r * (std::isfinite(vn) ? vn : 0.0f);
+      best = std::max(best, e / std::sqrt(std::max(v, 1e-6f)));
+    }
+    return best;
+  };
+  // Excess over the additive line-and-trace model C + R - D: C and R predict the pixel from its
+  // column and its row (median of the pair means at kColumnOffsets, which must agree), D is the
+  // background at the four corners (+-10, +-10). Used only where a line runs along the column
+  // (C - D significant): elsewhere the sharpness tests see a hit, and a spot (a line within a
+  // fiber trace, a product rather than a sum of line and trace) has nothing above D in its column.
+  // Over the noise of the pixel and of the model; -inf where the model does not apply.
+  auto column_excess = [&](Eigen::Index li) {
+    constexpr float none = -std::numeric_limits<float>::infinity();
+    const Eigen::Index fy = y0 + li / wd, fx = x0 + li % wd;
+    constexpr Eigen::Index reach = kColumnOffsets.back();
+    if (fy < reach || fy + reach >= ny || fx < reach || fx + reach >= nx) return none;
+    const float sd = b.noise(li);
+    std::array<float, 3> mc, mr;
+    for (std::size_t j = 0; j < 3; ++j) {
+      const Eigen::Index d = kColumnOffsets[j];
+      mc[j] = 0.5f * (in.w(fy - d, fx) + in.w(fy + d, fx));
+      mr[j] = 0.5f * (in.w(fy, fx - d) + in.w(fy, fx + d));
+    }
+    const auto [clo, chi] = std::minmax({mc[0], mc[1], mc[2]});
+    const auto [rlo, rhi] = std::minmax({mr[0], mr[1], mr[2]});
+    if (chi - clo > kColumnAgreement * sd || rhi - rlo > kColumnAgreement * sd) return none;
+    constexpr Eigen::Index dd = kColumnOffsets[1];
+    const float bg = median4(in.w(fy - dd, fx - dd), in.w(fy - dd, fx + dd), in.w(fy + dd, fx - dd), in.w(fy + dd, fx + dd));
+    const float col = median3(mc[0], mc[1], mc[2]), row = median3(mr[0], mr[1], mr[2]);
+    if (!(col - bg > kColumnAgreement * sd)) return none;
+    return (b.w(li) - col - row + bg) / (1.3f * sd);
+  };
   const float void_contrast = in.objlim / kMinFine;
   const float sigclip2 = in.sigclip * in.sigclip, sigcliplow2 = in.sigcliplow * in.sigcliplow;
   // Decisions are needed on the core plus 3 (candidates), 2 (first growth) and 1 (second growth)
@@ -372,6 +646,12 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
     for (Eigen::Index lx = xlo; lx < xhi; ++lx) {
       const Eigen::Index li = ly * wd + lx;
       const float z2 = zp[li], s = spp[li];
+      // A hit on a line that stands out of the line-and-trace model; the only route without the
+      // PSF bound (a track along a line is not sharper than the line).
+      if (column_excess(li) > in.sigclip && in.eligible[frame_index(li)]) {
+        b.cand.push_back(li);
+        continue;
+      }
       if (!(z2 > sigclip2) && !(s > in.sigclip)) continue;
       if (!in.eligible[frame_index(li)]) continue;
       const float p = sharpness(li);
@@ -385,6 +665,15 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
         c = c || (r > in.objlim && p > 1.0f && (r < void_contrast || z2 > kVoidContrastZ * kVoidContrastZ)) ||
             p > in.sigclip;
         b.above[static_cast<std::size_t>(li)] = (r > 1.0f && p > 0.3f) || p > in.sigcliplow;
+      }
+      // A hit is sharper than the PSF along at least one direction; lines, traces, arc spots and
+      // their blends are not.
+      if (c) {
+        c = psf_excess(li) > kPsfSigmaClip;
+      } else if (s > in.sigclip) {
+        // Sharp against the Laplacian's noise but resolved for the fine-structure image and not
+        // a point: a track along a line or a trace. A hit if it is far sharper than the PSF.
+        c = psf_excess(li) > in.psf_route;
       }
       if (c) b.cand.push_back(li);
     }
@@ -453,6 +742,16 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
 
 }  // namespace
 
+PsfWidths measure_psf_widths(const ImageArray& data, const ImageArray& variance, const MaskArray& mask) {
+  if (variance.rows() != data.rows() || variance.cols() != data.cols() || mask.rows() != data.rows() ||
+      mask.cols() != data.cols())
+    throw DataError("PSF width measurement: data, variance and mask differ in shape");
+  PsfWidths w;
+  std::tie(w.sigma_x, w.features_x) = measure_axis(band_profiles(data, variance, mask, true));
+  std::tie(w.sigma_y, w.features_y) = measure_axis(band_profiles(data, variance, mask, false));
+  return w;
+}
+
 ImageArray separable_median(const ImageArray& in, int k) {
   ImageArray tmp, out;
   separable_median_into(in, k, tmp, out);
@@ -486,17 +785,26 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
     clean_flagged(w, flagged, dead_list);
   }
 
+  res.psf = measure_psf_widths(data, variance, mask);
+  const double sx = res.psf.sigma_x, sy = res.psf.sigma_y;
   const PassInput in{w,
                      variance,
                      eligible,
                      cosmic,
                      static_cast<float>(cfg.cosmic_sigclip),
                      static_cast<float>(cfg.cosmic_sigfrac * cfg.cosmic_sigclip),
-                     static_cast<float>(cfg.cosmic_objlim)};
+                     static_cast<float>(cfg.cosmic_objlim),
+                     static_cast<float>(max_neighbour_ratio(sx)),
+                     static_cast<float>(max_neighbour_ratio(sy)),
+                     // Separable bound: the log-curvature of a pixel-integrated Gaussian is at most
+                     // 1/sigma^2 per axis, and the mean of two neighbours is at least their
+                     // geometric mean.
+                     static_cast<float>(std::exp(0.5 / (sx * sx) + 0.5 / (sy * sy))),
+                     kPsfRouteClip};
   BlockBuffers buf;
   std::vector<std::size_t> fresh, grown;
   // The first pass covers the frame in bands of rows that stay in cache. A later pass can only
-  // change its verdict within kHalo of a pixel cleaned by the pass before, so it visits only the
+  // change its verdict within kReach of a pixel cleaned by the pass before, so it visits only the
   // tiles there; the result is the same as a full pass.
   constexpr Eigen::Index kBand = 32, kTile = 32;
   const Eigen::Index nty = (ny + kTile - 1) / kTile, ntx = (nx + kTile - 1) / kTile;
@@ -532,8 +840,8 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
     dirty.assign(static_cast<std::size_t>(nty * ntx), 0);
     for (std::size_t i : fresh) {
       const Eigen::Index y = static_cast<Eigen::Index>(i) / nx, x = static_cast<Eigen::Index>(i) % nx;
-      for (Eigen::Index ty = std::max<Eigen::Index>(0, y - kHalo) / kTile; ty <= std::min(ny - 1, y + kHalo) / kTile; ++ty)
-        for (Eigen::Index tx = std::max<Eigen::Index>(0, x - kHalo) / kTile; tx <= std::min(nx - 1, x + kHalo) / kTile;
+      for (Eigen::Index ty = std::max<Eigen::Index>(0, y - kReach) / kTile; ty <= std::min(ny - 1, y + kReach) / kTile; ++ty)
+        for (Eigen::Index tx = std::max<Eigen::Index>(0, x - kReach) / kTile; tx <= std::min(nx - 1, x + kReach) / kTile;
              ++tx)
           dirty[static_cast<std::size_t>(ty * ntx + tx)] = 1;
     }
