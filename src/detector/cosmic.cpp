@@ -149,7 +149,10 @@ void laplacian_plus(const ImageArray& w, ImageArray& lp) {
 /// within 2 px along x or along y, whichever set varies less. In spectra, features are aligned
 /// with the axes (lines along y, traces along x); a square box would cut a hole into a line
 /// and the next pass would see its edges as new hits.
-void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, const std::vector<std::size_t>& which) {
+/// When `uncertainty` is given, it receives for each replaced pixel the square of half the range of
+/// the set used: how well the neighbours pin the value down.
+void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, const std::vector<std::size_t>& which,
+                   std::vector<float>* uncertainty = nullptr) {
   const Eigen::Index ny = w.rows(), nx = w.cols();
   std::vector<std::pair<std::size_t, float>> repl;
   std::vector<float> bx, by;
@@ -177,10 +180,17 @@ void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, cons
       for (Eigen::Index yy = std::max<Eigen::Index>(0, y - 2); yy <= std::min<Eigen::Index>(ny - 1, y + 2); ++yy)
         for (Eigen::Index xx = std::max<Eigen::Index>(0, x - 2); xx <= std::min<Eigen::Index>(nx - 1, x + 2); ++xx)
           if (!flagged[static_cast<std::size_t>(yy * nx + xx)]) bx.push_back(w(yy, xx));
-      if (!bx.empty()) repl.emplace_back(i, median(bx));
+      if (!bx.empty()) {
+        if (uncertainty) (*uncertainty)[i] = 0.25f * spread(bx) * spread(bx);
+        repl.emplace_back(i, median(bx));
+      }
       continue;
     }
     const bool use_x = by.size() < 2 || (bx.size() >= 2 && spread(bx) <= spread(by));
+    if (uncertainty) {
+      const float r = spread(use_x ? bx : by);
+      (*uncertainty)[i] = 0.25f * r * r;
+    }
     repl.emplace_back(i, median(use_x ? bx : by));
   }
   for (auto [i, v] : repl) w(static_cast<Eigen::Index>(i)) = v;
@@ -461,6 +471,7 @@ struct PassInput {
   const ImageArray& var;          ///< variance as given (non-finite and negative values allowed)
   const std::vector<std::uint8_t>& eligible;
   const std::vector<std::uint8_t>& cosmic;  ///< hits of earlier passes (kHitConfirmed or kHitGrown)
+  const std::vector<float>& dead_var;  ///< bad or no-data pixels: variance of the value that replaced them
   float sigclip, sigcliplow, objlim;
   float ratio_x, ratio_y, ratio_diag;  ///< largest p(0)/mean(neighbours) a PSF allows per direction
   float psf_route;  ///< excess over the PSF bound that makes a Laplacian candidate a hit on its own
@@ -596,7 +607,11 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
       ped = std::max(ped, 0.0f);
       const float r = ratio[a];
       const float e = (p0 - ped) - r * (0.5f * (pm + pp) - ped);
-      const float vn = std::max(in.var(ym, xm), 0.0f) + std::max(in.var(yp, xp), 0.0f);
+      // A bad neighbour holds an estimate from its own neighbours; its uncertainty counts (on a
+      // line beside a bad column the estimate is poor and would make the line look sharp).
+      const float vn = std::max(in.var(ym, xm), 0.0f) + std::max(in.var(yp, xp), 0.0f) +
+                       in.dead_var[static_cast<std::size_t>(ym * nx + xm)] +
+                       in.dead_var[static_cast<std::size_t>(yp * nx + xp)];
       const float v = n0 * n0 + 0.25f * r * r * (std::isfinite(vn) ? vn : 0.0f);
       best = std::max(best, e / std::sqrt(std::max(v, 1e-6f)));
     }
@@ -770,6 +785,7 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   const MaskPixel never = unusable | kMaskSaturated;
 
   std::vector<std::uint8_t> cosmic(n, 0), eligible(n, 0), flagged(n, 0);
+  std::vector<float> dead_var(n, 0.0f);
   std::vector<std::size_t> dead_list;
   ImageArray w = data;
   for (std::size_t i = 0; i < n; ++i) {
@@ -782,7 +798,7 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   }
   if (!dead_list.empty()) {
     for (std::size_t i : dead_list) w(static_cast<Eigen::Index>(i)) = 0.0f;
-    clean_flagged(w, flagged, dead_list);
+    clean_flagged(w, flagged, dead_list, &dead_var);
   }
 
   res.psf = measure_psf_widths(data, variance, mask);
@@ -791,6 +807,7 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
                      variance,
                      eligible,
                      cosmic,
+                     dead_var,
                      static_cast<float>(cfg.cosmic_sigclip),
                      static_cast<float>(cfg.cosmic_sigfrac * cfg.cosmic_sigclip),
                      static_cast<float>(cfg.cosmic_objlim),
