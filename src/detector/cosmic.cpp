@@ -609,10 +609,14 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
       const float e = (p0 - ped) - r * (0.5f * (pm + pp) - ped);
       // A bad neighbour holds an estimate from its own neighbours; its uncertainty counts (on a
       // line beside a bad column the estimate is poor and would make the line look sharp).
-      const float vn = std::max(in.var(ym, xm), 0.0f) + std::max(in.var(yp, xp), 0.0f) +
-                       in.dead_var[static_cast<std::size_t>(ym * nx + xm)] +
-                       in.dead_var[static_cast<std::size_t>(yp * nx + xp)];
-      const float v = n0 * n0 + 0.25f * r * r * (std::isfinite(vn) ? vn : 0.0f);
+      float vn = std::max(in.var(ym, xm), 0.0f) + std::max(in.var(yp, xp), 0.0f);
+      vn = std::isfinite(vn) ? vn : 0.0f;
+      const float vd = in.dead_var[static_cast<std::size_t>(ym * nx + xm)] + in.dead_var[static_cast<std::size_t>(yp * nx + xp)];
+      // The pixel's own noise without a hit: the local level, or on the core of a line or trace
+      // (where the 5x5 median sees the fainter surroundings) that of its neighbours times the
+      // ratio the PSF allows.
+      const float v0 = std::max(n0 * n0, 0.5f * r * vn);
+      const float v = v0 + 0.25f * r * r * (vn + vd);
       best = std::max(best, e / std::sqrt(std::max(v, 1e-6f)));
     }
     return best;
@@ -628,7 +632,11 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
     const Eigen::Index fy = y0 + li / wd, fx = x0 + li % wd;
     constexpr Eigen::Index reach = kColumnOffsets.back();
     if (fy < reach || fy + reach >= ny || fx < reach || fx + reach >= nx) return none;
-    const float sd = b.noise(li);
+    // The noise of the pixel as its column predicts it (on a line the 5x5 median of the variance
+    // sees the fainter surroundings), at least the local level.
+    const float vc = median3(in.var(fy - kColumnOffsets[0], fx), in.var(fy + kColumnOffsets[0], fx),
+                             in.var(fy - kColumnOffsets[1], fx));
+    const float sd = std::sqrt(std::max(b.noise(li) * b.noise(li), std::isfinite(vc) ? vc : 0.0f));
     std::array<float, 3> mc, mr;
     for (std::size_t j = 0; j < 3; ++j) {
       const Eigen::Index d = kColumnOffsets[j];
