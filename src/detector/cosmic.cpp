@@ -295,36 +295,50 @@ struct BandProfiles {
 BandProfiles band_profiles(const ImageArray& data, const ImageArray& var, const MaskArray& mask, bool along_x) {
   const MaskPixel unusable = kMaskBad | kMaskNoData | kMaskSaturated;
   BandProfiles bp;
-  bp.len = along_x ? data.cols() : data.rows();                   // along the profile
-  const Eigen::Index depth = along_x ? data.rows() : data.cols();  // collapsed
+  const Eigen::Index ny = data.rows(), nx = data.cols();
+  bp.len = along_x ? nx : ny;                   // along the profile
+  const Eigen::Index depth = along_x ? ny : nx;  // collapsed
   bp.nb = depth / kPsfBand;
   if (bp.nb < kPsfBandMedian) return bp;
   const Eigen::Index nb = bp.nb, len = bp.len;
-  auto at = [&](const auto& a, Eigen::Index i, Eigen::Index j) { return along_x ? a(j, i) : a(i, j); };
-  std::vector<float> prof(static_cast<std::size_t>(nb * len)), pvar(prof.size());
-  std::vector<std::uint8_t> ok(prof.size());
-  for (Eigen::Index k = 0; k < nb; ++k) {
-    // The last band takes the remaining rows (columns) too.
-    const Eigen::Index j1 = k + 1 == nb ? depth : (k + 1) * kPsfBand;
-    for (Eigen::Index i = 0; i < len; ++i) {
-      double s = 0.0, v = 0.0;
-      int n = 0;
-      for (Eigen::Index j = k * kPsfBand; j < j1; ++j) {
-        const float x = at(data, i, j), vx = at(var, i, j);
-        if ((at(mask, i, j) & unusable) || !std::isfinite(x) || !std::isfinite(vx)) continue;
-        // The median of the pixel and its two neighbours along the collapsed axis: for a profile
-        // that is a product (or sum) of one along each axis it changes only the amplitude, and it
-        // removes cosmic rays that are not long along the collapsed axis.
-        const float lo = at(data, i, std::max<Eigen::Index>(j - 1, 0)), hi = at(data, i, std::min(j + 1, depth - 1));
-        s += (std::isfinite(lo) && std::isfinite(hi)) ? median3(lo, x, hi) : x;
-        v += std::max(vx, 0.0f);
-        ++n;
+  // Sums over each band of the median of a pixel and its two neighbours along the collapsed axis:
+  // for a profile that is a product (or sum) of one along each axis it changes only the
+  // amplitude, and it removes cosmic rays that are not long along the collapsed axis. Unusable
+  // and non-finite pixels are left out. Loops run along rows, where the memory is contiguous.
+  std::vector<double> sum(static_cast<std::size_t>(nb * len), 0.0), vsum(sum.size(), 0.0);
+  std::vector<int> count(sum.size(), 0);
+  auto band = [&](Eigen::Index j) { return std::min(j / kPsfBand, nb - 1); };  // the last band takes the rest
+  for (Eigen::Index y = 0; y < ny; ++y) {
+    const float* d = data.data() + y * nx;
+    const float* dm = data.data() + std::max<Eigen::Index>(y - 1, 0) * nx;
+    const float* dp = data.data() + std::min(y + 1, ny - 1) * nx;
+    const float* v = var.data() + y * nx;
+    const MaskPixel* m = mask.data() + y * nx;
+    for (Eigen::Index x = 0; x < nx; ++x) {
+      const float c = d[x], vc = v[x];
+      if ((m[x] & unusable) || !std::isfinite(c) || !std::isfinite(vc)) continue;
+      float lo, hi;
+      if (along_x) {
+        lo = dm[x];
+        hi = dp[x];
+      } else {
+        lo = d[std::max<Eigen::Index>(x - 1, 0)];
+        hi = d[std::min(x + 1, nx - 1)];
       }
-      const auto q = static_cast<std::size_t>(k * len + i);
-      ok[q] = n * 4 >= 3 * kPsfBand;
-      prof[q] = n ? static_cast<float>(s / n) : 0.0f;
-      pvar[q] = n ? static_cast<float>(v / (static_cast<double>(n) * n)) : 0.0f;
+      const float med = (std::isfinite(lo) && std::isfinite(hi)) ? median3(lo, c, hi) : c;
+      const auto q = static_cast<std::size_t>(along_x ? band(y) * len + x : band(x) * len + y);
+      sum[q] += med;
+      vsum[q] += std::max(vc, 0.0f);
+      ++count[q];
     }
+  }
+  std::vector<float> prof(sum.size()), pvar(sum.size());
+  std::vector<std::uint8_t> ok(sum.size());
+  for (std::size_t q = 0; q < sum.size(); ++q) {
+    const int n = count[q];
+    ok[q] = n * 4 >= 3 * kPsfBand;
+    prof[q] = n ? static_cast<float>(sum[q] / n) : 0.0f;
+    pvar[q] = n ? static_cast<float>(vsum[q] / (static_cast<double>(n) * n)) : 0.0f;
   }
   bp.p.resize(prof.size());
   bp.noise.resize(prof.size());
@@ -484,6 +498,7 @@ struct BlockBuffers {
   ImageArray noise;  ///< sqrt of the 5x5 median of the variance
   std::vector<std::uint8_t> above, state;
   std::vector<Eigen::Index> cand, grow1;
+  std::vector<std::uint8_t> line_gate;  ///< a line may run along the column (line-and-trace model)
 };
 
 /// One detection pass on the rectangle [cy0, cy1) x [cx0, cx1) of the frame; appends the frame
@@ -576,15 +591,14 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
     const float f = std::max(kMinFine, (b.m3(li) - median7_at(b.m3, ly, lx)) / b.noise(li));
     return b.sp(li) / f;
   };
-  // Excess over the PSF bound: along x, y and both diagonals, the pixel above a local pedestal
-  // (the lowest pixel within kPedestalReach px in that direction, floored at 0) against the mean
-  // of its two neighbours above the same pedestal times the largest ratio the PSF allows; the best
-  // direction, over the noise of the difference. The pedestal reaches beyond the block halo, so it
+  // Sharper than the PSF by `need` sigma along x, y or a diagonal: the pixel above a local
+  // pedestal (the lowest pixel within kPedestalReach px in that direction, floored at 0) exceeds
+  // the mean of its two neighbours above the same pedestal times the largest ratio the PSF allows
+  // by `need` times the noise of the difference. The pedestal reaches beyond the block halo, so it
   // is read from the frame.
-  auto psf_excess = [&](Eigen::Index li) {
+  auto psf_sharper = [&](Eigen::Index li, float need) {
     const Eigen::Index ly = li / wd, lx = li % wd, fy = y0 + ly, fx = x0 + lx;
     const float p0 = b.w(li), n0 = b.noise(li);
-    float best = -std::numeric_limits<float>::infinity();
     constexpr int dirs[4][2] = {{0, 1}, {1, 0}, {1, 1}, {1, -1}};
     const float ratio[4] = {in.ratio_x, in.ratio_y, in.ratio_diag, in.ratio_diag};
     for (int a = 0; a < 4; ++a) {
@@ -598,15 +612,7 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
       const auto [ym, xm] = at(-1);
       const auto [yp, xp] = at(1);
       const float pm = in.w(ym, xm), pp = in.w(yp, xp);
-      float ped = std::min(pm, pp);
-      for (int j = 2; j <= kPedestalReach; ++j) {
-        const auto [ya, xa] = at(-j);
-        const auto [yb, xb] = at(j);
-        ped = std::min({ped, in.w(ya, xa), in.w(yb, xb)});
-      }
-      ped = std::max(ped, 0.0f);
       const float r = ratio[a];
-      const float e = (p0 - ped) - r * (0.5f * (pm + pp) - ped);
       // A bad neighbour holds an estimate from its own neighbours; its uncertainty counts (on a
       // line beside a bad column the estimate is poor and would make the line look sharp).
       float vn = std::max(in.var(ym, xm), 0.0f) + std::max(in.var(yp, xp), 0.0f);
@@ -616,10 +622,21 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
       // (where the 5x5 median sees the fainter surroundings) that of its neighbours times the
       // ratio the PSF allows.
       const float v0 = std::max(n0 * n0, 0.5f * r * vn);
-      const float v = v0 + 0.25f * r * r * (vn + vd);
-      best = std::max(best, e / std::sqrt(std::max(v, 1e-6f)));
+      const float lim = need * std::sqrt(std::max(v0 + 0.25f * r * r * (vn + vd), 1e-6f));
+      // The excess grows with the pedestal, which is at most the lower neighbour: a direction that
+      // fails even then needs no pedestal.
+      const float mean = 0.5f * (pm + pp);
+      auto excess = [&](float ped) { return (p0 - ped) - r * (mean - ped); };
+      float ped = std::max(std::min(pm, pp), 0.0f);
+      if (!(excess(ped) > lim)) continue;
+      for (int j = 2; j <= kPedestalReach; ++j) {
+        const auto [ya, xa] = at(-j);
+        const auto [yb, xb] = at(j);
+        ped = std::min({ped, in.w(ya, xa), in.w(yb, xb)});
+      }
+      if (excess(std::max(ped, 0.0f)) > lim) return true;
     }
-    return best;
+    return false;
   };
   // Excess over the additive line-and-trace model C + R - D: C and R predict the pixel from its
   // column and its row (median of the pair means at kColumnOffsets, which must agree), D is the
@@ -627,36 +644,64 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
   // (C - D significant): elsewhere the sharpness tests see a hit, and a spot (a line within a
   // fiber trace, a product rather than a sum of line and trace) has nothing above D in its column.
   // Over the noise of the pixel and of the model; -inf where the model does not apply.
+  // The first test of column_excess for every pixel at once, in loops along rows that
+  // vectorise: the column's prediction above the background by kColumnAgreement of the local
+  // noise. Pixels within kColumnOffsets.back() of a frame edge never pass.
+  const Eigen::Index cly0 = cy0 - y0, cly1 = cy1 - y0, clx0 = cx0 - x0, clx1 = cx1 - x0;
+  constexpr Eigen::Index reach = kColumnOffsets.back();
+  b.line_gate.assign(static_cast<std::size_t>(h * wd), 0);
+  for (Eigen::Index ly = std::max<Eigen::Index>(0, cly0 - 3); ly < std::min(h, cly1 + 3); ++ly) {
+    const Eigen::Index fy = y0 + ly;
+    if (fy < reach || fy + reach >= ny) continue;
+    const Eigen::Index lxa = std::max<Eigen::Index>(std::max<Eigen::Index>(0, clx0 - 3), reach - x0);
+    const Eigen::Index lxb = std::min(std::min(wd, clx1 + 3), nx - reach - x0);
+    auto row = [&](Eigen::Index d) { return in.w.data() + (fy + d) * nx + x0; };
+    const float *a0 = row(-kColumnOffsets[0]), *a1 = row(kColumnOffsets[0]), *b0 = row(-kColumnOffsets[1]),
+                *b1 = row(kColumnOffsets[1]), *c0 = row(-kColumnOffsets[2]), *c1 = row(kColumnOffsets[2]);
+    constexpr Eigen::Index dd = kColumnOffsets[1];
+    const float* nz = b.noise.data() + ly * wd;
+    std::uint8_t* g = b.line_gate.data() + ly * wd;
+    for (Eigen::Index lx = lxa; lx < lxb; ++lx) {
+      const float col = median3(0.5f * (a0[lx] + a1[lx]), 0.5f * (b0[lx] + b1[lx]), 0.5f * (c0[lx] + c1[lx]));
+      const float bg = median4(b0[lx - dd], b0[lx + dd], b1[lx - dd], b1[lx + dd]);
+      g[lx] = col - bg > kColumnAgreement * nz[lx];
+    }
+  }
   auto column_excess = [&](Eigen::Index li) {
     constexpr float none = -std::numeric_limits<float>::infinity();
+    if (!b.line_gate[static_cast<std::size_t>(li)]) return none;
     const Eigen::Index fy = y0 + li / wd, fx = x0 + li % wd;
-    constexpr Eigen::Index reach = kColumnOffsets.back();
-    if (fy < reach || fy + reach >= ny || fx < reach || fx + reach >= nx) return none;
-    // The noise of the pixel as its column predicts it (on a line the 5x5 median of the variance
-    // sees the fainter surroundings), at least the local level.
-    const float vc = median3(in.var(fy - kColumnOffsets[0], fx), in.var(fy + kColumnOffsets[0], fx),
-                             in.var(fy - kColumnOffsets[1], fx));
-    const float sd = std::sqrt(std::max(b.noise(li) * b.noise(li), std::isfinite(vc) ? vc : 0.0f));
+    // Cheapest tests first: most pixels have no line along their column.
     std::array<float, 3> mc, mr;
     for (std::size_t j = 0; j < 3; ++j) {
       const Eigen::Index d = kColumnOffsets[j];
       mc[j] = 0.5f * (in.w(fy - d, fx) + in.w(fy + d, fx));
-      mr[j] = 0.5f * (in.w(fy, fx - d) + in.w(fy, fx + d));
     }
-    const auto [clo, chi] = std::minmax({mc[0], mc[1], mc[2]});
-    const auto [rlo, rhi] = std::minmax({mr[0], mr[1], mr[2]});
-    if (chi - clo > kColumnAgreement * sd || rhi - rlo > kColumnAgreement * sd) return none;
     constexpr Eigen::Index dd = kColumnOffsets[1];
     const float bg = median4(in.w(fy - dd, fx - dd), in.w(fy - dd, fx + dd), in.w(fy + dd, fx - dd), in.w(fy + dd, fx + dd));
-    const float col = median3(mc[0], mc[1], mc[2]), row = median3(mr[0], mr[1], mr[2]);
+    const float col = median3(mc[0], mc[1], mc[2]);
+    const float n0 = b.noise(li);
+    // The noise of the pixel as its column predicts it (on a line the 5x5 median of the variance
+    // sees the fainter surroundings), at least the local level.
+    const float vc = median3(in.var(fy - kColumnOffsets[0], fx), in.var(fy + kColumnOffsets[0], fx),
+                             in.var(fy - kColumnOffsets[1], fx));
+    const float sd = std::sqrt(std::max(n0 * n0, std::isfinite(vc) ? vc : 0.0f));
     if (!(col - bg > kColumnAgreement * sd)) return none;
+    const auto [clo, chi] = std::minmax({mc[0], mc[1], mc[2]});
+    if (chi - clo > kColumnAgreement * sd) return none;
+    for (std::size_t j = 0; j < 3; ++j) {
+      const Eigen::Index d = kColumnOffsets[j];
+      mr[j] = 0.5f * (in.w(fy, fx - d) + in.w(fy, fx + d));
+    }
+    const auto [rlo, rhi] = std::minmax({mr[0], mr[1], mr[2]});
+    if (rhi - rlo > kColumnAgreement * sd) return none;
+    const float row = median3(mr[0], mr[1], mr[2]);
     return (b.w(li) - col - row + bg) / (1.3f * sd);
   };
   const float void_contrast = in.objlim / kMinFine;
   const float sigclip2 = in.sigclip * in.sigclip, sigcliplow2 = in.sigcliplow * in.sigcliplow;
   // Decisions are needed on the core plus 3 (candidates), 2 (first growth) and 1 (second growth)
   // pixels; `inside(li, m)` tells whether a block pixel lies in the core grown by m.
-  const Eigen::Index cly0 = cy0 - y0, cly1 = cy1 - y0, clx0 = cx0 - x0, clx1 = cx1 - x0;
   auto inside = [&](Eigen::Index li, Eigen::Index m) {
     const Eigen::Index ly = li / wd, lx = li % wd;
     return ly >= cly0 - m && ly < cly1 + m && lx >= clx0 - m && lx < clx1 + m;
@@ -692,11 +737,11 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
       // A hit is sharper than the PSF along at least one direction; lines, traces, arc spots and
       // their blends are not.
       if (c) {
-        c = psf_excess(li) > kPsfSigmaClip;
+        c = psf_sharper(li, kPsfSigmaClip);
       } else if (s > in.sigclip) {
         // Sharp against the Laplacian's noise but resolved for the fine-structure image and not
         // a point: a track along a line or a trace. A hit if it is far sharper than the PSF.
-        c = psf_excess(li) > in.psf_route;
+        c = psf_sharper(li, in.psf_route);
       }
       if (c) b.cand.push_back(li);
     }
