@@ -364,11 +364,31 @@ BandProfiles band_profiles(const ImageArray& data, const ImageArray& var, const 
   return bp;
 }
 
-/// Width along the profile axis (x when `along_x`, else y); see measure_psf_widths.
-std::pair<double, int> measure_axis(const BandProfiles& bp) {
+/// The bound of a Gaussian of width sigma: its largest neighbour ratio and log-curvature (at most
+/// 1/(2 sigma^2) for any centring of a pixel-integrated Gaussian).
+struct AxisBound {
+  double ratio = 0.0, curvature = 0.0;
+  int features = 0;
+};
+AxisBound gaussian_bound(double sigma) { return {max_neighbour_ratio(sigma), 0.5 / (sigma * sigma), 0}; }
+
+/// One peak of a band profile: its position, the Gaussian width of its central log-curvature (to
+/// recognise single-pixel profiles) and its largest neighbour ratio and log-curvature.
+struct Peak {
+  Eigen::Index pos = 0;
+  double sigma = 0.0, ratio = 0.0, curvature = 0.0;
+};
+
+// Pixels of a feature down to this fraction of its peak enter its ratio and curvature: the core,
+// where the shoulders of a flat-topped profile are; fainter pixels are noisy enough to inflate
+// the largest value over the windows.
+constexpr double kPsfCoreFraction = 0.5;
+
+/// The bound along the profile axis (x when `along_x`, else y); see measure_psf_bound.
+AxisBound measure_axis(const BandProfiles& bp) {
   const Eigen::Index nb = bp.nb, len = bp.len;
-  if (nb < kPsfBandMedian || len < 2 * kPsfWindow + 3) return {kDefaultPsfSigma, 0};
-  std::vector<std::pair<Eigen::Index, double>> found;  // (position, sigma)
+  if (nb < kPsfBandMedian || len < 2 * kPsfWindow + 3) return gaussian_bound(kDefaultPsfSigma);
+  std::vector<Peak> found;
   constexpr int h = kPsfBandMedian / 2;
   for (Eigen::Index k = h; k + h < nb; ++k) {
     const float* p = bp.p.data() + k * len;
@@ -400,38 +420,66 @@ std::pair<double, int> measure_axis(const BandProfiles& bp) {
       const auto reach = static_cast<Eigen::Index>(std::ceil(2.5 * sigma + 1.0));
       if (i - reach < 0 || i + reach >= len || !all_good(i - reach, i + reach)) continue;
       if (std::max(P(i - reach), P(i + reach)) - ped > kPsfIsolation * q0) continue;
-      found.emplace_back(i, sigma);
+      // The profile need not be a Gaussian (a wide slit gives a flat top with steep shoulders):
+      // the ratio and curvature are taken over every pixel of the feature's core.
+      Peak pk{i, sigma, 0.0, 0.0};
+      for (Eigen::Index j = i - reach + 1; j <= i + reach - 1; ++j) {
+        const double a = P(j - 1) - ped, q = P(j) - ped, e = P(j + 1) - ped;
+        if (q < kPsfCoreFraction * q0 || !(a > 0) || !(e > 0)) continue;
+        pk.ratio = std::max(pk.ratio, q / (0.5 * (a + e)));
+        pk.curvature = std::max(pk.curvature, std::log(q) - 0.5 * (std::log(a) + std::log(e)));
+      }
+      found.push_back(pk);
     }
   }
-  // One width per feature: peaks at the same or adjacent positions in different band windows.
-  // A feature seen in a single window is a coincidence of cosmic rays in neighbouring bands.
-  std::sort(found.begin(), found.end());
-  std::vector<double> widths, group;
+  // One value per feature: peaks at the same or adjacent positions in different band windows. A feature seen in fewer than kPsfMinWindows windows is a
+  // coincidence of cosmic rays in neighbouring bands.
+  std::sort(found.begin(), found.end(), [](const Peak& l, const Peak& r) { return l.pos < r.pos; });
+  std::vector<Peak> features;
+  std::vector<double> sg, ra, cu;
+  auto median = [](std::vector<double>& v) {
+    auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
+    std::nth_element(v.begin(), mid, v.end());
+    return *mid;
+  };
   for (std::size_t a = 0; a < found.size();) {
     std::size_t e = a + 1;
-    while (e < found.size() && found[e].first - found[e - 1].first <= 1) ++e;
+    while (e < found.size() && found[e].pos - found[e - 1].pos <= 1) ++e;
     if (e - a >= kPsfMinWindows) {
-      group.clear();
-      for (std::size_t j = a; j < e; ++j) group.push_back(found[j].second);
-      auto mid = group.begin() + static_cast<std::ptrdiff_t>(group.size() / 2);
-      std::nth_element(group.begin(), mid, group.end());
-      widths.push_back(*mid);
+      sg.clear();
+      ra.clear();
+      cu.clear();
+      for (std::size_t j = a; j < e; ++j) {
+        sg.push_back(found[j].sigma);
+        ra.push_back(found[j].ratio);
+        cu.push_back(found[j].curvature);
+      }
+      // A line that is tilted or curved changes its centring from window to window; the bound
+      // must hold at every centring, so the largest ratio and curvature over the windows count.
+      // A line that is tilted or curved changes its centring from window to window; the bound
+      // must hold at every centring, so the largest ratio and curvature over the windows count.
+      features.push_back({found[a].pos, median(sg), *std::max_element(ra.begin(), ra.end()),
+                          *std::max_element(cu.begin(), cu.end())});
     }
     a = e;
   }
-  if (widths.size() < kPsfMinFeatures) return {kDefaultPsfSigma, 0};
+  if (features.size() < kPsfMinFeatures) return gaussian_bound(kDefaultPsfSigma);
   // Coincidences of cosmic rays that the band median kept are far narrower than the rest: a
   // feature more than 5 MAD and more than kPsfOutlier below the median width is dropped.
-  std::vector<double> tmp = widths;
-  auto mid = tmp.begin() + static_cast<std::ptrdiff_t>(tmp.size() / 2);
-  std::nth_element(tmp.begin(), mid, tmp.end());
-  const double med = *mid;
-  for (auto& t : tmp) t = std::abs(t - med);
-  std::nth_element(tmp.begin(), mid, tmp.end());
-  const double floor = med - std::max(5.0 * 1.4826 * *mid, kPsfOutlier * med);
-  std::erase_if(widths, [&](double w) { return w < floor; });
+  sg.clear();
+  for (const auto& f : features) sg.push_back(f.sigma);
+  const double med = median(sg);
+  for (auto& t : sg) t = std::abs(t - med);
+  const double floor = med - std::max(5.0 * 1.4826 * median(sg), kPsfOutlier * med);
+  std::erase_if(features, [&](const Peak& f) { return f.sigma < floor; });
   // The bound must hold for the sharpest real feature of the frame.
-  return {*std::min_element(widths.begin(), widths.end()), static_cast<int>(widths.size())};
+  AxisBound out;
+  for (const auto& f : features) {
+    out.ratio = std::max(out.ratio, f.ratio);
+    out.curvature = std::max(out.curvature, f.curvature);
+  }
+  out.features = static_cast<int>(features.size());
+  return out;
 }
 
 // The column model: a pixel predicted by the pixels of its column at +-7, +-10 and +-13 rows,
@@ -449,9 +497,6 @@ constexpr float kPsfSigmaClip = 3.0f;
 // the lines and traces; the lowest pixel within this many pixels along the direction (floored at
 // 0) is taken for it. Nearer, it can lie on the wing of a neighbouring line of a blend.
 constexpr int kPedestalReach = 8;
-// A Laplacian candidate without contrast or point-sharpness evidence (a track along a line or a
-// trace, resolved for the fine-structure image) is a hit if it exceeds the bound by this much.
-constexpr float kPsfRouteClip = 6.0f;
 
 // Noise of the residuals of the profile models, in units of the pixel's own noise: a median of
 // four neighbours has about 0.3 of one pixel's variance, so v - m has 1.3 (1.14 sigma). The
@@ -488,7 +533,7 @@ struct PassInput {
   const std::vector<float>& dead_var;  ///< bad or no-data pixels: variance of the value that replaced them
   float sigclip, sigcliplow, objlim;
   float ratio_x, ratio_y, ratio_diag;  ///< largest p(0)/mean(neighbours) a PSF allows per direction
-  float psf_route;  ///< excess over the PSF bound that makes a Laplacian candidate a hit on its own
+  float psf_route;  ///< excess over the PSF bound that makes a Laplacian candidate a hit on its own (sigclip)
 };
 
 /// Scratch arrays for one block (core rectangle plus halo), reused from block to block.
@@ -810,14 +855,13 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
 
 }  // namespace
 
-PsfWidths measure_psf_widths(const ImageArray& data, const ImageArray& variance, const MaskArray& mask) {
+PsfBound measure_psf_bound(const ImageArray& data, const ImageArray& variance, const MaskArray& mask) {
   if (variance.rows() != data.rows() || variance.cols() != data.cols() || mask.rows() != data.rows() ||
       mask.cols() != data.cols())
-    throw DataError("PSF width measurement: data, variance and mask differ in shape");
-  PsfWidths w;
-  std::tie(w.sigma_x, w.features_x) = measure_axis(band_profiles(data, variance, mask, true));
-  std::tie(w.sigma_y, w.features_y) = measure_axis(band_profiles(data, variance, mask, false));
-  return w;
+    throw DataError("PSF bound measurement: data, variance and mask differ in shape");
+  const AxisBound bx = measure_axis(band_profiles(data, variance, mask, true));
+  const AxisBound by = measure_axis(band_profiles(data, variance, mask, false));
+  return {bx.ratio, by.ratio, bx.curvature, by.curvature, bx.features, by.features};
 }
 
 ImageArray separable_median(const ImageArray& in, int k) {
@@ -854,8 +898,7 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
     clean_flagged(w, flagged, dead_list, &dead_var);
   }
 
-  res.psf = measure_psf_widths(data, variance, mask);
-  const double sx = res.psf.sigma_x, sy = res.psf.sigma_y;
+  res.psf = measure_psf_bound(data, variance, mask);
   const PassInput in{w,
                      variance,
                      eligible,
@@ -864,13 +907,13 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
                      static_cast<float>(cfg.cosmic_sigclip),
                      static_cast<float>(cfg.cosmic_sigfrac * cfg.cosmic_sigclip),
                      static_cast<float>(cfg.cosmic_objlim),
-                     static_cast<float>(max_neighbour_ratio(sx)),
-                     static_cast<float>(max_neighbour_ratio(sy)),
-                     // Separable bound: the log-curvature of a pixel-integrated Gaussian is at most
-                     // 1/sigma^2 per axis, and the mean of two neighbours is at least their
+                     static_cast<float>(res.psf.ratio_x),
+                     static_cast<float>(res.psf.ratio_y),
+                     // Along a diagonal, a product of profiles along x and y keeps to the sum of
+                     // the log-curvatures, and the mean of two neighbours is at least their
                      // geometric mean.
-                     static_cast<float>(std::exp(0.5 / (sx * sx) + 0.5 / (sy * sy))),
-                     kPsfRouteClip};
+                     static_cast<float>(std::exp(res.psf.curvature_x + res.psf.curvature_y)),
+                     static_cast<float>(cfg.cosmic_sigclip)};
   BlockBuffers buf;
   std::vector<std::size_t> fresh, grown;
   // The first pass covers the frame in bands of rows that stay in cache. A later pass can only
