@@ -236,7 +236,7 @@ void separable_median_into(const ImageArray& in, int k, ImageArray& tmp, ImageAr
   }
 }
 
-// ---- PSF widths and the sharpness bound
+// ---- The PSF sharpness bound
 
 /// Fraction of a Gaussian of width `sigma` centred at `d` that falls on pixel k (pixel-integrated).
 double pixel_gauss(int k, double d, double sigma) {
@@ -275,7 +275,7 @@ constexpr int kPsfBandMedian = 5;        // adjacent bands whose median removes 
 constexpr Eigen::Index kPsfWindow = 5;   // a peak is the maximum within +-5 px
 constexpr double kPsfMinSnr = 20.0;      // peak above its pedestal, in units of its noise
 constexpr double kPsfIsolation = 0.2;    // profile beyond 2.5 sigma + 1 px below this fraction of the peak
-constexpr std::size_t kPsfMinFeatures = 3;   // fewer: the axis has the default width
+constexpr std::size_t kPsfMinFeatures = 3;   // fewer: the axis has the default bound
 constexpr std::size_t kPsfMinWindows = 3;    // band windows a feature must be found in
 constexpr double kPsfOutlier = 0.25;         // see measure_axis
 // A profile narrower than this is a single pixel (a hot column or row), not an optical image:
