@@ -188,6 +188,10 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
       h.set("NCOSMIC", static_cast<long long>(cr.npix), "pixels flagged COSMIC");
       h.set("CRSIGCLP", cfg.cosmic_sigclip, "L.A.Cosmic sigclip");
       h.set("CROBJLIM", cfg.cosmic_objlim, "L.A.Cosmic objlim");
+      h.set("CRRATX", cr.psf.ratio_x, "CR bound: largest pixel/mean(neighbours) along x");
+      h.set("CRNFX", static_cast<long long>(cr.psf.features_x), "features CRRATX measured from (0: default)");
+      h.set("CRRATY", cr.psf.ratio_y, "CR bound: largest pixel/mean(neighbours) along y");
+      h.set("CRNFY", static_cast<long long>(cr.psf.features_y), "features CRRATY measured from (0: default)");
     }
     h.add_history(fmt::format("kspecdr {} detector: raw -> IM from {}", version(), name));
     im.unit = "electron";
@@ -238,6 +242,10 @@ const std::vector<io::FormatItem>& im_format() {
     kw("NCOSMIC", "int64", "", "pixels flagged COSMIC", "CRMASK = T");
     kw("CRSIGCLP", "float64", "", "L.A.Cosmic sigclip", "CRMASK = T");
     kw("CROBJLIM", "float64", "", "L.A.Cosmic objlim", "CRMASK = T");
+    kw("CRRATX", "float64", "", "cosmic-ray PSF bound: largest ratio of a pixel to the mean of its neighbours along x", "CRMASK = T");
+    kw("CRNFX", "int64", "", "isolated features CRRATX was measured from; 0: that of a Gaussian of sigma 0.8 px", "CRMASK = T");
+    kw("CRRATY", "float64", "", "cosmic-ray PSF bound: largest ratio of a pixel to the mean of its neighbours along y", "CRMASK = T");
+    kw("CRNFY", "int64", "", "isolated features CRRATY was measured from; 0: that of a Gaussian of sigma 0.8 px", "CRMASK = T");
     // Set by kspecdr reduce.
     kw("EXPNAME", "string", "", "exposure name");
     kw("FRAMECLS", "string", "", "frame class from the instrument profile");

@@ -6,6 +6,8 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kspecdr/core/error.hpp"
@@ -147,7 +149,10 @@ void laplacian_plus(const ImageArray& w, ImageArray& lp) {
 /// within 2 px along x or along y, whichever set varies less. In spectra, features are aligned
 /// with the axes (lines along y, traces along x); a square box would cut a hole into a line
 /// and the next pass would see its edges as new hits.
-void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, const std::vector<std::size_t>& which) {
+/// When `uncertainty` is given, it receives for each replaced pixel the square of half the range of
+/// the set used: how well the neighbours pin the value down.
+void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, const std::vector<std::size_t>& which,
+                   std::vector<float>* uncertainty = nullptr) {
   const Eigen::Index ny = w.rows(), nx = w.cols();
   std::vector<std::pair<std::size_t, float>> repl;
   std::vector<float> bx, by;
@@ -175,10 +180,17 @@ void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, cons
       for (Eigen::Index yy = std::max<Eigen::Index>(0, y - 2); yy <= std::min<Eigen::Index>(ny - 1, y + 2); ++yy)
         for (Eigen::Index xx = std::max<Eigen::Index>(0, x - 2); xx <= std::min<Eigen::Index>(nx - 1, x + 2); ++xx)
           if (!flagged[static_cast<std::size_t>(yy * nx + xx)]) bx.push_back(w(yy, xx));
-      if (!bx.empty()) repl.emplace_back(i, median(bx));
+      if (!bx.empty()) {
+        if (uncertainty) (*uncertainty)[i] = 0.25f * spread(bx) * spread(bx);
+        repl.emplace_back(i, median(bx));
+      }
       continue;
     }
     const bool use_x = by.size() < 2 || (bx.size() >= 2 && spread(bx) <= spread(by));
+    if (uncertainty) {
+      const float r = spread(use_x ? bx : by);
+      (*uncertainty)[i] = 0.25f * r * r;
+    }
     repl.emplace_back(i, median(use_x ? bx : by));
   }
   for (auto [i, v] : repl) w(static_cast<Eigen::Index>(i)) = v;
@@ -224,6 +236,268 @@ void separable_median_into(const ImageArray& in, int k, ImageArray& tmp, ImageAr
   }
 }
 
+// ---- The PSF sharpness bound
+
+/// Fraction of a Gaussian of width `sigma` centred at `d` that falls on pixel k (pixel-integrated).
+double pixel_gauss(int k, double d, double sigma) {
+  const double s = std::sqrt(2.0) * sigma;
+  return 0.5 * (std::erf((k + 0.5 - d) / s) - std::erf((k - 0.5 - d) / s));
+}
+
+/// log p(0) - (log p(-1) + log p(1)) / 2 of a pixel-integrated Gaussian centred at d.
+double log_curvature(double sigma, double d) {
+  return std::log(pixel_gauss(0, d, sigma)) - 0.5 * (std::log(pixel_gauss(-1, d, sigma)) + std::log(pixel_gauss(1, d, sigma)));
+}
+
+/// The sigma whose pixel-integrated Gaussian, centred at d, has log-curvature c (decreasing in sigma).
+double sigma_from_curvature(double c, double d) {
+  double lo = 0.2, hi = 20.0;
+  for (int i = 0; i < 50; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (log_curvature(mid, d) > c ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
+/// Largest p(0) / mean(p(-1), p(1)) of a pixel-integrated Gaussian over its centring. By the
+/// mediant inequality no non-negative sum of such profiles (blends, a pedestal) exceeds it.
+double max_neighbour_ratio(double sigma) {
+  double r = 0.0;
+  for (int i = 0; i <= 50; ++i) {
+    const double d = 0.01 * i;
+    r = std::max(r, pixel_gauss(0, d, sigma) / (0.5 * (pixel_gauss(-1, d, sigma) + pixel_gauss(1, d, sigma))));
+  }
+  return r;
+}
+
+constexpr Eigen::Index kPsfBand = 16;    // rows (columns) averaged into one profile
+constexpr int kPsfBandMedian = 5;        // adjacent bands whose median removes cosmic rays
+constexpr Eigen::Index kPsfWindow = 5;   // a peak is the maximum within +-5 px
+constexpr double kPsfMinSnr = 20.0;      // peak above its pedestal, in units of its noise
+constexpr double kPsfIsolation = 0.2;    // profile beyond 2.5 sigma + 1 px below this fraction of the peak
+constexpr std::size_t kPsfMinFeatures = 3;   // fewer: the axis has the default bound
+constexpr std::size_t kPsfMinWindows = 3;    // band windows a feature must be found in
+constexpr double kPsfOutlier = 0.25;         // see measure_axis
+// A profile narrower than this is a single pixel (a hot column or row), not an optical image:
+// a Gaussian of sigma 0.5 px puts 68 % of its light on one pixel.
+constexpr double kPsfUndersampled = 0.5;
+
+/// Profiles of the frame along one axis (x when `along_x`, else y): the mean over each band of
+/// kPsfBand rows (columns) without unusable pixels, then for each band the median of the
+/// kPsfBandMedian bands around it (clamped at the ends), which removes cosmic rays.
+struct BandProfiles {
+  Eigen::Index nb = 0, len = 0;      ///< bands, pixels along the profile
+  std::vector<float> p, noise;       ///< nb x len, band-major
+  std::vector<std::uint8_t> good;    ///< every band of the median has 3/4 usable pixels there
+  float at(Eigen::Index k, Eigen::Index i) const { return p[static_cast<std::size_t>(k * len + i)]; }
+};
+
+BandProfiles band_profiles(const ImageArray& data, const ImageArray& var, const MaskArray& mask, bool along_x) {
+  const MaskPixel unusable = kMaskBad | kMaskNoData | kMaskSaturated;
+  BandProfiles bp;
+  const Eigen::Index ny = data.rows(), nx = data.cols();
+  bp.len = along_x ? nx : ny;                   // along the profile
+  const Eigen::Index depth = along_x ? ny : nx;  // collapsed
+  bp.nb = depth / kPsfBand;
+  if (bp.nb < kPsfBandMedian) return bp;
+  const Eigen::Index nb = bp.nb, len = bp.len;
+  // Sums over each band of the median of a pixel and its two neighbours along the collapsed axis:
+  // for a profile that is a product (or sum) of one along each axis it changes only the
+  // amplitude, and it removes cosmic rays that are not long along the collapsed axis. Unusable
+  // and non-finite pixels are left out. Loops run along rows, where the memory is contiguous.
+  std::vector<double> sum(static_cast<std::size_t>(nb * len), 0.0), vsum(sum.size(), 0.0);
+  std::vector<int> count(sum.size(), 0);
+  auto band = [&](Eigen::Index j) { return std::min(j / kPsfBand, nb - 1); };  // the last band takes the rest
+  for (Eigen::Index y = 0; y < ny; ++y) {
+    const float* d = data.data() + y * nx;
+    const float* dm = data.data() + std::max<Eigen::Index>(y - 1, 0) * nx;
+    const float* dp = data.data() + std::min(y + 1, ny - 1) * nx;
+    const float* v = var.data() + y * nx;
+    const MaskPixel* m = mask.data() + y * nx;
+    for (Eigen::Index x = 0; x < nx; ++x) {
+      const float c = d[x], vc = v[x];
+      if ((m[x] & unusable) || !std::isfinite(c) || !std::isfinite(vc)) continue;
+      float lo, hi;
+      if (along_x) {
+        lo = dm[x];
+        hi = dp[x];
+      } else {
+        lo = d[std::max<Eigen::Index>(x - 1, 0)];
+        hi = d[std::min(x + 1, nx - 1)];
+      }
+      const float med = (std::isfinite(lo) && std::isfinite(hi)) ? median3(lo, c, hi) : c;
+      const auto q = static_cast<std::size_t>(along_x ? band(y) * len + x : band(x) * len + y);
+      sum[q] += med;
+      vsum[q] += std::max(vc, 0.0f);
+      ++count[q];
+    }
+  }
+  std::vector<float> prof(sum.size()), pvar(sum.size());
+  std::vector<std::uint8_t> ok(sum.size());
+  for (std::size_t q = 0; q < sum.size(); ++q) {
+    const int n = count[q];
+    ok[q] = n * 4 >= 3 * kPsfBand;
+    prof[q] = n ? static_cast<float>(sum[q] / n) : 0.0f;
+    pvar[q] = n ? static_cast<float>(vsum[q] / (static_cast<double>(n) * n)) : 0.0f;
+  }
+  bp.p.resize(prof.size());
+  bp.noise.resize(prof.size());
+  bp.good.resize(prof.size());
+  constexpr int h = kPsfBandMedian / 2;
+  for (Eigen::Index k = 0; k < nb; ++k) {
+    const Eigen::Index k0 = std::clamp<Eigen::Index>(k - h, 0, nb - kPsfBandMedian);
+    for (Eigen::Index i = 0; i < len; ++i) {
+      std::array<float, kPsfBandMedian> b;
+      bool g = true;
+      for (int m = 0; m < kPsfBandMedian; ++m) {
+        const auto q = static_cast<std::size_t>((k0 + m) * len + i);
+        b[static_cast<std::size_t>(m)] = prof[q];
+        g = g && ok[q];
+      }
+      const auto q = static_cast<std::size_t>(k * len + i);
+      bp.p[q] = median5(b[0], b[1], b[2], b[3], b[4]);
+      // Noise of a median of five band means: about 1.2 times that of one.
+      bp.noise[q] = 1.2f * std::sqrt(pvar[q]);
+      bp.good[q] = g;
+    }
+  }
+  return bp;
+}
+
+/// The bound of a Gaussian of width sigma: its largest neighbour ratio and log-curvature (at most
+/// 1/(2 sigma^2) for any centring of a pixel-integrated Gaussian).
+struct AxisBound {
+  double ratio = 0.0, curvature = 0.0;
+  int features = 0;
+};
+AxisBound gaussian_bound(double sigma) { return {max_neighbour_ratio(sigma), 0.5 / (sigma * sigma), 0}; }
+
+/// One peak of a band profile: its position, the Gaussian width of its central log-curvature (to
+/// recognise single-pixel profiles) and its largest neighbour ratio and log-curvature.
+struct Peak {
+  Eigen::Index pos = 0;
+  double sigma = 0.0, ratio = 0.0, curvature = 0.0;
+};
+
+// Pixels of a feature down to this fraction of its peak enter its ratio and curvature: the core,
+// where the shoulders of a flat-topped profile are; fainter pixels are noisy enough to inflate
+// the largest value over the windows.
+constexpr double kPsfCoreFraction = 0.5;
+
+/// The bound along the profile axis (x when `along_x`, else y); see measure_psf_bound.
+AxisBound measure_axis(const BandProfiles& bp) {
+  const Eigen::Index nb = bp.nb, len = bp.len;
+  if (nb < kPsfBandMedian || len < 2 * kPsfWindow + 3) return gaussian_bound(kDefaultPsfSigma);
+  std::vector<Peak> found;
+  constexpr int h = kPsfBandMedian / 2;
+  for (Eigen::Index k = h; k + h < nb; ++k) {
+    const float* p = bp.p.data() + k * len;
+    const std::uint8_t* good = bp.good.data() + k * len;
+    auto P = [&](Eigen::Index i) { return static_cast<double>(p[static_cast<std::size_t>(i)]); };
+    auto all_good = [&](Eigen::Index a, Eigen::Index e) {
+      for (Eigen::Index i = a; i <= e; ++i)
+        if (!good[static_cast<std::size_t>(i)]) return false;
+      return true;
+    };
+    for (Eigen::Index i = kPsfWindow; i + kPsfWindow < len; ++i) {
+      if (!(P(i) > P(i - 1) && P(i) >= P(i + 1))) continue;
+      if (!all_good(i - kPsfWindow, i + kPsfWindow)) continue;
+      double top = P(i), ped = P(i);
+      for (Eigen::Index j = i - kPsfWindow; j <= i + kPsfWindow; ++j) {
+        top = std::max(top, P(j));
+        ped = std::min(ped, P(j));
+      }
+      if (top > P(i)) continue;
+      const double q0 = P(i) - ped, qm = P(i - 1) - ped, qp = P(i + 1) - ped;
+      const double noise = bp.noise[static_cast<std::size_t>(k * len + i)];
+      if (!(q0 > kPsfMinSnr * noise) || !(qm > 0) || !(qp > 0)) continue;
+      const double c = std::log(q0) - 0.5 * (std::log(qm) + std::log(qp));
+      if (!(c > 0)) continue;
+      const double d = (std::log(qp) - std::log(qm)) / (4.0 * c);
+      if (std::abs(d) > 0.5) continue;
+      const double sigma = sigma_from_curvature(c, d);
+      if (sigma < kPsfUndersampled) continue;
+      const auto reach = static_cast<Eigen::Index>(std::ceil(2.5 * sigma + 1.0));
+      if (i - reach < 0 || i + reach >= len || !all_good(i - reach, i + reach)) continue;
+      if (std::max(P(i - reach), P(i + reach)) - ped > kPsfIsolation * q0) continue;
+      // The profile need not be a Gaussian (a wide slit gives a flat top with steep shoulders):
+      // the ratio and curvature are taken over every pixel of the feature's core.
+      Peak pk{i, sigma, 0.0, 0.0};
+      for (Eigen::Index j = i - reach + 1; j <= i + reach - 1; ++j) {
+        const double a = P(j - 1) - ped, q = P(j) - ped, e = P(j + 1) - ped;
+        if (q < kPsfCoreFraction * q0 || !(a > 0) || !(e > 0)) continue;
+        pk.ratio = std::max(pk.ratio, q / (0.5 * (a + e)));
+        pk.curvature = std::max(pk.curvature, std::log(q) - 0.5 * (std::log(a) + std::log(e)));
+      }
+      found.push_back(pk);
+    }
+  }
+  // One value per feature: peaks at the same or adjacent positions in different band windows. A feature seen in fewer than kPsfMinWindows windows is a
+  // coincidence of cosmic rays in neighbouring bands.
+  std::sort(found.begin(), found.end(), [](const Peak& l, const Peak& r) { return l.pos < r.pos; });
+  std::vector<Peak> features;
+  std::vector<double> sg, ra, cu;
+  auto median = [](std::vector<double>& v) {
+    auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
+    std::nth_element(v.begin(), mid, v.end());
+    return *mid;
+  };
+  for (std::size_t a = 0; a < found.size();) {
+    std::size_t e = a + 1;
+    while (e < found.size() && found[e].pos - found[e - 1].pos <= 1) ++e;
+    if (e - a >= kPsfMinWindows) {
+      sg.clear();
+      ra.clear();
+      cu.clear();
+      for (std::size_t j = a; j < e; ++j) {
+        sg.push_back(found[j].sigma);
+        ra.push_back(found[j].ratio);
+        cu.push_back(found[j].curvature);
+      }
+      // A line that is tilted or curved changes its centring from window to window; the bound
+      // must hold at every centring, so the largest ratio and curvature over the windows count.
+      // A line that is tilted or curved changes its centring from window to window; the bound
+      // must hold at every centring, so the largest ratio and curvature over the windows count.
+      features.push_back({found[a].pos, median(sg), *std::max_element(ra.begin(), ra.end()),
+                          *std::max_element(cu.begin(), cu.end())});
+    }
+    a = e;
+  }
+  if (features.size() < kPsfMinFeatures) return gaussian_bound(kDefaultPsfSigma);
+  // Coincidences of cosmic rays that the band median kept are far narrower than the rest: a
+  // feature more than 5 MAD and more than kPsfOutlier below the median width is dropped.
+  sg.clear();
+  for (const auto& f : features) sg.push_back(f.sigma);
+  const double med = median(sg);
+  for (auto& t : sg) t = std::abs(t - med);
+  const double floor = med - std::max(5.0 * 1.4826 * median(sg), kPsfOutlier * med);
+  std::erase_if(features, [&](const Peak& f) { return f.sigma < floor; });
+  // The bound must hold for the sharpest real feature of the frame.
+  AxisBound out;
+  for (const auto& f : features) {
+    out.ratio = std::max(out.ratio, f.ratio);
+    out.curvature = std::max(out.curvature, f.curvature);
+  }
+  out.features = static_cast<int>(features.size());
+  return out;
+}
+
+// The column model: a pixel predicted by the pixels of its column at +-7, +-10 and +-13 rows,
+// as the median of the three symmetric pair means, where those pair means agree within
+// kColumnAgreement sigma (the column is flat or has a constant gradient there: an emission line
+// along a slit, away from star traces, fiber traces and slit ends). A track along a line, which
+// no sharpness test sees, stands out of it. The offsets exceed the length of most tracks.
+constexpr std::array<Eigen::Index, 3> kColumnOffsets = {7, 10, 13};
+constexpr float kColumnAgreement = 3.0f;
+
+// A hit must exceed the PSF bound along at least one direction by this many sigma of the
+// difference (the noise of the pixel and of its two neighbours).
+constexpr float kPsfSigmaClip = 3.0f;
+// The bound holds for the light above any level that does not exceed the smooth background under
+// the lines and traces; the lowest pixel within this many pixels along the direction (floored at
+// 0) is taken for it. Nearer, it can lie on the wing of a neighbouring line of a blend.
+constexpr int kPedestalReach = 8;
+
 // Noise of the residuals of the profile models, in units of the pixel's own noise: a median of
 // four neighbours has about 0.3 of one pixel's variance, so v - m has 1.3 (1.14 sigma). The
 // two-axis residual v - mx - my + mxy would have 1.7 for equal neighbours; on the wings of lines
@@ -238,9 +512,12 @@ constexpr float kMinFine = 0.01f;
 constexpr float kVoidContrastZ = 2.0f;
 
 // Every decision about a pixel depends on the working image within this many pixels (the 7x7
-// median of the 3x3 median, evaluated for neighbours of neighbours during growth). Blocks are
-// processed with this halo, so that a block's result equals that of the whole frame.
+// median of the 3x3 median, evaluated for neighbours of neighbours during growth), except the
+// line-and-trace model, which reads the frame itself. Blocks are processed with this halo, so
+// that a block's result equals that of the whole frame.
 constexpr Eigen::Index kHalo = 8;
+// A later pass can change a verdict only this close to a pixel cleaned by the pass before.
+constexpr Eigen::Index kReach = std::max(kHalo, kColumnOffsets.back());
 
 // A pixel flagged on its own evidence seeds growth into its neighbours in later passes; one
 // flagged only for standing out beside such a hit does not, so that growth cannot creep outwards
@@ -253,7 +530,10 @@ struct PassInput {
   const ImageArray& var;          ///< variance as given (non-finite and negative values allowed)
   const std::vector<std::uint8_t>& eligible;
   const std::vector<std::uint8_t>& cosmic;  ///< hits of earlier passes (kHitConfirmed or kHitGrown)
+  const std::vector<float>& dead_var;  ///< bad or no-data pixels: variance of the value that replaced them
   float sigclip, sigcliplow, objlim;
+  float ratio_x, ratio_y, ratio_diag;  ///< largest p(0)/mean(neighbours) a PSF allows per direction
+  float psf_route;  ///< excess over the PSF bound that makes a Laplacian candidate a hit on its own (sigclip)
 };
 
 /// Scratch arrays for one block (core rectangle plus halo), reused from block to block.
@@ -263,6 +543,7 @@ struct BlockBuffers {
   ImageArray noise;  ///< sqrt of the 5x5 median of the variance
   std::vector<std::uint8_t> above, state;
   std::vector<Eigen::Index> cand, grow1;
+  std::vector<std::uint8_t> line_gate;  ///< a line may run along the column (line-and-trace model)
 };
 
 /// One detection pass on the rectangle [cy0, cy1) x [cx0, cx1) of the frame; appends the frame
@@ -355,11 +636,117 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
     const float f = std::max(kMinFine, (b.m3(li) - median7_at(b.m3, ly, lx)) / b.noise(li));
     return b.sp(li) / f;
   };
+  // Sharper than the PSF by `need` sigma along x, y or a diagonal: the pixel above a local
+  // pedestal (the lowest pixel within kPedestalReach px in that direction, floored at 0) exceeds
+  // the mean of its two neighbours above the same pedestal times the largest ratio the PSF allows
+  // by `need` times the noise of the difference. The pedestal reaches beyond the block halo, so it
+  // is read from the frame.
+  auto psf_sharper = [&](Eigen::Index li, float need) {
+    const Eigen::Index ly = li / wd, lx = li % wd, fy = y0 + ly, fx = x0 + lx;
+    const float p0 = b.w(li), n0 = b.noise(li);
+    constexpr int dirs[4][2] = {{0, 1}, {1, 0}, {1, 1}, {1, -1}};
+    const float ratio[4] = {in.ratio_x, in.ratio_y, in.ratio_diag, in.ratio_diag};
+    for (int a = 0; a < 4; ++a) {
+      // Beyond a frame edge, the pixel mirrored across that edge (each axis on its own).
+      auto at = [&](int j) {
+        Eigen::Index yy = fy + j * dirs[a][0], xx = fx + j * dirs[a][1];
+        if (yy < 0 || yy >= ny) yy = fy - j * dirs[a][0];
+        if (xx < 0 || xx >= nx) xx = fx - j * dirs[a][1];
+        return std::pair{std::clamp<Eigen::Index>(yy, 0, ny - 1), std::clamp<Eigen::Index>(xx, 0, nx - 1)};
+      };
+      const auto [ym, xm] = at(-1);
+      const auto [yp, xp] = at(1);
+      const float pm = in.w(ym, xm), pp = in.w(yp, xp);
+      const float r = ratio[a];
+      // A bad neighbour holds an estimate from its own neighbours; its uncertainty counts (on a
+      // line beside a bad column the estimate is poor and would make the line look sharp).
+      float vn = std::max(in.var(ym, xm), 0.0f) + std::max(in.var(yp, xp), 0.0f);
+      vn = std::isfinite(vn) ? vn : 0.0f;
+      const float vd = in.dead_var[static_cast<std::size_t>(ym * nx + xm)] + in.dead_var[static_cast<std::size_t>(yp * nx + xp)];
+      // The pixel's own noise without a hit: the local level, or on the core of a line or trace
+      // (where the 5x5 median sees the fainter surroundings) that of its neighbours times the
+      // ratio the PSF allows.
+      const float v0 = std::max(n0 * n0, 0.5f * r * vn);
+      const float lim = need * std::sqrt(std::max(v0 + 0.25f * r * r * (vn + vd), 1e-6f));
+      // The excess grows with the pedestal, which is at most the lower neighbour: a direction that
+      // fails even then needs no pedestal.
+      const float mean = 0.5f * (pm + pp);
+      auto excess = [&](float ped) { return (p0 - ped) - r * (mean - ped); };
+      float ped = std::max(std::min(pm, pp), 0.0f);
+      if (!(excess(ped) > lim)) continue;
+      for (int j = 2; j <= kPedestalReach; ++j) {
+        const auto [ya, xa] = at(-j);
+        const auto [yb, xb] = at(j);
+        ped = std::min({ped, in.w(ya, xa), in.w(yb, xb)});
+      }
+      if (excess(std::max(ped, 0.0f)) > lim) return true;
+    }
+    return false;
+  };
+  // Excess over the additive line-and-trace model C + R - D: C and R predict the pixel from its
+  // column and its row (median of the pair means at kColumnOffsets, which must agree), D is the
+  // background at the four corners (+-10, +-10). Used only where a line runs along the column
+  // (C - D significant): elsewhere the sharpness tests see a hit, and a spot (a line within a
+  // fiber trace, a product rather than a sum of line and trace) has nothing above D in its column.
+  // Over the noise of the pixel and of the model; -inf where the model does not apply.
+  // The first test of column_excess for every pixel at once, in loops along rows that
+  // vectorise: the column's prediction above the background by kColumnAgreement of the local
+  // noise. Pixels within kColumnOffsets.back() of a frame edge never pass.
+  const Eigen::Index cly0 = cy0 - y0, cly1 = cy1 - y0, clx0 = cx0 - x0, clx1 = cx1 - x0;
+  constexpr Eigen::Index reach = kColumnOffsets.back();
+  b.line_gate.assign(static_cast<std::size_t>(h * wd), 0);
+  for (Eigen::Index ly = std::max<Eigen::Index>(0, cly0 - 3); ly < std::min(h, cly1 + 3); ++ly) {
+    const Eigen::Index fy = y0 + ly;
+    if (fy < reach || fy + reach >= ny) continue;
+    const Eigen::Index lxa = std::max<Eigen::Index>(std::max<Eigen::Index>(0, clx0 - 3), reach - x0);
+    const Eigen::Index lxb = std::min(std::min(wd, clx1 + 3), nx - reach - x0);
+    auto row = [&](Eigen::Index d) { return in.w.data() + (fy + d) * nx + x0; };
+    const float *a0 = row(-kColumnOffsets[0]), *a1 = row(kColumnOffsets[0]), *b0 = row(-kColumnOffsets[1]),
+                *b1 = row(kColumnOffsets[1]), *c0 = row(-kColumnOffsets[2]), *c1 = row(kColumnOffsets[2]);
+    constexpr Eigen::Index dd = kColumnOffsets[1];
+    const float* nz = b.noise.data() + ly * wd;
+    std::uint8_t* g = b.line_gate.data() + ly * wd;
+    for (Eigen::Index lx = lxa; lx < lxb; ++lx) {
+      const float col = median3(0.5f * (a0[lx] + a1[lx]), 0.5f * (b0[lx] + b1[lx]), 0.5f * (c0[lx] + c1[lx]));
+      const float bg = median4(b0[lx - dd], b0[lx + dd], b1[lx - dd], b1[lx + dd]);
+      g[lx] = col - bg > kColumnAgreement * nz[lx];
+    }
+  }
+  auto column_excess = [&](Eigen::Index li) {
+    constexpr float none = -std::numeric_limits<float>::infinity();
+    if (!b.line_gate[static_cast<std::size_t>(li)]) return none;
+    const Eigen::Index fy = y0 + li / wd, fx = x0 + li % wd;
+    // Cheapest tests first: most pixels have no line along their column.
+    std::array<float, 3> mc, mr;
+    for (std::size_t j = 0; j < 3; ++j) {
+      const Eigen::Index d = kColumnOffsets[j];
+      mc[j] = 0.5f * (in.w(fy - d, fx) + in.w(fy + d, fx));
+    }
+    constexpr Eigen::Index dd = kColumnOffsets[1];
+    const float bg = median4(in.w(fy - dd, fx - dd), in.w(fy - dd, fx + dd), in.w(fy + dd, fx - dd), in.w(fy + dd, fx + dd));
+    const float col = median3(mc[0], mc[1], mc[2]);
+    const float n0 = b.noise(li);
+    // The noise of the pixel as its column predicts it (on a line the 5x5 median of the variance
+    // sees the fainter surroundings), at least the local level.
+    const float vc = median3(in.var(fy - kColumnOffsets[0], fx), in.var(fy + kColumnOffsets[0], fx),
+                             in.var(fy - kColumnOffsets[1], fx));
+    const float sd = std::sqrt(std::max(n0 * n0, std::isfinite(vc) ? vc : 0.0f));
+    if (!(col - bg > kColumnAgreement * sd)) return none;
+    const auto [clo, chi] = std::minmax({mc[0], mc[1], mc[2]});
+    if (chi - clo > kColumnAgreement * sd) return none;
+    for (std::size_t j = 0; j < 3; ++j) {
+      const Eigen::Index d = kColumnOffsets[j];
+      mr[j] = 0.5f * (in.w(fy, fx - d) + in.w(fy, fx + d));
+    }
+    const auto [rlo, rhi] = std::minmax({mr[0], mr[1], mr[2]});
+    if (rhi - rlo > kColumnAgreement * sd) return none;
+    const float row = median3(mr[0], mr[1], mr[2]);
+    return (b.w(li) - col - row + bg) / (1.3f * sd);
+  };
   const float void_contrast = in.objlim / kMinFine;
   const float sigclip2 = in.sigclip * in.sigclip, sigcliplow2 = in.sigcliplow * in.sigcliplow;
   // Decisions are needed on the core plus 3 (candidates), 2 (first growth) and 1 (second growth)
   // pixels; `inside(li, m)` tells whether a block pixel lies in the core grown by m.
-  const Eigen::Index cly0 = cy0 - y0, cly1 = cy1 - y0, clx0 = cx0 - x0, clx1 = cx1 - x0;
   auto inside = [&](Eigen::Index li, Eigen::Index m) {
     const Eigen::Index ly = li / wd, lx = li % wd;
     return ly >= cly0 - m && ly < cly1 + m && lx >= clx0 - m && lx < clx1 + m;
@@ -372,6 +759,12 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
     for (Eigen::Index lx = xlo; lx < xhi; ++lx) {
       const Eigen::Index li = ly * wd + lx;
       const float z2 = zp[li], s = spp[li];
+      // A hit on a line that stands out of the line-and-trace model; the only route without the
+      // PSF bound (a track along a line is not sharper than the line).
+      if (column_excess(li) > in.sigclip && in.eligible[frame_index(li)]) {
+        b.cand.push_back(li);
+        continue;
+      }
       if (!(z2 > sigclip2) && !(s > in.sigclip)) continue;
       if (!in.eligible[frame_index(li)]) continue;
       const float p = sharpness(li);
@@ -385,6 +778,15 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
         c = c || (r > in.objlim && p > 1.0f && (r < void_contrast || z2 > kVoidContrastZ * kVoidContrastZ)) ||
             p > in.sigclip;
         b.above[static_cast<std::size_t>(li)] = (r > 1.0f && p > 0.3f) || p > in.sigcliplow;
+      }
+      // A hit is sharper than the PSF along at least one direction; lines, traces, arc spots and
+      // their blends are not.
+      if (c) {
+        c = psf_sharper(li, kPsfSigmaClip);
+      } else if (s > in.sigclip) {
+        // Sharp against the Laplacian's noise but resolved for the fine-structure image and not
+        // a point: a track along a line or a trace. A hit if it is far sharper than the PSF.
+        c = psf_sharper(li, in.psf_route);
       }
       if (c) b.cand.push_back(li);
     }
@@ -453,6 +855,15 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
 
 }  // namespace
 
+PsfBound measure_psf_bound(const ImageArray& data, const ImageArray& variance, const MaskArray& mask) {
+  if (variance.rows() != data.rows() || variance.cols() != data.cols() || mask.rows() != data.rows() ||
+      mask.cols() != data.cols())
+    throw DataError("PSF bound measurement: data, variance and mask differ in shape");
+  const AxisBound bx = measure_axis(band_profiles(data, variance, mask, true));
+  const AxisBound by = measure_axis(band_profiles(data, variance, mask, false));
+  return {bx.ratio, by.ratio, bx.curvature, by.curvature, bx.features, by.features};
+}
+
 ImageArray separable_median(const ImageArray& in, int k) {
   ImageArray tmp, out;
   separable_median_into(in, k, tmp, out);
@@ -471,6 +882,7 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   const MaskPixel never = unusable | kMaskSaturated;
 
   std::vector<std::uint8_t> cosmic(n, 0), eligible(n, 0), flagged(n, 0);
+  std::vector<float> dead_var(n, 0.0f);
   std::vector<std::size_t> dead_list;
   ImageArray w = data;
   for (std::size_t i = 0; i < n; ++i) {
@@ -483,20 +895,29 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   }
   if (!dead_list.empty()) {
     for (std::size_t i : dead_list) w(static_cast<Eigen::Index>(i)) = 0.0f;
-    clean_flagged(w, flagged, dead_list);
+    clean_flagged(w, flagged, dead_list, &dead_var);
   }
 
+  res.psf = measure_psf_bound(data, variance, mask);
   const PassInput in{w,
                      variance,
                      eligible,
                      cosmic,
+                     dead_var,
                      static_cast<float>(cfg.cosmic_sigclip),
                      static_cast<float>(cfg.cosmic_sigfrac * cfg.cosmic_sigclip),
-                     static_cast<float>(cfg.cosmic_objlim)};
+                     static_cast<float>(cfg.cosmic_objlim),
+                     static_cast<float>(res.psf.ratio_x),
+                     static_cast<float>(res.psf.ratio_y),
+                     // Along a diagonal, a product of profiles along x and y keeps to the sum of
+                     // the log-curvatures, and the mean of two neighbours is at least their
+                     // geometric mean.
+                     static_cast<float>(std::exp(res.psf.curvature_x + res.psf.curvature_y)),
+                     static_cast<float>(cfg.cosmic_sigclip)};
   BlockBuffers buf;
   std::vector<std::size_t> fresh, grown;
   // The first pass covers the frame in bands of rows that stay in cache. A later pass can only
-  // change its verdict within kHalo of a pixel cleaned by the pass before, so it visits only the
+  // change its verdict within kReach of a pixel cleaned by the pass before, so it visits only the
   // tiles there; the result is the same as a full pass.
   constexpr Eigen::Index kBand = 32, kTile = 32;
   const Eigen::Index nty = (ny + kTile - 1) / kTile, ntx = (nx + kTile - 1) / kTile;
@@ -532,8 +953,8 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
     dirty.assign(static_cast<std::size_t>(nty * ntx), 0);
     for (std::size_t i : fresh) {
       const Eigen::Index y = static_cast<Eigen::Index>(i) / nx, x = static_cast<Eigen::Index>(i) % nx;
-      for (Eigen::Index ty = std::max<Eigen::Index>(0, y - kHalo) / kTile; ty <= std::min(ny - 1, y + kHalo) / kTile; ++ty)
-        for (Eigen::Index tx = std::max<Eigen::Index>(0, x - kHalo) / kTile; tx <= std::min(nx - 1, x + kHalo) / kTile;
+      for (Eigen::Index ty = std::max<Eigen::Index>(0, y - kReach) / kTile; ty <= std::min(ny - 1, y + kReach) / kTile; ++ty)
+        for (Eigen::Index tx = std::max<Eigen::Index>(0, x - kReach) / kTile; tx <= std::min(nx - 1, x + kReach) / kTile;
              ++tx)
           dirty[static_cast<std::size_t>(ty * ntx + tx)] = 1;
     }

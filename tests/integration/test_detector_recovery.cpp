@@ -409,20 +409,13 @@ TEST_F(SlitRecovery, KnownBadColumnsAreMaskedOrCorrected) { check_bad_columns(*n
 
 // The fiber pixel flat needs a flat model that follows curved fiber profiles along each row and
 // carries its own variance (local quartic along x: pull width 0.995, was 1.645 with 64-px bins).
-// Known shortfalls of the cosmic-ray detection, kept as tests so they fail loudly once enabled
-// (measured, see docs/detector.md "Recovery on the simulator"): science frames 90.6 % complete
-// (fiber, 782 of 863) and 93.2 % (slit, 206 of 221) against the 95 % required, the misses mostly
-// tracks along or across fiber traces; arcs flag 5.8 % (fiber) and 0.80 % (slit) of clean
-// pixels, fiber-arc spots (line x fiber profile, sharp in both axes) and slit-end rows. A
-// sharpness bound from the narrowest PSF removed the false flags (0.03 % fiber arcs) but lost
-// completeness on traces and in the unit tests, so it is not in.
 TEST_F(FiberRecovery, PixelFlatWithinItsNoise) { check_pixel_flat(*night_); }
 TEST_F(SlitRecovery, PixelFlatWithinItsNoise) { check_pixel_flat(*night_); }
 
-TEST_F(FiberRecovery, DISABLED_CosmicRaysOnScienceFrames) { check_cosmics(*night_, night_->science, "science"); }
-TEST_F(SlitRecovery, DISABLED_CosmicRaysOnScienceFrames) { check_cosmics(*night_, night_->science, "science"); }
-TEST_F(FiberRecovery, DISABLED_CosmicRaysOnArcs) { check_cosmics(*night_, night_->arcs, "arcs"); }
-TEST_F(SlitRecovery, DISABLED_CosmicRaysOnArcs) { check_cosmics(*night_, night_->arcs, "arcs"); }
+TEST_F(FiberRecovery, CosmicRaysOnScienceFrames) { check_cosmics(*night_, night_->science, "science"); }
+TEST_F(SlitRecovery, CosmicRaysOnScienceFrames) { check_cosmics(*night_, night_->science, "science"); }
+TEST_F(FiberRecovery, CosmicRaysOnArcs) { check_cosmics(*night_, night_->arcs, "arcs"); }
+TEST_F(SlitRecovery, CosmicRaysOnArcs) { check_cosmics(*night_, night_->arcs, "arcs"); }
 
 TEST_F(FiberRecovery, EverySaturatedPixelIsMasked) { check_saturation(*night_); }
 TEST_F(SlitRecovery, EverySaturatedPixelIsMasked) { check_saturation(*night_); }
