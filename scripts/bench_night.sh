@@ -5,6 +5,8 @@
 # (reported as such: that measures overhead, not scaling). With SCALING=weak the night grows with the ranks
 # (N_SCIENCE exposures per rank, a new night per rank count) and the efficiency t(1) / t(n) is shown instead.
 # Rank 0's wall time of each phase of the last run is printed at the end.
+# Extra simulator options go in SIM_ARGS (e.g. SIM_ARGS="--science-exptime-s 120" for a long weak-scaling
+# night that must fit between the field's rising and setting).
 #   scripts/bench_night.sh [MODE=fiber] [N_SCIENCE=12] [RANKS="1 2"] [SCALING=strong|weak]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 rm -rf "$WORK" && mkdir -p "$WORK"
 simulate() {  # $1: science exposures
   rm -rf "$WORK/night"
-  "$BIN" simulate --mode "$MODE" --out "$WORK/night" --seed 3 --n-science "$1" > "$WORK/simulate.log" 2>&1
+  "$BIN" simulate --mode "$MODE" --out "$WORK/night" --seed 3 --n-science "$1" ${SIM_ARGS:-} > "$WORK/simulate.log" 2>&1
 }
 [ "$SCALING" = strong ] && simulate "$NSCI"
 cores=$(nproc)
