@@ -15,7 +15,7 @@ namespace fs = std::filesystem;
 
 namespace {
 std::atomic<unsigned> g_counter{0};
-std::atomic<bool> g_sync{true};
+std::atomic<bool> g_sync{false};
 
 void fsync_path(const fs::path& p) {
   if (!g_sync.load()) return;

@@ -28,7 +28,7 @@ class AtomicOutput {
 };
 
 /// Whether commit() flushes each output to stable storage (fsync of the file before the rename and of the
-/// folder after it). On by default. Without it an output is still complete or absent after a kill of the
+/// folder after it). Off by default (`kspecdr reduce --fsync true` turns it on). Without it an output is still complete or absent after a kill of the
 /// process (the rename is atomic and the page cache outlives the process); only a crash of the machine
 /// itself can then leave a renamed file short, which the checksum check on resume catches for FITS outputs.
 void set_sync_outputs(bool sync);
