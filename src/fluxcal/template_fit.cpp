@@ -614,15 +614,68 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
       }
     }
   }
-  std::vector<double> nb_sigma;
+  // Parameters: the profile of the scores along each axis (best candidate per grid value, the others free).
+  std::vector<double> pv(n, 0.0);
+  if (fit.grid_index >= 0 && !fit.candidates.empty()) {
+    const TemplateParams p0 = grid.params[static_cast<std::size_t>(fit.grid_index)];
+    const double rv = fit.rv.rv_km_s;
+    double best_score = kNaN, red = 1.0;
+    for (const auto& c : fit.candidates)
+      if (c.index == fit.grid_index) {
+        best_score = c.score;
+        red = c.n_good > 1 ? std::max(1.0, c.chi2 / static_cast<double>(c.n_good - 1)) : 1.0;
+      }
+    for (int a = 0; a < 4 && std::isfinite(best_score); ++a) {
+      const auto ax = grid.axis(a);
+      const double v0 = param_value(p0, a);
+      const auto pos = std::lower_bound(ax.begin(), ax.end(), v0 - 1e-9) - ax.begin();
+      if (pos == 0 || pos + 1 >= static_cast<long>(ax.size())) continue;
+      const double xm = ax[static_cast<std::size_t>(pos - 1)], xp = ax[static_cast<std::size_t>(pos + 1)];
+      // The best candidate at each neighbouring value of this axis.
+      long idx[2] = {-1, -1};
+      double sc[2] = {kNaN, kNaN};
+      for (const auto& c : fit.candidates) {
+        if (c.index < 0) continue;
+        const double v = param_value(c.params, a);
+        for (int side = 0; side < 2; ++side)
+          if (std::abs(v - (side ? xp : xm)) < 1e-9 && !(c.score >= sc[side])) sc[side] = c.score, idx[side] = c.index;
+      }
+      if (idx[0] < 0 || idx[1] < 0) continue;
+      const double den = (xm - v0) * (xm - xp) * (v0 - xp);
+      const double A = (xp * (best_score - sc[0]) + v0 * (sc[0] - sc[1]) + xm * (sc[1] - best_score)) / den;
+      if (!(A > 0)) continue;
+      const double sigma = std::sqrt(red / A);
+      const auto on_data = [&](long i) {
+        const PreparedModel pm = prepare_for(obs, grid.wavelength_angstrom, grid.flux_of(static_cast<std::size_t>(i)),
+                                             grid.resolving_power, cfg);
+        return resample_model(pm, rv, obs.wavelength_angstrom);
+      };
+      const auto mm = on_data(idx[0]), mp = on_data(idx[1]);
+      std::vector<double> d(n, kNaN);
+      double sum = 0;
+      long cnt = 0;
+      for (std::size_t j = 0; j < n; ++j)
+        if (mm[j] > 0 && mp[j] > 0) {
+          d[j] = sigma * (std::log(mp[j]) - std::log(mm[j])) / (xp - xm);
+          sum += d[j];
+          ++cnt;
+        }
+      const double mean = cnt ? sum / static_cast<double>(cnt) : 0.0;
+      for (std::size_t j = 0; j < n; ++j)
+        if (std::isfinite(d[j])) pv[j] += (d[j] - mean) * (d[j] - mean);
+    }
+  }
+  std::vector<double> nb_sigma, pv_sigma;
   for (std::size_t j = 0; j < n; ++j) {
     const double m = fit.normalised_model.size() == n ? fit.normalised_model[j] : kNaN;
     if (!(fit.model_on_data[j] > 0) || !std::isfinite(nb[j])) continue;
     const double mis = std::isfinite(m) && m > 0 ? floor2 / (m * m) : floor2;
-    out.rel_var[j] = mis + nb[j];
+    out.rel_var[j] = mis + nb[j] + pv[j];
     nb_sigma.push_back(std::sqrt(nb[j]));
+    pv_sigma.push_back(std::sqrt(pv[j]));
   }
   out.neighbours_rel = median_of(nb_sigma);
+  out.parameters_rel = median_of(pv_sigma);
   return out;
 }
 

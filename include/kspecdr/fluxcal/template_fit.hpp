@@ -160,11 +160,20 @@ FitResult fit_template(const ObservedSpectrum& obs, const TemplateGrid& grid, co
 ///                  cell; for a grid model the step to where the fit puts the star, |u*| |Δ ln F| (u* the
 ///                  parabola's offset in grid steps, Δ the central difference). Axes where the best model has
 ///                  no neighbour on both sides add nothing.
-/// The two add; rel_var is NaN where the model is undefined.
+///   parameters     the colour of the parameters' own uncertainty, along each axis from the profile of the
+///                  scores (the best candidate at each grid value of the axis, the other parameters free, so that
+///                  degeneracies between Teff, log g and [M/H] widen it): σ from the parabola through the
+///                  profile at the best value and its two neighbours (Δscore = 1, widened by √(χ²/dof) when that
+///                  exceeds 1), times ∂ ln F/∂p between the two neighbouring profile models, less its mean over
+///                  the pixels (the broadband level is the photometric scale's, whose error is separate). The
+///                  continuum-normalised fit does not see the slope such a model change gives; this term carries
+///                  it into Cal.
+/// The three add; rel_var is NaN where the model is undefined.
 struct ModelUncertainty {
   std::vector<double> rel_var;   ///< per observed pixel
   double mismatch_rel = 0.0;     ///< s (fractional, per pixel)
   double neighbours_rel = 0.0;   ///< median over the pixels of the neighbours term's fractional σ
+  double parameters_rel = 0.0;   ///< median over the pixels of the parameters term's fractional σ
 };
 ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGrid& grid, const FitResult& fit,
                                    const FitConfig& cfg);
