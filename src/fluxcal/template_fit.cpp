@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <numbers>
 
 #include "kspecdr/core/error.hpp"
@@ -567,16 +568,22 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
     floor2 = 0.5 * (lo + hi);
   }
   out.mismatch_rel = std::sqrt(floor2);
+  // A grid model convolved, shifted by the fitted RV and resampled on the observed pixels; each one once (the
+  // neighbours and the parameters terms below often need the same models).
+  std::map<long, std::vector<double>> prepared;
+  auto on_data = [&](long idx) -> const std::vector<double>& {
+    auto it = prepared.find(idx);
+    if (it == prepared.end()) {
+      const PreparedModel pm = prepare_for(obs, grid.wavelength_angstrom, grid.flux_of(static_cast<std::size_t>(idx)),
+                                           grid.resolving_power, cfg);
+      it = prepared.emplace(idx, resample_model(pm, fit.rv.rv_km_s, obs.wavelength_angstrom)).first;
+    }
+    return it->second;
+  };
   // Neighbours along each axis of the best grid model.
   std::vector<double> nb(n, 0.0);
   if (fit.grid_index >= 0) {
     const TemplateParams p0 = grid.params[static_cast<std::size_t>(fit.grid_index)];
-    const double rv = fit.rv.rv_km_s;
-    auto on_data = [&](long idx) {
-      const PreparedModel pm = prepare_for(obs, grid.wavelength_angstrom, grid.flux_of(static_cast<std::size_t>(idx)),
-                                           grid.resolving_power, cfg);
-      return resample_model(pm, rv, obs.wavelength_angstrom);
-    };
     std::vector<double> m0;
     for (int a = 0; a < 4; ++a) {
       const auto ax = grid.axis(a);
@@ -599,7 +606,8 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
       const double u = h > 0 ? std::abs(pu - v0) / h : 0.0;
       if (!(u > 1e-9)) continue;
       if (m0.empty()) m0 = on_data(fit.grid_index);
-      const auto mm = on_data(idx[0]), mp = on_data(idx[1]);
+      const auto& mm = on_data(idx[0]);
+      const auto& mp = on_data(idx[1]);
       for (std::size_t j = 0; j < n; ++j) {
         if (!(m0[j] > 0) || !(mm[j] > 0) || !(mp[j] > 0)) {
           nb[j] = kNaN;
@@ -618,7 +626,6 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
   std::vector<double> pv(n, 0.0);
   if (fit.grid_index >= 0 && !fit.candidates.empty()) {
     const TemplateParams p0 = grid.params[static_cast<std::size_t>(fit.grid_index)];
-    const double rv = fit.rv.rv_km_s;
     double best_score = kNaN, red = 1.0;
     for (const auto& c : fit.candidates)
       if (c.index == fit.grid_index) {
@@ -645,12 +652,8 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
       const double A = (xp * (best_score - sc[0]) + v0 * (sc[0] - sc[1]) + xm * (sc[1] - best_score)) / den;
       if (!(A > 0)) continue;
       const double sigma = std::sqrt(red / A);
-      const auto on_data = [&](long i) {
-        const PreparedModel pm = prepare_for(obs, grid.wavelength_angstrom, grid.flux_of(static_cast<std::size_t>(i)),
-                                             grid.resolving_power, cfg);
-        return resample_model(pm, rv, obs.wavelength_angstrom);
-      };
-      const auto mm = on_data(idx[0]), mp = on_data(idx[1]);
+      const auto& mm = on_data(idx[0]);
+      const auto& mp = on_data(idx[1]);
       std::vector<double> d(n, kNaN);
       double sum = 0;
       long cnt = 0;
