@@ -125,21 +125,7 @@ LoadedStack load_stack_all(const std::vector<fs::path>& files, const InstrumentP
                            const DetectorConfig& cfg, const char* what, const mpi::Comm* comm) {
   if (!comm) return load_stack(files, profile, cfg, what);
   LoadedStack s;
-  std::string error;
-  bool data_error = false;
-  try {
-    s = load_stack(files, profile, cfg, what);
-  } catch (const DataError& e) {
-    error = e.what();
-    data_error = true;
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
-  for (const auto& e : comm->allgather(fmt::format("{}{}", data_error ? 'D' : 'E', error)))
-    if (e.size() > 1) {
-      if (e[0] == 'D') throw DataError(e.substr(1));
-      throw Error(e.substr(1));
-    }
+  mpi::all_or_throw(*comm, [&] { s = load_stack(files, profile, cfg, what); });
   return s;
 }
 

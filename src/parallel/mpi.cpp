@@ -262,6 +262,25 @@ RoundSums::~RoundSums() {
   for (; completed_ < rounds_.size(); ++completed_) MPI_Wait(&rounds_[completed_]->request, MPI_STATUS_IGNORE);
 }
 
+void all_or_throw(const Comm& comm, const std::function<void()>& work) {
+  std::string error;
+  try {
+    work();
+  } catch (const ConfigError& e) {
+    error = std::string("C") + e.what();
+  } catch (const DataError& e) {
+    error = std::string("D") + e.what();
+  } catch (const std::exception& e) {
+    error = std::string("E") + e.what();
+  }
+  for (const auto& e : comm.allgather(error)) {
+    if (e.empty()) continue;
+    if (e[0] == 'C') throw ConfigError(e.substr(1));
+    if (e[0] == 'D') throw DataError(e.substr(1));
+    throw Error(e.substr(1));
+  }
+}
+
 Comm& world() {
   static Comm w(MPI_COMM_WORLD, false);
   return w;

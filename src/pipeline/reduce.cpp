@@ -108,31 +108,10 @@ std::vector<PlannedFrame> deserialize(const std::string& text) {
   return plan;
 }
 
-/// Runs `work` on every rank (it may call collectives) and makes any rank's failure the failure of all: the
-/// first rank's error (in rank order) is thrown everywhere, as the same type (ConfigError, DataError, Error).
-void on_all(const mpi::Comm& comm, const std::function<void()>& work) {
-  std::string error;
-  try {
-    work();
-  } catch (const ConfigError& e) {
-    error = std::string("C") + e.what();
-  } catch (const DataError& e) {
-    error = std::string("D") + e.what();
-  } catch (const std::exception& e) {
-    error = std::string("E") + e.what();
-  }
-  for (const auto& e : comm.allgather(error)) {
-    if (e.empty()) continue;
-    if (e[0] == 'C') throw ConfigError(e.substr(1));
-    if (e[0] == 'D') throw DataError(e.substr(1));
-    throw Error(e.substr(1));
-  }
-}
-
 /// Runs `work` on rank 0 only and makes its outcome known everywhere: an error becomes the same error on
 /// every rank, so no rank waits in a collective that another has left.
 void on_root(const mpi::Comm& comm, const std::function<void()>& work) {
-  on_all(comm, [&] {
+  mpi::all_or_throw(comm, [&] {
     if (comm.is_root()) work();
   });
 }
@@ -188,7 +167,8 @@ std::string provenance_text(const std::string& resolved) {
   std::string out, line;
   while (std::getline(is, line)) {
     // Comments (the version line: the outputs carry KSPVER and KSPSHA themselves) and the options that do
-    // not change what is computed (how far a run goes, what it overwrites, how it logs and flushes) are left out; paths count by where they point, not how they are spelled.
+    // not change what is computed (how far a run goes, what it overwrites, how it logs and flushes) are left
+    // out; paths count by where they point, not how they are spelled.
     if (line.empty() || line[0] == '#') continue;
     const auto eq = line.find(" = ");
     const std::string key = eq == std::string::npos ? line : line.substr(0, eq);
@@ -670,12 +650,11 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       comm.bcast(build);
       return build != 0;
     };
-    bool have_bias = false, have_flat = false;
     if (!bias_files.empty()) {
       const std::string hash = detector::calibration_hash(bias_files, detector::bias_config_text(profile, cfg.detector));
       if (needs_building(bias_path, hash)) {
         if (comm.is_root()) spdlog::info("building master bias for setup '{}' from {} frames", setup, bias_files.size());
-        on_all(comm, [&] {
+        mpi::all_or_throw(comm, [&] {
           const auto mb = detector::build_master_bias(bias_files, profile, cfg.detector, &comm);
           if (comm.is_root()) detector::write_master_bias(bias_path, mb, true);
         });
@@ -683,16 +662,15 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     } else if (comm.is_root()) {
       spdlog::warn("setup '{}': no bias frames: IM frames get overscan subtraction only (BIASCORR = 'OVERSCAN')", setup);
     }
-    have_bias = !bias_files.empty();
     std::optional<detector::MasterBias> bias;
-    if (have_bias) bias = detector::read_master_bias(bias_path);
+    if (!bias_files.empty()) bias = detector::read_master_bias(bias_path);
 
     if (!flat_files.empty()) {
       const std::string hash = detector::calibration_hash(
           flat_files, detector::flat_config_text(profile, cfg.detector, bias ? &*bias : nullptr, nullptr));
       if (needs_building(flat_path, hash)) {
         if (comm.is_root()) spdlog::info("building master flat for setup '{}' from {} frames", setup, flat_files.size());
-        on_all(comm, [&] {
+        mpi::all_or_throw(comm, [&] {
           const auto mf =
               detector::build_master_flat(flat_files, profile, bias ? &*bias : nullptr, nullptr, cfg.detector, &comm);
           if (comm.is_root()) detector::write_master_flat(flat_path, mf, true);
@@ -703,9 +681,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
                    "sensitivity is not corrected",
                    setup);
     }
-    have_flat = !flat_files.empty();
     std::optional<detector::MasterFlat> flat;
-    if (have_flat) flat = detector::read_master_flat(flat_path);
+    if (!flat_files.empty()) flat = detector::read_master_flat(flat_path);
     clock.mark("masters");
 
     // Exposures that become IM files, dealt round-robin to ranks (frames of one setup share a size).

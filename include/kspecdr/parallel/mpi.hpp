@@ -3,6 +3,7 @@
 // returning codes (in the spirit of heffte::mpi). Nothing here knows astronomy.
 #include <mpi.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -99,6 +100,11 @@ class RoundSums {
   std::size_t completed_ = 0;
   long long done_ = 0, failed_ = 0;
 };
+
+/// Runs `work` on every rank of `comm` (it may call collectives) and makes any rank's failure the failure of all:
+/// the first failing rank's error (in rank order) is thrown on every rank, as the same type (ConfigError,
+/// DataError or Error), so that no rank waits in a later collective that another has left. Collective.
+void all_or_throw(const Comm& comm, const std::function<void()>& work);
 
 /// MPI_COMM_WORLD (not owned).
 Comm& world();
