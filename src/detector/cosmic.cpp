@@ -149,8 +149,8 @@ void laplacian_plus(const ImageArray& w, ImageArray& lp) {
 /// within 2 px along x or along y, whichever set varies less. In spectra, features are aligned
 /// with the axes (lines along y, traces along x); a square box would cut a hole into a line
 /// and the next pass would see its edges as new hits.
-/// When `uncertainty` is given, it receives for each replaced pixel the square of half the range of
-/// the set used: how well the neighbours pin the value down.
+/// When `uncertainty` is given (as long as `which`), it receives for each replaced pixel the square
+/// of half the range of the set used: how well the neighbours pin the value down.
 void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, const std::vector<std::size_t>& which,
                    std::vector<float>* uncertainty = nullptr) {
   const Eigen::Index ny = w.rows(), nx = w.cols();
@@ -165,7 +165,8 @@ void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, cons
     auto [lo, hi] = std::minmax_element(v.begin(), v.end());
     return *hi - *lo;
   };
-  for (std::size_t i : which) {
+  for (std::size_t k = 0; k < which.size(); ++k) {
+    const std::size_t i = which[k];
     const Eigen::Index y = static_cast<Eigen::Index>(i) / nx, x = static_cast<Eigen::Index>(i) % nx;
     bx.clear();
     by.clear();
@@ -181,7 +182,7 @@ void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, cons
         for (Eigen::Index xx = std::max<Eigen::Index>(0, x - 2); xx <= std::min<Eigen::Index>(nx - 1, x + 2); ++xx)
           if (!flagged[static_cast<std::size_t>(yy * nx + xx)]) bx.push_back(w(yy, xx));
       if (!bx.empty()) {
-        if (uncertainty) (*uncertainty)[i] = 0.25f * spread(bx) * spread(bx);
+        if (uncertainty) (*uncertainty)[k] = 0.25f * spread(bx) * spread(bx);
         repl.emplace_back(i, median(bx));
       }
       continue;
@@ -189,7 +190,7 @@ void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, cons
     const bool use_x = by.size() < 2 || (bx.size() >= 2 && spread(bx) <= spread(by));
     if (uncertainty) {
       const float r = spread(use_x ? bx : by);
-      (*uncertainty)[i] = 0.25f * r * r;
+      (*uncertainty)[k] = 0.25f * r * r;
     }
     repl.emplace_back(i, median(use_x ? bx : by));
   }
@@ -249,14 +250,24 @@ double log_curvature(double sigma, double d) {
   return std::log(pixel_gauss(0, d, sigma)) - 0.5 * (std::log(pixel_gauss(-1, d, sigma)) + std::log(pixel_gauss(1, d, sigma)));
 }
 
-/// The sigma whose pixel-integrated Gaussian, centred at d, has log-curvature c (decreasing in sigma).
+/// The sigma whose pixel-integrated Gaussian, centred at d, has log-curvature c (decreasing in
+/// sigma), within [0.2, 20] px. Newton steps from the unsampled approximation
+/// c = 1 / (2 (sigma^2 + 1/12)), kept inside a shrinking bracket (a bisection step where Newton
+/// would leave it), to 1e-12 relative.
 double sigma_from_curvature(double c, double d) {
   double lo = 0.2, hi = 20.0;
-  for (int i = 0; i < 50; ++i) {
-    const double mid = 0.5 * (lo + hi);
-    (log_curvature(mid, d) > c ? lo : hi) = mid;
+  double s = std::clamp(std::sqrt(std::max(0.5 / std::max(c, 1e-12) - 1.0 / 12.0, 0.04)), lo, hi);
+  for (int i = 0; i < 100 && hi - lo > 1e-12 * s; ++i) {
+    const double f = log_curvature(s, d) - c;
+    (f > 0 ? lo : hi) = s;
+    const double h = 1e-6 * s;
+    const double df = (log_curvature(s + h, d) - log_curvature(s - h, d)) / (2.0 * h);
+    double next = s - f / df;
+    if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+    if (std::abs(next - s) < 1e-12 * s) return next;
+    s = next;
   }
-  return 0.5 * (lo + hi);
+  return s;
 }
 
 /// Largest p(0) / mean(p(-1), p(1)) of a pixel-integrated Gaussian over its centring. By the
@@ -292,76 +303,145 @@ struct BandProfiles {
   float at(Eigen::Index k, Eigen::Index i) const { return p[static_cast<std::size_t>(k * len + i)]; }
 };
 
-BandProfiles band_profiles(const ImageArray& data, const ImageArray& var, const MaskArray& mask, bool along_x) {
+/// The band profiles along x and along y in one pass over the frame (rows, where the memory is
+/// contiguous). Each profile pixel sums over its band the median of a pixel and its two
+/// neighbours along the collapsed axis: for a profile that is a product (or sum) of one along
+/// each axis it changes only the amplitude, and it removes cosmic rays that are not long along the
+/// collapsed axis. Unusable and non-finite pixels are left out. Then each band takes the median of
+/// the kPsfBandMedian bands around it (clamped at the ends), which removes the rest.
+std::pair<BandProfiles, BandProfiles> band_profiles(const ImageArray& data, const ImageArray& var,
+                                                    const MaskArray& mask) {
   const MaskPixel unusable = kMaskBad | kMaskNoData | kMaskSaturated;
-  BandProfiles bp;
   const Eigen::Index ny = data.rows(), nx = data.cols();
-  bp.len = along_x ? nx : ny;                   // along the profile
-  const Eigen::Index depth = along_x ? ny : nx;  // collapsed
-  bp.nb = depth / kPsfBand;
-  if (bp.nb < kPsfBandMedian) return bp;
-  const Eigen::Index nb = bp.nb, len = bp.len;
-  // Sums over each band of the median of a pixel and its two neighbours along the collapsed axis:
-  // for a profile that is a product (or sum) of one along each axis it changes only the
-  // amplitude, and it removes cosmic rays that are not long along the collapsed axis. Unusable
-  // and non-finite pixels are left out. Loops run along rows, where the memory is contiguous.
-  std::vector<double> sum(static_cast<std::size_t>(nb * len), 0.0), vsum(sum.size(), 0.0);
-  std::vector<int> count(sum.size(), 0);
-  auto band = [&](Eigen::Index j) { return std::min(j / kPsfBand, nb - 1); };  // the last band takes the rest
+  BandProfiles px, py;  // along x (bands of rows), along y (bands of columns)
+  px.len = nx;
+  px.nb = ny / kPsfBand;
+  py.len = ny;
+  py.nb = nx / kPsfBand;
+  const bool do_x = px.nb >= kPsfBandMedian, do_y = py.nb >= kPsfBandMedian;
+  if (!do_x && !do_y) return {px, py};
+  struct Sums {
+    std::vector<double> sum, vsum;
+    std::vector<int> count;
+  };
+  auto sums = [](const BandProfiles& bp, bool on) {
+    const auto m = on ? static_cast<std::size_t>(bp.nb * bp.len) : 0;
+    return Sums{std::vector<double>(m, 0.0), std::vector<double>(m, 0.0), std::vector<int>(m, 0)};
+  };
+  Sums sx = sums(px, do_x), sy = sums(py, do_y);
+  // One row's usable flags (1 or 0), and its medians along y and along x and variances where
+  // usable (0 elsewhere), in simple loops over floats that vectorise.
+  const auto unx = static_cast<std::size_t>(nx);
+  std::vector<float> okf(unx), medx(unx), medy(unx), vrow(unx);
+  std::vector<double> acc_s(static_cast<std::size_t>(std::max<Eigen::Index>(py.nb, 1))), acc_v(acc_s.size());
+  std::vector<int> acc_n(acc_s.size());
+  auto finite = [](float v) { return std::abs(v) <= std::numeric_limits<float>::max(); };
   for (Eigen::Index y = 0; y < ny; ++y) {
     const float* d = data.data() + y * nx;
     const float* dm = data.data() + std::max<Eigen::Index>(y - 1, 0) * nx;
     const float* dp = data.data() + std::min(y + 1, ny - 1) * nx;
     const float* v = var.data() + y * nx;
     const MaskPixel* m = mask.data() + y * nx;
-    for (Eigen::Index x = 0; x < nx; ++x) {
-      const float c = d[x], vc = v[x];
-      if ((m[x] & unusable) || !std::isfinite(c) || !std::isfinite(vc)) continue;
-      float lo, hi;
-      if (along_x) {
-        lo = dm[x];
-        hi = dp[x];
-      } else {
-        lo = d[std::max<Eigen::Index>(x - 1, 0)];
-        hi = d[std::min(x + 1, nx - 1)];
+    float* o = okf.data();
+    float* mx = medx.data();
+    float* my = medy.data();
+    float* vr = vrow.data();
+    for (std::size_t x = 0; x < unx; ++x) o[x] = (m[x] & unusable) ? 0.0f : 1.0f;
+    [](std::size_t n, const float* __restrict dd, const float* __restrict dmm, const float* __restrict dpp,
+       const float* __restrict vv, float* __restrict oo, float* __restrict vro, float* __restrict mxo) {
+      auto fin = [](float t) { return std::abs(t) <= std::numeric_limits<float>::max(); };
+      for (std::size_t x = 0; x < n; ++x) {
+        const float c = dd[x], vc = vv[x], a = dmm[x], b = dpp[x], o0 = oo[x];
+        const bool ok = (o0 != 0.0f) & fin(c) & fin(vc);
+        const float med3 = median3(a, c, b), vpos = std::max(vc, 0.0f);
+        const float med = (fin(a) & fin(b)) ? med3 : c;
+        oo[x] = ok ? 1.0f : 0.0f;
+        vro[x] = ok ? vpos : 0.0f;
+        mxo[x] = ok ? med : 0.0f;
       }
-      const float med = (std::isfinite(lo) && std::isfinite(hi)) ? median3(lo, c, hi) : c;
-      const auto q = static_cast<std::size_t>(along_x ? band(y) * len + x : band(x) * len + y);
-      sum[q] += med;
-      vsum[q] += std::max(vc, 0.0f);
-      ++count[q];
+    }(unx, d, dm, dp, v, o, vr, mx);
+    auto along_row = [&](std::size_t x, float l, float r) {
+      const float c = d[x];
+      const float med = (finite(l) & finite(r)) ? median3(l, c, r) : c;
+      my[x] = o[x] != 0.0f ? med : 0.0f;
+    };
+    along_row(0, d[0], d[std::min<std::size_t>(1, unx - 1)]);
+    for (std::size_t x = 1; x + 1 < unx; ++x) along_row(x, d[x - 1], d[x + 1]);
+    if (unx > 1) along_row(unx - 1, d[unx - 2], d[unx - 1]);
+    if (do_x) {
+      // The last band takes the rest.
+      const auto q0 = static_cast<std::size_t>(std::min(y / kPsfBand, px.nb - 1) * nx);
+      double* su = sx.sum.data() + q0;
+      double* vs = sx.vsum.data() + q0;
+      int* cn = sx.count.data() + q0;
+      for (std::size_t x = 0; x < unx; ++x) {
+        su[x] += mx[x];
+        vs[x] += vr[x];
+        cn[x] += static_cast<int>(o[x]);
+      }
+    }
+    if (do_y) {
+      // Each band sums its pixels in order; the bands side by side, so that the sums do not wait
+      // on one another. The last band takes the rest.
+      const auto nb = static_cast<std::size_t>(py.nb);
+      std::fill(acc_s.begin(), acc_s.end(), 0.0);
+      std::fill(acc_v.begin(), acc_v.end(), 0.0);
+      std::fill(acc_n.begin(), acc_n.end(), 0);
+      for (std::size_t j = 0; j < static_cast<std::size_t>(kPsfBand); ++j)
+        for (std::size_t k = 0; k < nb; ++k) {
+          const std::size_t x = k * static_cast<std::size_t>(kPsfBand) + j;
+          acc_s[k] += my[x];
+          acc_v[k] += vr[x];
+          acc_n[k] += static_cast<int>(o[x]);
+        }
+      for (std::size_t x = nb * static_cast<std::size_t>(kPsfBand); x < unx; ++x) {
+        acc_s[nb - 1] += my[x];
+        acc_v[nb - 1] += vr[x];
+        acc_n[nb - 1] += static_cast<int>(o[x]);
+      }
+      for (std::size_t k = 0; k < nb; ++k) {
+        const auto q = k * static_cast<std::size_t>(ny) + static_cast<std::size_t>(y);
+        sy.sum[q] = acc_s[k];
+        sy.vsum[q] = acc_v[k];
+        sy.count[q] = acc_n[k];
+      }
     }
   }
-  std::vector<float> prof(sum.size()), pvar(sum.size());
-  std::vector<std::uint8_t> ok(sum.size());
-  for (std::size_t q = 0; q < sum.size(); ++q) {
-    const int n = count[q];
-    ok[q] = n * 4 >= 3 * kPsfBand;
-    prof[q] = n ? static_cast<float>(sum[q] / n) : 0.0f;
-    pvar[q] = n ? static_cast<float>(vsum[q] / (static_cast<double>(n) * n)) : 0.0f;
-  }
-  bp.p.resize(prof.size());
-  bp.noise.resize(prof.size());
-  bp.good.resize(prof.size());
-  constexpr int h = kPsfBandMedian / 2;
-  for (Eigen::Index k = 0; k < nb; ++k) {
-    const Eigen::Index k0 = std::clamp<Eigen::Index>(k - h, 0, nb - kPsfBandMedian);
-    for (Eigen::Index i = 0; i < len; ++i) {
-      std::array<float, kPsfBandMedian> b;
-      bool g = true;
-      for (int m = 0; m < kPsfBandMedian; ++m) {
-        const auto q = static_cast<std::size_t>((k0 + m) * len + i);
-        b[static_cast<std::size_t>(m)] = prof[q];
-        g = g && ok[q];
-      }
-      const auto q = static_cast<std::size_t>(k * len + i);
-      bp.p[q] = median5(b[0], b[1], b[2], b[3], b[4]);
-      // Noise of a median of five band means: about 1.2 times that of one.
-      bp.noise[q] = 1.2f * std::sqrt(pvar[q]);
-      bp.good[q] = g;
+  auto finish = [](BandProfiles& bp, const Sums& st) {
+    const Eigen::Index nb = bp.nb, len = bp.len;
+    std::vector<float> prof(st.sum.size()), pvar(st.sum.size());
+    std::vector<std::uint8_t> good(st.sum.size());
+    for (std::size_t q = 0; q < st.sum.size(); ++q) {
+      const int n = st.count[q];
+      good[q] = n * 4 >= 3 * kPsfBand;
+      prof[q] = n ? static_cast<float>(st.sum[q] / n) : 0.0f;
+      pvar[q] = n ? static_cast<float>(st.vsum[q] / (static_cast<double>(n) * n)) : 0.0f;
     }
-  }
-  return bp;
+    bp.p.resize(prof.size());
+    bp.noise.resize(prof.size());
+    bp.good.resize(prof.size());
+    constexpr int h = kPsfBandMedian / 2;
+    for (Eigen::Index k = 0; k < nb; ++k) {
+      const Eigen::Index k0 = std::clamp<Eigen::Index>(k - h, 0, nb - kPsfBandMedian);
+      for (Eigen::Index i = 0; i < len; ++i) {
+        std::array<float, kPsfBandMedian> b;
+        bool g = true;
+        for (int m = 0; m < kPsfBandMedian; ++m) {
+          const auto q = static_cast<std::size_t>((k0 + m) * len + i);
+          b[static_cast<std::size_t>(m)] = prof[q];
+          g = g && good[q];
+        }
+        const auto q = static_cast<std::size_t>(k * len + i);
+        bp.p[q] = median5(b[0], b[1], b[2], b[3], b[4]);
+        // Noise of a median of five band means: about 1.2 times that of one.
+        bp.noise[q] = 1.2f * std::sqrt(pvar[q]);
+        bp.good[q] = g;
+      }
+    }
+  };
+  if (do_x) finish(px, sx);
+  if (do_y) finish(py, sy);
+  return {px, py};
 }
 
 /// The bound of a Gaussian of width sigma: its largest neighbour ratio and log-curvature (at most
@@ -524,13 +604,25 @@ constexpr Eigen::Index kReach = std::max(kHalo, kColumnOffsets.back());
 // pass after pass on noise.
 constexpr std::uint8_t kHitConfirmed = 1, kHitGrown = 2;
 
+/// Bad or no-data pixels (frame indices, increasing) and the variance of the values that replaced
+/// them in the working image; a few per cent of a frame at most, so kept sparse.
+struct DeadPixels {
+  std::vector<std::size_t> index;
+  std::vector<float> var;
+  float variance(std::size_t i) const {
+    const auto it = std::lower_bound(index.begin(), index.end(), i);
+    return it != index.end() && *it == i ? var[static_cast<std::size_t>(it - index.begin())] : 0.0f;
+  }
+};
+
 /// The frame-wide inputs of one detection pass.
 struct PassInput {
   const ImageArray& w;            ///< working image (previous hits cleaned)
   const ImageArray& var;          ///< variance as given (non-finite and negative values allowed)
   const std::vector<std::uint8_t>& eligible;
   const std::vector<std::uint8_t>& cosmic;  ///< hits of earlier passes (kHitConfirmed or kHitGrown)
-  const std::vector<float>& dead_var;  ///< bad or no-data pixels: variance of the value that replaced them
+  bool earlier_hits;              ///< whether `cosmic` holds any hit
+  const DeadPixels& dead;          ///< bad or no-data pixels and the variance of the values that replaced them
   float sigclip, sigcliplow, objlim;
   float ratio_x, ratio_y, ratio_diag;  ///< largest p(0)/mean(neighbours) a PSF allows per direction
   float psf_route;  ///< excess over the PSF bound that makes a Laplacian candidate a hit on its own (sigclip)
@@ -662,7 +754,8 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
       // line beside a bad column the estimate is poor and would make the line look sharp).
       float vn = std::max(in.var(ym, xm), 0.0f) + std::max(in.var(yp, xp), 0.0f);
       vn = std::isfinite(vn) ? vn : 0.0f;
-      const float vd = in.dead_var[static_cast<std::size_t>(ym * nx + xm)] + in.dead_var[static_cast<std::size_t>(yp * nx + xp)];
+      const float vd = in.dead.variance(static_cast<std::size_t>(ym * nx + xm)) +
+                       in.dead.variance(static_cast<std::size_t>(yp * nx + xp));
       // The pixel's own noise without a hit: the local level, or on the core of a line or trace
       // (where the 5x5 median sees the fainter surroundings) that of its neighbours times the
       // ratio the PSF allows.
@@ -755,18 +848,21 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
   const Eigen::Index xlo = std::max<Eigen::Index>(0, clx0 - 3), xhi = std::min(wd, clx1 + 3);
   const float* zp = b.z.data();
   const float* spp = b.sp.data();
-  for (Eigen::Index ly = ylo; ly < yhi; ++ly)
+  for (Eigen::Index ly = ylo; ly < yhi; ++ly) {
+    const std::uint8_t* gate = b.line_gate.data() + ly * wd;
+    const std::uint8_t* eligible = in.eligible.data() + (y0 + ly) * nx + x0;
     for (Eigen::Index lx = xlo; lx < xhi; ++lx) {
       const Eigen::Index li = ly * wd + lx;
       const float z2 = zp[li], s = spp[li];
+      // Most pixels pass none of the tests: one cheap test for all of them.
+      if (!(gate[lx] | (z2 > sigclip2) | (s > in.sigclip)) || !eligible[lx]) continue;
       // A hit on a line that stands out of the line-and-trace model; the only route without the
       // PSF bound (a track along a line is not sharper than the line).
-      if (column_excess(li) > in.sigclip && in.eligible[frame_index(li)]) {
+      if (gate[lx] && column_excess(li) > in.sigclip) {
         b.cand.push_back(li);
         continue;
       }
       if (!(z2 > sigclip2) && !(s > in.sigclip)) continue;
-      if (!in.eligible[frame_index(li)]) continue;
       const float p = sharpness(li);
       const float r = contrast(li);
       // A hit stands out of the profile models and is sharper than the line or trace profile
@@ -790,6 +886,7 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
       }
       if (c) b.cand.push_back(li);
     }
+  }
   // Growth to neighbours above sigclip-level evidence, then down to sigfrac * sigclip; then
   // neighbours of any confirmed hit (this pass or an earlier one) whose excess over the profile
   // models exceeds sigfrac * sigclip of the local noise and that are not flatter than the line
@@ -846,6 +943,7 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
   };
   for (Eigen::Index g : b.grow1)
     if (inside(g, 1)) grow_beside(g);
+  if (!in.earlier_hits) return;
   for (Eigen::Index ly = std::max<Eigen::Index>(0, cly0 - 1); ly < std::min(h, cly1 + 1); ++ly) {
     const std::uint8_t* row = in.cosmic.data() + (y0 + ly) * nx + x0;
     for (Eigen::Index lx = std::max<Eigen::Index>(0, clx0 - 1); lx < std::min(wd, clx1 + 1); ++lx)
@@ -859,8 +957,9 @@ PsfBound measure_psf_bound(const ImageArray& data, const ImageArray& variance, c
   if (variance.rows() != data.rows() || variance.cols() != data.cols() || mask.rows() != data.rows() ||
       mask.cols() != data.cols())
     throw DataError("PSF bound measurement: data, variance and mask differ in shape");
-  const AxisBound bx = measure_axis(band_profiles(data, variance, mask, true));
-  const AxisBound by = measure_axis(band_profiles(data, variance, mask, false));
+  const auto [profiles_x, profiles_y] = band_profiles(data, variance, mask);
+  const AxisBound bx = measure_axis(profiles_x);
+  const AxisBound by = measure_axis(profiles_y);
   return {bx.ratio, by.ratio, bx.curvature, by.curvature, bx.features, by.features};
 }
 
@@ -882,28 +981,32 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   const MaskPixel never = unusable | kMaskSaturated;
 
   std::vector<std::uint8_t> cosmic(n, 0), eligible(n, 0), flagged(n, 0);
-  std::vector<float> dead_var(n, 0.0f);
-  std::vector<std::size_t> dead_list;
+  DeadPixels dead;
   ImageArray w = data;
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto ii = static_cast<Eigen::Index>(i);
-    eligible[i] = (mask(ii) & never) ? 0 : 1;
-    if ((mask(ii) & unusable) || !std::isfinite(w(ii))) {
-      flagged[i] = 1;
-      dead_list.push_back(i);
+  {
+    // Branch-free, so that it vectorises; the few dead pixels are listed by a second scan.
+    const MaskPixel* m = mask.data();
+    const float* wp = w.data();
+    for (std::size_t i = 0; i < n; ++i) {
+      eligible[i] = !(m[i] & never);
+      flagged[i] = (m[i] & unusable) || !(std::abs(wp[i]) <= std::numeric_limits<float>::max());
     }
+    for (std::size_t i = 0; i < n; ++i)
+      if (flagged[i]) dead.index.push_back(i);
   }
-  if (!dead_list.empty()) {
-    for (std::size_t i : dead_list) w(static_cast<Eigen::Index>(i)) = 0.0f;
-    clean_flagged(w, flagged, dead_list, &dead_var);
+  if (!dead.index.empty()) {
+    for (std::size_t i : dead.index) w(static_cast<Eigen::Index>(i)) = 0.0f;
+    dead.var.assign(dead.index.size(), 0.0f);
+    clean_flagged(w, flagged, dead.index, &dead.var);
   }
 
   res.psf = measure_psf_bound(data, variance, mask);
-  const PassInput in{w,
+  PassInput in{w,
                      variance,
                      eligible,
                      cosmic,
-                     dead_var,
+                     false,
+                     dead,
                      static_cast<float>(cfg.cosmic_sigclip),
                      static_cast<float>(cfg.cosmic_sigfrac * cfg.cosmic_sigclip),
                      static_cast<float>(cfg.cosmic_objlim),
@@ -915,11 +1018,12 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
                      static_cast<float>(std::exp(res.psf.curvature_x + res.psf.curvature_y)),
                      static_cast<float>(cfg.cosmic_sigclip)};
   BlockBuffers buf;
-  std::vector<std::size_t> fresh, grown;
-  // The first pass covers the frame in bands of rows that stay in cache. A later pass can only
-  // change its verdict within kReach of a pixel cleaned by the pass before, so it visits only the
-  // tiles there; the result is the same as a full pass.
-  constexpr Eigen::Index kBand = 32, kTile = 32;
+  std::vector<std::size_t> fresh, grown, hits;
+  // The first pass covers the frame in blocks whose scratch arrays stay in the core's cache
+  // (kFirstRows x kFirstCols plus the halo: about 1 MB for the thirteen of them). A later pass can
+  // only change its verdict within kReach of a pixel cleaned by the pass before, so it visits only
+  // the tiles there; the result is the same as a full pass.
+  constexpr Eigen::Index kFirstRows = 64, kFirstCols = 256, kTile = 32;
   const Eigen::Index nty = (ny + kTile - 1) / kTile, ntx = (nx + kTile - 1) / kTile;
   std::vector<std::uint8_t> dirty;
   for (int it = 0; it < cfg.cosmic_niter; ++it) {
@@ -927,7 +1031,9 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
     fresh.clear();
     grown.clear();
     if (it == 0) {
-      for (Eigen::Index y = 0; y < ny; y += kBand) detect_block(in, y, std::min(ny, y + kBand), 0, nx, buf, fresh, grown);
+      for (Eigen::Index y = 0; y < ny; y += kFirstRows)
+        for (Eigen::Index x = 0; x < nx; x += kFirstCols)
+          detect_block(in, y, std::min(ny, y + kFirstRows), x, std::min(nx, x + kFirstCols), buf, fresh, grown);
     } else {
       for (Eigen::Index ty = 0; ty < nty; ++ty)
         for (Eigen::Index tx = 0; tx < ntx;) {
@@ -946,7 +1052,9 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
     res.npix += fresh.size() + grown.size();
     for (std::size_t i : fresh) cosmic[i] = kHitConfirmed;
     for (std::size_t i : grown) cosmic[i] = kHitGrown;
+    in.earlier_hits = in.earlier_hits || !fresh.empty();
     fresh.insert(fresh.end(), grown.begin(), grown.end());
+    hits.insert(hits.end(), fresh.begin(), fresh.end());
     for (std::size_t i : fresh) flagged[i] = 1;
     if (it + 1 == cfg.cosmic_niter) break;
     clean_flagged(w, flagged, fresh);
@@ -959,8 +1067,7 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
           dirty[static_cast<std::size_t>(ty * ntx + tx)] = 1;
     }
   }
-  for (std::size_t i = 0; i < n; ++i)
-    if (cosmic[i]) mask(static_cast<Eigen::Index>(i)) |= kMaskCosmic;
+  for (std::size_t i : hits) mask(static_cast<Eigen::Index>(i)) |= kMaskCosmic;
   return res;
 }
 
