@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/parallel/mpi.hpp"
 #include "kspecdr/trace/profile.hpp"
 #include "column.hpp"
 
@@ -386,7 +387,8 @@ DataProfile build_data_profile(const Image& im, const Trace& tr, const ApertureS
 
 
 SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyModel* sky, const ExtractConfig& cfg,
-                            const std::string& exposure) {
+                            const std::string& exposure, const mpi::Comm* group) {
+  if (group && group->size() == 1) group = nullptr;
   im.check_shapes(exposure.empty() ? "image" : exposure);
   cfg.read_noise.check(im.ny(), im.nx());
   cfg.calibration_noise.check(im.ny(), im.nx());
@@ -426,19 +428,47 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
   if (joint) {
     ExtractConfig jc = cfg;
     jc.method = method;
-    detail::extract_joint(im, traces, jc, joint_results);
+    if (group) {
+      // A group shares the columns: each rank fits a band of them (every column is a problem of its own), and
+      // every rank receives all the columns' results.
+      const int me = group->rank();
+      const long x0 = group->band_begin(nx, me), x1 = group->band_begin(nx, me + 1);
+      std::vector<double> mine;
+      mpi::all_or_throw(*group, [&] {
+        detail::extract_joint(im, traces, jc, joint_results, x0, x1);
+        mine.reserve(static_cast<std::size_t>(na * (x1 - x0)) * detail::kColumnValues);
+        for (long a = 0; a < na; ++a)
+          for (long x = x0; x < x1; ++x)
+            detail::pack(joint_results[static_cast<std::size_t>(a * nx + x)], mine);
+      });
+      const std::vector<double> all = group->allgatherv(mine);
+      const double* v = all.data();
+      for (int r = 0; r < group->size(); ++r) {
+        const long b0 = group->band_begin(nx, r), b1 = group->band_begin(nx, r + 1);
+        for (long a = 0; a < na; ++a)
+          for (long x = b0; x < b1; ++x) v = detail::unpack(v, joint_results[static_cast<std::size_t>(a * nx + x)]);
+      }
+    } else {
+      detail::extract_joint(im, traces, jc, joint_results);
+    }
   }
   SpectrumSet out(na, nx);
+  // In a group, the apertures are dealt in bands to the ranks unless the joint fit already gave every rank every
+  // column (then each rank assembles them all, a copy, and only the group's root speaks of them).
+  const bool split_apertures = group && !joint;
+  const bool speak = !group || split_apertures || group->is_root();
+  const long a_begin = split_apertures ? group->band_begin(na, group->rank()) : 0;
+  const long a_end = split_apertures ? group->band_begin(na, group->rank() + 1) : na;
+  for (long a = 0; a < na; ++a) out.apertures[static_cast<std::size_t>(a)] = traces[static_cast<std::size_t>(a)].info;
   out.header.set("EXTMETH", to_string(method), "extraction method");
   out.header.set("DEBLEND", joint, "overlapping neighbours fitted jointly per column");
   out.header.set("EXTPROF", to_string(cfg.profile), "spatial profile of the optimal weights");
   out.header.set("SKYMETH", use_sky ? to_string(sky->method) : std::string("none"), "local sky method");
   ColumnWork work;
   std::vector<double> tmp_off, tmp_w, tmp_snr, tmp_sky;
-  for (long a = 0; a < na; ++a) {
+  auto extract_aperture = [&](long a) {
     const Trace& tr = traces[static_cast<std::size_t>(a)];
     const auto ai = static_cast<std::size_t>(a);
-    out.apertures[ai] = tr.info;
     ApertureDiagnostics& dg = out.diagnostics[ai];
     auto fail_all = [&](const std::string& why) {
       DataError e(why, ErrorContext{.exposure = exposure, .aperture = tr.info.name});
@@ -449,18 +479,19 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
       out.masked_fraction.row(a).setConstant(1.0f);
       dg.status = e.what();
       dg.bad_columns = nx;
+      if (!speak) return;
       if (tr.status == TraceStatus::Dead) spdlog::debug("{}", dg.status);
       else spdlog::warn("{}", dg.status);
     };
     if (!tr.usable()) {
       fail_all(fmt::format("not extracted: the trace is {}{}", to_string(tr.status),
                            tr.message.empty() ? "" : " (" + tr.message + ")"));
-      continue;
+      return;
     }
     const ApertureSky* asky = use_sky ? &sky->apertures[ai] : nullptr;
     if (asky && !asky->message.empty()) {
       fail_all(fmt::format("not extracted: no usable sky ({})", asky->message));
-      continue;
+      return;
     }
     DataProfile dprof;
     const bool data_profile = !joint && cfg.profile == ProfileSource::Data;
@@ -532,8 +563,16 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
                               dg.bad_columns, nx, n_off, n_masked, n_nosky, n_noprof),
                   ErrorContext{.exposure = exposure, .aperture = tr.info.name});
       dg.status = e.what();
-      spdlog::warn("{}", dg.status);
+      if (speak) spdlog::warn("{}", dg.status);
     }
+  };
+  if (split_apertures) {
+    mpi::all_or_throw(*group, [&] {
+      for (long a = a_begin; a < a_end; ++a) extract_aperture(a);
+    });
+    share_aperture_bands(out, *group);
+  } else {
+    for (long a = a_begin; a < a_end; ++a) extract_aperture(a);
   }
   return out;
 }

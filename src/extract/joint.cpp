@@ -378,8 +378,11 @@ bool apertures_overlap(const TraceSet& traces, const ExtractConfig& cfg) {
 namespace detail {
 
 void extract_joint(const Image& im, const TraceSet& traces, const ExtractConfig& cfg,
-                   std::vector<ColumnResult>& results) {
+                   std::vector<ColumnResult>& results, long x_begin, long x_end) {
   const long nx = im.nx(), ny = im.ny();
+  if (x_end < 0) x_end = nx;
+  x_begin = std::clamp(x_begin, 0L, nx);
+  x_end = std::clamp(x_end, x_begin, nx);
   const std::size_t na = traces.size();
   results.assign(na * static_cast<std::size_t>(nx), ColumnResult{});
   for (auto& r : results) r.fail = ColumnFail::NoProfile;
@@ -388,7 +391,7 @@ void extract_joint(const Image& im, const TraceSet& traces, const ExtractConfig&
   const bool have_fr = cfg.calibration_noise.flat_relvar.size() > 0;
   std::vector<long> loaded(static_cast<std::size_t>(ny), -1);  // column whose row data are in the buffers
 
-  for (long x = 0; x < nx; ++x) {
+  for (long x = x_begin; x < x_end; ++x) {
     const double xd = static_cast<double>(x);
     w.aps.clear();
     w.prof.clear();

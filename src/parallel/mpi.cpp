@@ -1,5 +1,6 @@
 #include "kspecdr/parallel/mpi.hpp"
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -263,6 +264,10 @@ RoundSums::~RoundSums() {
 }
 
 void all_or_throw(const Comm& comm, const std::function<void()>& work) {
+  if (comm.size() == 1) {
+    work();
+    return;
+  }
   std::string error;
   try {
     work();
@@ -281,9 +286,31 @@ void all_or_throw(const Comm& comm, const std::function<void()>& work) {
   }
 }
 
+std::vector<int> group_sizes(const std::vector<double>& weights, int nranks) {
+  const std::size_t n = weights.size();
+  if (n == 0 || static_cast<long long>(n) > nranks)
+    throw Error(fmt::format("rank groups: {} items cannot be dealt to {} ranks (one rank at least per item)", n,
+                            nranks));
+  for (double w : weights)
+    if (!(w > 0) || !std::isfinite(w)) throw Error(fmt::format("rank groups: item weight {} is not positive", w));
+  std::vector<int> sizes(n, 1);
+  for (int extra = nranks - static_cast<int>(n); extra > 0; --extra) {
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < n; ++i)
+      if (weights[i] / sizes[i] > weights[best] / sizes[best]) best = i;
+    ++sizes[best];
+  }
+  return sizes;
+}
+
 Comm& world() {
   static Comm w(MPI_COMM_WORLD, false);
   return w;
+}
+
+Comm& self() {
+  static Comm s(MPI_COMM_SELF, false);
+  return s;
 }
 
 }  // namespace kspecdr::mpi

@@ -14,6 +14,7 @@
 #include "kspecdr/extract/sky.hpp"
 #include "kspecdr/io/apertures.hpp"
 #include "kspecdr/io/fits.hpp"
+#include "kspecdr/parallel/mpi.hpp"
 #include "kspecdr/trace/trace.hpp"
 
 namespace kspecdr {
@@ -139,38 +140,40 @@ extract::CalibrationNoise calibration_noise_for(const Image& im, const detector:
 SpectrumSet extract_exposure(const Image& im, const TraceSet& master, const InstrumentProfile& profile,
                              const ExStageConfig& cfg, const std::string& exposure, bool is_science,
                              const std::string& file, const detector::MasterFlat* flat,
-                             const detector::MasterBias* bias) {
+                             const detector::MasterBias* bias, const mpi::Comm* group) {
+  const mpi::Comm& together = group ? *group : mpi::self();
   extract::ExtractConfig ecfg = cfg.extract;
   // Slit apertures are extracted alone against their local sky; fibers overlapping their neighbours are
   // fitted jointly per column (deblend auto, see extract/joint.cpp).
   if (profile.mode == SpectroMode::Slit) ecfg.deblend = extract::Deblend::Off;
-  ecfg.read_noise = read_noise_from_header(im, file);
-  ecfg.calibration_noise = calibration_noise_for(im, flat, bias, file);
   TraceSet traces = master;
   std::vector<TraceShift> shifts;
   const bool fiber = profile.mode == SpectroMode::Fiber;
-  if (is_science && cfg.measure_shifts) {
-    shifts = trace::measure_trace_shifts(im, master, cfg.trace);
-    // A fiber's output profile is set by the fiber and the spectrograph, not by the seeing: the flat's
-    // widths hold for every exposure. A width measured here with a free background absorbs the
-    // neighbouring fibers' wings and comes out too narrow, which would bias faint fibers' fluxes low.
-    if (fiber)
-      for (auto& sh : shifts) sh.width_scale = 1.0, sh.width_scale_err = 0.0;
-    traces = trace::apply_trace_shifts(master, shifts);
-  }
-  SpectrumSet s;
-  if (profile.mode == SpectroMode::Slit && cfg.sky.method != extract::SkyMethod::None) {
-    extract::SkyModel sky =
-        extract::fit_slit_sky(im, traces, cfg.sky, ecfg.read_noise, ecfg.calibration_noise, exposure);
-    s = extract::extract_spectra(im, traces, &sky, ecfg, exposure);
-    if (cfg.write_sky_image) {
-      const auto& f = extract::kSkyImages;
-      s.extra_images.push_back({f[0].extname, std::move(sky.sky), f[0].unit, f[0].description});
-      s.extra_images.push_back({f[1].extname, std::move(sky.variance), f[1].unit, f[1].description});
-      s.extra_images.push_back({f[2].extname, sky.windows.cast<float>(), f[2].unit, f[2].description});
+  const bool slit_sky = profile.mode == SpectroMode::Slit && cfg.sky.method != extract::SkyMethod::None;
+  extract::SkyModel sky;
+  // What every aperture needs (the noise model, the trace shift, the slit sky fitted beside every trace) is
+  // computed whole by every rank of a group; an error on one is the error of all.
+  mpi::all_or_throw(together, [&] {
+    ecfg.read_noise = read_noise_from_header(im, file);
+    ecfg.calibration_noise = calibration_noise_for(im, flat, bias, file);
+    if (is_science && cfg.measure_shifts) {
+      shifts = trace::measure_trace_shifts(im, master, cfg.trace);
+      // A fiber's output profile is set by the fiber and the spectrograph, not by the seeing: the flat's
+      // widths hold for every exposure. A width measured here with a free background absorbs the
+      // neighbouring fibers' wings and comes out too narrow, which would bias faint fibers' fluxes low.
+      if (fiber)
+        for (auto& sh : shifts) sh.width_scale = 1.0, sh.width_scale_err = 0.0;
+      traces = trace::apply_trace_shifts(master, shifts);
     }
-  } else {
-    s = extract::extract_spectra(im, traces, nullptr, ecfg, exposure);
+    if (slit_sky) sky = extract::fit_slit_sky(im, traces, cfg.sky, ecfg.read_noise, ecfg.calibration_noise, exposure);
+  });
+  // The extraction itself is shared by the group's ranks (apertures, or the joint fit's columns).
+  SpectrumSet s = extract::extract_spectra(im, traces, slit_sky ? &sky : nullptr, ecfg, exposure, group);
+  if (slit_sky && cfg.write_sky_image) {
+    const auto& f = extract::kSkyImages;
+    s.extra_images.push_back({f[0].extname, std::move(sky.sky), f[0].unit, f[0].description});
+    s.extra_images.push_back({f[1].extname, std::move(sky.variance), f[1].unit, f[1].description});
+    s.extra_images.push_back({f[2].extname, sky.windows.cast<float>(), f[2].unit, f[2].description});
   }
   if (!shifts.empty()) extract::record_trace_shifts(s, shifts);
   // Carry the IM's identity and provenance; the stage's own settings follow.

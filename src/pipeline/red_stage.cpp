@@ -7,10 +7,13 @@
 #include <chrono>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/core/stats.hpp"
+#include "kspecdr/extract/extract.hpp"
 #include "kspecdr/extract/sky.hpp"
 #include "kspecdr/wavecal/fiber.hpp"
 #include "kspecdr/wavecal/flexure.hpp"
@@ -103,6 +106,58 @@ wavecal::FlexureResult combine_shifts(const std::vector<wavecal::FlexureResult>&
   out.n_lines = lines;
   out.centre_px = r.empty() ? 0.0 : r.front().centre_px;
   return out;
+}
+
+/// Collective over `group`: rank r has measured the entries [band_begin(n, r), band_begin(n, r + 1)) of `r`;
+/// afterwards every rank holds every entry, bit for bit.
+void share_flexure_bands(std::vector<wavecal::FlexureResult>& res, const mpi::Comm& group) {
+  if (group.size() == 1) return;
+  const auto n = static_cast<long long>(res.size());
+  auto put_text = [](std::string& out, const std::string& t) {
+    const std::uint64_t k = t.size();
+    out.append(reinterpret_cast<const char*>(&k), sizeof k);
+    out += t;
+  };
+  std::string mine;
+  for (long long a = group.band_begin(n, group.rank()); a < group.band_begin(n, group.rank() + 1); ++a) {
+    const auto& f = res[static_cast<std::size_t>(a)];
+    const double v[8] = {f.ok ? 1.0 : 0.0, f.shift_px, f.shift_err_px, f.stretch,
+                         f.stretch_err, f.centre_px, static_cast<double>(f.n_lines), f.rms_px};
+    mine.append(reinterpret_cast<const char*>(v), sizeof v);
+    put_text(mine, f.method);
+    put_text(mine, f.message);
+  }
+  const std::vector<std::string> all = group.allgather(mine);
+  for (int r = 0; r < group.size(); ++r) {
+    const std::string& in = all[static_cast<std::size_t>(r)];
+    std::size_t pos = 0;
+    auto need = [&](std::size_t k) {
+      if (pos + k > in.size()) throw Error("flexure results exchanged between ranks are cut short");
+    };
+    auto get_text = [&] {
+      std::uint64_t k = 0;
+      need(sizeof k);
+      std::memcpy(&k, in.data() + pos, sizeof k);
+      pos += sizeof k;
+      need(static_cast<std::size_t>(k));
+      std::string t = in.substr(pos, static_cast<std::size_t>(k));
+      pos += static_cast<std::size_t>(k);
+      return t;
+    };
+    for (long long a = group.band_begin(n, r); a < group.band_begin(n, r + 1); ++a) {
+      auto& f = res[static_cast<std::size_t>(a)];
+      double v[8];
+      need(sizeof v);
+      std::memcpy(v, in.data() + pos, sizeof v);
+      pos += sizeof v;
+      f.ok = v[0] != 0.0;
+      f.shift_px = v[1], f.shift_err_px = v[2], f.stretch = v[3], f.stretch_err = v[4], f.centre_px = v[5];
+      f.n_lines = static_cast<int>(v[6]);
+      f.rms_px = v[7];
+      f.method = get_text();
+      f.message = get_text();
+    }
+  }
 }
 
 wavecal::Spectrum1D row_of(const ImageArray& flux, const ImageArray& var, const MaskArray& mask, Eigen::Index a) {
@@ -215,7 +270,8 @@ std::vector<double> throughput_from_flat(const SpectrumSet& flat_ex, const ArcCa
 }
 
 wavecal::RedSpectra reduce_exposure_red(const SpectrumSet& ex, const RedContext& ctx, const InstrumentProfile& profile,
-                                        const RedStageConfig& cfg, const std::string& exposure, bool is_science) {
+                                        const RedStageConfig& cfg, const std::string& exposure, bool is_science,
+                                        const mpi::Comm* group) {
   if (!ctx.arc) throw DataError("no arc solution for this exposure", ErrorContext{.exposure = exposure});
   const ArcCalibration& arc = *ctx.arc;
   if (ex.naper() != static_cast<Eigen::Index>(arc.naper()) || ex.npix() != arc.npix())
@@ -224,6 +280,14 @@ wavecal::RedSpectra reduce_exposure_red(const SpectrumSet& ex, const RedContext&
                     ErrorContext{.exposure = exposure});
   const auto naper = static_cast<std::size_t>(ex.naper());
   const bool fiber = profile.mode == SpectroMode::Fiber;
+  // A group shares the apertures: rank r measures the flexure of, and resamples, the apertures
+  // [band_begin(naper, r), band_begin(naper, r + 1)); what needs them all (the exposure's shift, the master sky)
+  // is done by every rank on the shared results.
+  const mpi::Comm& together = group ? *group : mpi::self();
+  const int me = together.rank();
+  const auto a_begin = static_cast<std::size_t>(together.band_begin(static_cast<long long>(naper), me));
+  const auto a_end = static_cast<std::size_t>(together.band_begin(static_cast<long long>(naper), me + 1));
+  const bool speak = together.is_root();
 
   // ---- flexure: one shift for the exposure (the spectrograph moves as a whole), from the apertures
   // that see sky (slit: each star's sky; fiber: the sky fibers), weighted by their errors.
@@ -234,13 +298,17 @@ wavecal::RedSpectra reduce_exposure_red(const SpectrumSet& ex, const RedContext&
   const bool want_xc = cfg.flexure == FlexureMethod::CrossCorrelation || cfg.flexure == FlexureMethod::Auto;
   if (is_science && cfg.flexure != FlexureMethod::None) {
     if (want_sky && ctx.sky_lines) {
-      for (std::size_t a = 0; a < naper; ++a) {
-        const auto ai = static_cast<Eigen::Index>(a);
-        if (!arc.solutions[a].ok() || (fiber && !is_sky_fiber(ex.apertures[a]))) continue;
-        // Slit: the SKY row is the sky under the star; its variance is close to that of the flux's sky part.
-        const wavecal::Spectrum1D sky = fiber ? wavecal::spectrum_row(ex, ai) : row_of(ex.sky, ex.var_sky, ex.mask, ai);
-        own[a] = wavecal::flexure_from_sky_lines(sky, arc.solutions[a], *ctx.sky_lines, cfg.wavecal);
-      }
+      mpi::all_or_throw(together, [&] {
+        for (std::size_t a = a_begin; a < a_end; ++a) {
+          const auto ai = static_cast<Eigen::Index>(a);
+          if (!arc.solutions[a].ok() || (fiber && !is_sky_fiber(ex.apertures[a]))) continue;
+          // Slit: the SKY row is the sky under the star; its variance is close to that of the flux's sky part.
+          const wavecal::Spectrum1D sky =
+              fiber ? wavecal::spectrum_row(ex, ai) : row_of(ex.sky, ex.var_sky, ex.mask, ai);
+          own[a] = wavecal::flexure_from_sky_lines(sky, arc.solutions[a], *ctx.sky_lines, cfg.wavecal);
+        }
+      });
+      share_flexure_bands(own, together);
       flex = combine_shifts(own, "sky-lines");
     }
     if (!flex.ok && want_xc && ctx.reference) {
@@ -251,23 +319,28 @@ wavecal::RedSpectra reduce_exposure_red(const SpectrumSet& ex, const RedContext&
         flex.shift_err_px = 0.0;
       } else if (ctx.reference->naper() == ex.naper() && ctx.reference->npix() == ex.npix()) {
         std::vector<wavecal::FlexureResult> xc(naper);
-        // The whole light of each aperture (star + sky): its features are what moved.
-        const ImageArray tot = ex.flux + ex.sky, rtot = ctx.reference->flux + ctx.reference->sky;
-        for (std::size_t a = 0; a < naper; ++a) {
-          const auto ai = static_cast<Eigen::Index>(a);
-          if (!arc.solutions[a].ok() || ex.apertures[a].type == aperture_type::kUnused) continue;
-          xc[a] = wavecal::flexure_from_cross_correlation(row_of(tot, ex.variance, ex.mask, ai),
-                                                          row_of(rtot, ctx.reference->variance, ctx.reference->mask, ai),
-                                                          cfg.wavecal);
+        mpi::all_or_throw(together, [&] {
+          // The whole light of each aperture (star + sky): its features are what moved.
+          const ImageArray tot = ex.flux + ex.sky, rtot = ctx.reference->flux + ctx.reference->sky;
+          for (std::size_t a = a_begin; a < a_end; ++a) {
+            const auto ai = static_cast<Eigen::Index>(a);
+            if (!arc.solutions[a].ok() || ex.apertures[a].type == aperture_type::kUnused) continue;
+            xc[a] = wavecal::flexure_from_cross_correlation(
+                row_of(tot, ex.variance, ex.mask, ai), row_of(rtot, ctx.reference->variance, ctx.reference->mask, ai),
+                cfg.wavecal);
+          }
+        });
+        share_flexure_bands(xc, together);
+        for (std::size_t a = 0; a < naper; ++a)
           if (!own[a].ok) own[a] = xc[a];
-        }
         const std::string sky_reason = flex.message;
         flex = combine_shifts(xc, "cross-correlation");
         if (!sky_reason.empty() && flex.ok) flex.message = "sky lines: " + sky_reason;
       }
     }
     if (!flex.ok) {
-      spdlog::warn("{}: no flexure measured ({}); the arc solution is used as it is", exposure,
+      if (speak)
+        spdlog::warn("{}: no flexure measured ({}); the arc solution is used as it is", exposure,
                    flex.message.empty() ? "no method available" : flex.message);
       flex.shift_px = 0.0;
       flex.method = "none";
@@ -280,82 +353,92 @@ wavecal::RedSpectra reduce_exposure_red(const SpectrumSet& ex, const RedContext&
   red.wavela = ImageArrayD::Constant(ex.naper(), ex.npix(), kNaN);
   red.wave.resize(naper);
   std::vector<std::vector<double>> w(naper);
-  for (std::size_t a = 0; a < naper; ++a) {
-    const auto& sol = arc.solutions[a];
-    auto& wd = red.wave[a];
-    wd.status = to_string(sol.status);
-    wd.rms_px = sol.rms_px;
-    wd.rms_angstrom = sol.rms_angstrom;
-    wd.n_lines = sol.n_used;
-    wd.flexure_px = flex.ok ? flex.shift_px : 0.0;
-    wd.flexure_err_px = flex.ok ? flex.shift_err_px : kNaN;
-    if (own[a].ok) {
-      wd.flexure_own_px = own[a].shift_px;
-      wd.flexure_own_err_px = own[a].shift_err_px;
-      wd.flexure_lines = own[a].n_lines;
+  // ---- resampling (a group's ranks each their band of apertures, then every rank every row)
+  mpi::all_or_throw(together, [&] {
+    for (std::size_t a = 0; a < naper; ++a) {
+      const auto& sol = arc.solutions[a];
+      auto& wd = red.wave[a];
+      wd.status = to_string(sol.status);
+      wd.rms_px = sol.rms_px;
+      wd.rms_angstrom = sol.rms_angstrom;
+      wd.n_lines = sol.n_used;
+      wd.flexure_px = flex.ok ? flex.shift_px : 0.0;
+      wd.flexure_err_px = flex.ok ? flex.shift_err_px : kNaN;
+      if (own[a].ok) {
+        wd.flexure_own_px = own[a].shift_px;
+        wd.flexure_own_err_px = own[a].shift_err_px;
+        wd.flexure_lines = own[a].n_lines;
+      }
+      if (!sol.ok()) continue;
+      wavecal::FlexureResult applied = flex;
+      applied.shift_px = wd.flexure_px;
+      applied.stretch = 0.0;
+      applied.centre_px = 0.5 * static_cast<double>(arc.npix() - 1);
+      w[a] = flex.ok ? wavecal::apply_flexure(sol, applied).wavelengths() : sol.wavelengths();
+      for (Eigen::Index x = 0; x < ex.npix(); ++x) red.wavela(static_cast<Eigen::Index>(a), x) = w[a][static_cast<std::size_t>(x)];
     }
-    if (!sol.ok()) continue;
-    wavecal::FlexureResult applied = flex;
-    applied.shift_px = wd.flexure_px;
-    applied.stretch = 0.0;
-    applied.centre_px = 0.5 * static_cast<double>(arc.npix() - 1);
-    w[a] = flex.ok ? wavecal::apply_flexure(sol, applied).wavelengths() : sol.wavelengths();
-    for (Eigen::Index x = 0; x < ex.npix(); ++x) red.wavela(static_cast<Eigen::Index>(a), x) = w[a][static_cast<std::size_t>(x)];
+    red.spectra = wavecal::resample_spectra(ex, w, ctx.grid, cfg.resample, &red.covariance_next,
+                                            static_cast<Eigen::Index>(a_begin), static_cast<Eigen::Index>(a_end));
+  });
+  if (together.size() > 1) {
+    extract::share_aperture_bands(red.spectra, together);
+    together.allgather_row_bands(red.covariance_next.data(), red.covariance_next.rows(),
+                                 static_cast<long long>(red.covariance_next.cols() * sizeof(float)));
   }
-
-  // ---- resampling
-  red.spectra = wavecal::resample_spectra(ex, w, ctx.grid, cfg.resample, &red.covariance_next);
   for (std::size_t a = 0; a < naper; ++a)
     if (!arc.solutions[a].ok()) {
       auto& d = red.spectra.diagnostics[a];
       d.status = "no wavelength solution: " + arc.solutions[a].message;
     }
 
-  // ---- fiber mode: master sky from the sky fibers, subtracted from every fiber
-  Header& h = red.spectra.header;
-  if (fiber && is_science) {
-    std::vector<double> thr = ctx.throughput;
-    if (thr.empty()) thr.assign(naper, 1.0);
-    if (thr.size() != naper)
-      throw DataError(fmt::format("{} fiber throughputs for {} apertures", thr.size(), naper),
-                      ErrorContext{.exposure = exposure});
-    std::vector<bool> is_sky(naper);
-    for (std::size_t a = 0; a < naper; ++a) is_sky[a] = is_sky_fiber(ex.apertures[a]) && arc.solutions[a].ok();
-    try {
-      const extract::MasterSky ms = extract::combine_master_sky(red.spectra, thr, is_sky, cfg.master_sky_clip_sigma,
-                                                                cfg.master_sky_min_fibers);
-      extract::subtract_master_sky(red.spectra, ms, thr);
-      int nsky = 0;
-      for (bool b : is_sky) nsky += b;
-      h.set("SKYSUB", "MASTER", "sky: master sky of the sky fibers x fiber throughput");
-      h.set("NSKYFIB", static_cast<long long>(nsky), "sky fibers offered to the master sky");
-    } catch (Error& e) {
-      e.add_context(ErrorContext{.exposure = exposure});
-      throw;
+  // What needs every aperture (the master sky) and the header: the same on every rank of a group.
+  mpi::all_or_throw(together, [&] {
+    // ---- fiber mode: master sky from the sky fibers, subtracted from every fiber
+    Header& h = red.spectra.header;
+    if (fiber && is_science) {
+      std::vector<double> thr = ctx.throughput;
+      if (thr.empty()) thr.assign(naper, 1.0);
+      if (thr.size() != naper)
+        throw DataError(fmt::format("{} fiber throughputs for {} apertures", thr.size(), naper),
+                        ErrorContext{.exposure = exposure});
+      std::vector<bool> is_sky(naper);
+      for (std::size_t a = 0; a < naper; ++a) is_sky[a] = is_sky_fiber(ex.apertures[a]) && arc.solutions[a].ok();
+      try {
+        const extract::MasterSky ms = extract::combine_master_sky(red.spectra, thr, is_sky, cfg.master_sky_clip_sigma,
+                                                                  cfg.master_sky_min_fibers);
+        extract::subtract_master_sky(red.spectra, ms, thr);
+        int nsky = 0;
+        for (bool b : is_sky) nsky += b;
+        h.set("SKYSUB", "MASTER", "sky: master sky of the sky fibers x fiber throughput");
+        h.set("NSKYFIB", static_cast<long long>(nsky), "sky fibers offered to the master sky");
+      } catch (Error& e) {
+        e.add_context(ErrorContext{.exposure = exposure});
+        throw;
+      }
+      h.set("THPTSRC", ctx.throughput_source, "source of the relative fiber throughputs");
+    } else if (!fiber) {
+      h.set("SKYSUB", "LOCAL", "sky: local sky windows beside each trace (EX stage)");
     }
-    h.set("THPTSRC", ctx.throughput_source, "source of the relative fiber throughputs");
-  } else if (!fiber) {
-    h.set("SKYSUB", "LOCAL", "sky: local sky windows beside each trace (EX stage)");
-  }
 
-  h.set("WAVECAL", true, "wavelength calibrated and resampled (kspecdr RED)");
-  h.set("WAVEMED", wavecal::to_string(cfg.wavecal.output_medium), "medium of the wavelengths: air | vacuum");
-  h.set("SPECSYS", "TOPOCENT", "wavelengths as observed (no barycentric correction)");
-  h.set("ARCSETUP", arc.setup, "setup of the arc solution");
-  if (!arc.traceset.empty()) h.set("ARCTRSET", arc.traceset, "trace set of the arc solution");
-  h.set("ARCLIST", arc.linelist, "arc line lists");
-  h.set("NARCAP", static_cast<long long>(arc.n_ok()), "apertures with a wavelength solution");
-  std::vector<double> rms;
-  for (const auto& s : arc.solutions)
-    if (s.ok() && std::isfinite(s.rms_px)) rms.push_back(s.rms_px);
-  if (!rms.empty()) h.set("ARCRMS", median_inplace(rms), "[pixel] median rms of the arc solutions");
-  h.set("FLEXMETH", is_science ? flex.method : "none", "flexure method used");
-  h.set("FLEXPX", flex.ok ? flex.shift_px : 0.0, "[pixel] flexure shift applied (x = x_arc + FLEXPX)");
-  if (flex.ok && std::isfinite(flex.shift_err_px)) h.set("FLEXERR", flex.shift_err_px, "[pixel] error of FLEXPX");
-  h.set("FLEXNLIN", static_cast<long long>(flex.n_lines), "sky lines behind FLEXPX");
-  if (!ctx.reference_name.empty()) h.set("FLEXREF", ctx.reference_name, "cross-correlation reference exposure");
-  const char* spacing = cfg.resample.spacing == wavecal::ResampleConfig::Spacing::Log ? "log" : "linear";
-  h.set("RESAMPLE", spacing, "flux-conserving resampling (counts per output pixel)");
+    h.set("WAVECAL", true, "wavelength calibrated and resampled (kspecdr RED)");
+    h.set("WAVEMED", wavecal::to_string(cfg.wavecal.output_medium), "medium of the wavelengths: air | vacuum");
+    h.set("SPECSYS", "TOPOCENT", "wavelengths as observed (no barycentric correction)");
+    h.set("ARCSETUP", arc.setup, "setup of the arc solution");
+    if (!arc.traceset.empty()) h.set("ARCTRSET", arc.traceset, "trace set of the arc solution");
+    h.set("ARCLIST", arc.linelist, "arc line lists");
+    h.set("NARCAP", static_cast<long long>(arc.n_ok()), "apertures with a wavelength solution");
+    std::vector<double> rms;
+    for (const auto& s : arc.solutions)
+      if (s.ok() && std::isfinite(s.rms_px)) rms.push_back(s.rms_px);
+    if (!rms.empty()) h.set("ARCRMS", median_inplace(rms), "[pixel] median rms of the arc solutions");
+    h.set("FLEXMETH", is_science ? flex.method : "none", "flexure method used");
+    h.set("FLEXPX", flex.ok ? flex.shift_px : 0.0, "[pixel] flexure shift applied (x = x_arc + FLEXPX)");
+    if (flex.ok && std::isfinite(flex.shift_err_px)) h.set("FLEXERR", flex.shift_err_px, "[pixel] error of FLEXPX");
+    h.set("FLEXNLIN", static_cast<long long>(flex.n_lines), "sky lines behind FLEXPX");
+    if (!ctx.reference_name.empty()) h.set("FLEXREF", ctx.reference_name, "cross-correlation reference exposure");
+    const char* spacing = cfg.resample.spacing == wavecal::ResampleConfig::Spacing::Log ? "log" : "linear";
+    h.set("RESAMPLE", spacing, "flux-conserving resampling (counts per output pixel)");
+  });
   return red;
 }
 

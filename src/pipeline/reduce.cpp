@@ -1,6 +1,7 @@
 #include "kspecdr/pipeline/reduce.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -214,6 +215,53 @@ Image flat_light(const detector::MasterFlat& flat) {
   return im;
 }
 
+/// Weights of the items of a step for mpi::group_sizes: their files' sizes (rank 0 looks, every rank gets the same
+/// numbers); a file that cannot be sized weighs 1 byte.
+std::vector<double> file_weights(const std::vector<fs::path>& files, const mpi::Comm& comm) {
+  std::vector<double> w(files.size(), 1.0);
+  if (comm.is_root())
+    for (std::size_t i = 0; i < files.size(); ++i) {
+      std::error_code ec;
+      const auto size = fs::file_size(files[i], ec);
+      if (!ec && size > 0) w[i] = static_cast<double>(size);
+    }
+  comm.bcast(w);
+  return w;
+}
+
+/// Deals the items of a step to the ranks. While at least as many items remain as there are ranks, a round gives
+/// one item to each rank (item round · n + rank); the last items, fewer than the ranks, go each to a group of ranks
+/// (mpi::group_sizes by `weights`: every rank works, and the larger items get the larger groups) that share it
+/// through a communicator of their own (MPI_Comm_split). `work(item, group)` runs on every rank of the item's group
+/// (a group of one rank in the full rounds) and returns the (done, failed) counts it adds: the group's root counts
+/// the item, the other ranks nothing. After each round the counts are summed without waiting (mpi::RoundSums) for
+/// the progress shown on rank 0.
+void deal_items(const mpi::Comm& comm, const std::vector<double>& weights, Progress& progress, const std::string& what,
+                const std::function<std::pair<long long, long long>(std::size_t, const mpi::Comm&)>& work) {
+  const auto n = static_cast<std::size_t>(comm.size()), me = static_cast<std::size_t>(comm.rank());
+  const std::size_t full = weights.size() / n;
+  mpi::RoundSums sums(comm);
+  auto count = [&](std::pair<long long, long long> c) {
+    sums.add(c.first, c.second);
+    const auto [d, f] = sums.totals();
+    progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
+  };
+  for (std::size_t round = 0; round < full; ++round) count(work(round * n + me, mpi::self()));
+  if (full * n < weights.size()) {
+    const std::vector<double> rest(weights.begin() + static_cast<std::ptrdiff_t>(full * n), weights.end());
+    const std::vector<int> sizes = mpi::group_sizes(rest, comm.size());
+    if (comm.is_root()) spdlog::info("{}: the last {} item(s) shared by rank groups of {}", what, rest.size(),
+                                     fmt::join(sizes, ", "));
+    std::size_t item = 0;
+    for (std::size_t first = 0; me >= first + static_cast<std::size_t>(sizes[item]);)
+      first += static_cast<std::size_t>(sizes[item++]);
+    const mpi::Comm group = comm.split(static_cast<int>(item), comm.rank());
+    count(work(full * n + item, group));
+  }
+  const auto [d, f] = sums.finish();
+  progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
+}
+
 /// IM → EX for one setup: master traces (every rank computes them from the same files, so they agree
 /// without being sent), then exposures dealt to ranks in rounds like the IM step. The master flat and
 /// bias (nullptr = none) give the calibration noise of the IM pixels to the extraction's model variance.
@@ -323,72 +371,89 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
   // the RED stage (a calibration product). One more item of the EX rounds, so that one rank does it while the
   // others extract exposures.
   const bool extract_flat = profile.mode == SpectroMode::Fiber && flat && masters.count("");
-  auto extract_master_flat = [&] {
+  auto extract_master_flat = [&](const mpi::Comm& group) {
     const fs::path flat_ex = cfg.out_dir / "calib" / fmt::format("flat_ex_{}.fits", setup_slug(setup));
     try {
-      const Image flat_image = flat_light(*flat);
+      Image flat_image;
       extract::ExtractConfig ecfg = cfg.ex.extract;
       ecfg.read_noise = extract::ReadNoise{};
       ecfg.calibration_noise = extract::CalibrationNoise{};
-      SpectrumSet fs_ = extract::extract_spectra(flat_image, masters.at(""), nullptr, ecfg, "master flat");
-      fs_.header.set("SETUP", setup, "setup key");
-      fs_.header.set("EXPNAME", "master_flat", "the master flat of the setup");
-      fs_.header.add_comment("Flux values are relative (the normalised master flat), not electrons.");
-      fs_.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
-      fs_.header.set("CALHASH", flat->calhash, "CALHASH of the master flat extracted");
-      fs_.header.set("DATE", utc_now(), "UTC time this file was written");
-      extract::write_ex_file(flat_ex, fs_, true);
+      mpi::all_or_throw(group, [&] { flat_image = flat_light(*flat); });
+      SpectrumSet fs_ = extract::extract_spectra(flat_image, masters.at(""), nullptr, ecfg, "master flat", &group);
+      mpi::all_or_throw(group, [&] {
+        if (!group.is_root()) return;
+        fs_.header.set("SETUP", setup, "setup key");
+        fs_.header.set("EXPNAME", "master_flat", "the master flat of the setup");
+        fs_.header.add_comment("Flux values are relative (the normalised master flat), not electrons.");
+        fs_.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+        fs_.header.set("CALHASH", flat->calhash, "CALHASH of the master flat extracted");
+        fs_.header.set("DATE", utc_now(), "UTC time this file was written");
+        extract::write_ex_file(flat_ex, fs_, true);
+      });
     } catch (const std::exception& e) {
-      spdlog::error("setup '{}': master flat not extracted ({}); RED will assume equal fiber throughputs", setup,
-                    e.what());
+      if (group.is_root())
+        spdlog::error("setup '{}': master flat not extracted ({}); RED will assume equal fiber throughputs", setup,
+                      e.what());
     }
   };
-  const std::size_t nranks = static_cast<std::size_t>(comm.size());
-  const std::size_t items = usable.size() + (extract_flat ? 1 : 0);
-  const std::size_t rounds = (items + nranks - 1) / nranks;
+  // The exposures (and the master flat) dealt to ranks, the last ones to groups of ranks (deal_items).
+  std::vector<fs::path> item_files;
+  for (const auto* p : usable) item_files.push_back(im_path(*p));
+  std::vector<double> weights = file_weights(item_files, comm);
+  if (extract_flat) {
+    // The flat weighs like an average exposure: it is extracted along the same traces from an image of the same size.
+    double mean = 0;
+    for (double w : weights) mean += w / static_cast<double>(weights.size());
+    weights.push_back(weights.empty() ? 1.0 : mean);
+  }
   Progress progress(fmt::format("EX spectra of setup '{}'", setup), usable.size(), comm.is_root());
-  mpi::RoundSums sums(comm);
-  for (std::size_t round = 0; round < rounds; ++round) {
-    const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
-    long long did = 0, failed = 0;
-    if (extract_flat && i == usable.size()) extract_master_flat();
-    if (i < usable.size()) {
-      const PlannedFrame& p = *usable[i];
-      const fs::path out = exdir / (p.name + ".ex.fits");
-      did = 1;
-      if (keep_existing(cfg, out, config_hash, p.name)) {
-        ++summary.skipped;
-      } else {
-        try {
-          const std::string key = traces_for(p);
-          if (trace_errors.count(key)) throw DataError("no master traces: " + trace_errors.at(key));
-          Image im = fits::read_image_file(im_path(p));
-          // An arc lamp fills the whole slit: what a sky window sees beside the trace is the arc itself,
-          // so arcs are extracted without sky subtraction.
-          ExStageConfig ecfg = cfg.ex;
-          if (p.frame_class == FrameClass::Arc) ecfg.sky.method = extract::SkyMethod::None;
-          SpectrumSet s = extract_exposure(im, masters.at(key), profile, ecfg, p.name,
-                                           p.frame_class == FrameClass::Science, im_path(p).string(), flat, bias);
-          s.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
-          s.header.set("DATE", utc_now(), "UTC time this file was written");
-          s.header.set("TRACESET", key, "object whose master traces were used ('' = fiber mode)");
-          extract::write_ex_file(out, s, true);
-          ++summary.done;
-        } catch (const std::exception& e) {
-          spdlog::error("{} extraction failed: {}", p.name, e.what());
-          summary.failures.push_back({p.name, p.file, e.what()});
-          failed = 1;
-        }
-      }
+  deal_items(comm, weights, progress, fmt::format("EX spectra of setup '{}'", setup),
+             [&](std::size_t i, const mpi::Comm& group) -> std::pair<long long, long long> {
+    if (i == usable.size()) {
+      extract_master_flat(group);
+      return {0, 0};
     }
-    sums.add(did, failed);
-    const auto [d, f] = sums.totals();
-    progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
-  }
-  {
-    const auto [d, f] = sums.finish();
-    progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
-  }
+    const PlannedFrame& p = *usable[i];
+    const fs::path out = exdir / (p.name + ".ex.fits");
+    const bool root = group.is_root();
+    // The group's root decides whether the file is kept, so that every rank of the group takes the same way.
+    long long keep = root && keep_existing(cfg, out, config_hash, p.name) ? 1 : 0;
+    if (group.size() > 1) group.bcast(keep);
+    if (keep) {
+      if (root) ++summary.skipped;
+      return {root ? 1 : 0, 0};
+    }
+    try {
+      const std::string key = traces_for(p);
+      Image im;
+      const TraceSet* master = nullptr;
+      mpi::all_or_throw(group, [&] {
+        if (trace_errors.count(key)) throw DataError("no master traces: " + trace_errors.at(key));
+        master = &masters.at(key);
+        im = fits::read_image_file(im_path(p));
+      });
+      // An arc lamp fills the whole slit: what a sky window sees beside the trace is the arc itself,
+      // so arcs are extracted without sky subtraction.
+      ExStageConfig ecfg = cfg.ex;
+      if (p.frame_class == FrameClass::Arc) ecfg.sky.method = extract::SkyMethod::None;
+      SpectrumSet s = extract_exposure(im, *master, profile, ecfg, p.name,
+                                       p.frame_class == FrameClass::Science, im_path(p).string(), flat, bias, &group);
+      mpi::all_or_throw(group, [&] {
+        if (!root) return;
+        s.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+        s.header.set("DATE", utc_now(), "UTC time this file was written");
+        s.header.set("TRACESET", key, "object whose master traces were used ('' = fiber mode)");
+        extract::write_ex_file(out, s, true);
+      });
+      if (root) ++summary.done;
+      return {root ? 1 : 0, 0};
+    } catch (const std::exception& e) {
+      if (!root) return {0, 0};
+      spdlog::error("{} extraction failed: {}", p.name, e.what());
+      summary.failures.push_back({p.name, p.file, e.what()});
+      return {1, 1};
+    }
+  });
   clock.mark("EX");
 }
 
@@ -504,43 +569,45 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
     }
     clock.mark("arcs");
 
-    const std::size_t nranks = static_cast<std::size_t>(comm.size());
-    const std::size_t rounds = (frames.size() + nranks - 1) / nranks;
+    // The science exposures dealt to ranks, the last ones to groups of ranks that share their apertures.
+    std::vector<fs::path> ex_files;
+    for (const auto* p : frames) ex_files.push_back(ex_path(*p));
+    const std::vector<double> weights = file_weights(ex_files, comm);
     Progress progress(fmt::format("RED spectra of {}", what), frames.size(), comm.is_root());
-    mpi::RoundSums sums(comm);
-    for (std::size_t round = 0; round < rounds; ++round) {
-      const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
-      long long did = 0, failed = 0;
-      if (i < frames.size()) {
-        const PlannedFrame& p = *frames[i];
-        const fs::path out = reddir / (p.name + ".red.fits");
-        did = 1;
-        if (keep_existing(cfg, out, config_hash, p.name)) {
-          ++summary.skipped;
-        } else {
-          try {
-            if (!failure.empty()) throw DataError("no wavelength calibration: " + failure);
-            const SpectrumSet ex = extract::read_ex_file(ex_path(p));
-            wavecal::RedSpectra red = reduce_exposure_red(ex, ctx, profile, cfg.red, p.name, true);
-            red.spectra.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
-            red.spectra.header.set("DATE", utc_now(), "UTC time this file was written");
-            wavecal::write_red_file(out, red, true);
-            ++summary.done;
-          } catch (const std::exception& e) {
-            spdlog::error("{} wavelength calibration failed: {}", p.name, e.what());
-            summary.failures.push_back({p.name, p.file, e.what()});
-            failed = 1;
-          }
-        }
+    deal_items(comm, weights, progress, fmt::format("RED spectra of {}", what),
+               [&](std::size_t i, const mpi::Comm& group) -> std::pair<long long, long long> {
+      const PlannedFrame& p = *frames[i];
+      const fs::path out = reddir / (p.name + ".red.fits");
+      const bool root = group.is_root();
+      // The group's root decides whether the file is kept, so that every rank of the group takes the same way.
+      long long keep = root && keep_existing(cfg, out, config_hash, p.name) ? 1 : 0;
+      if (group.size() > 1) group.bcast(keep);
+      if (keep) {
+        if (root) ++summary.skipped;
+        return {root ? 1 : 0, 0};
       }
-      sums.add(did, failed);
-      const auto [d, f] = sums.totals();
-      progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
-    }
-    {
-      const auto [d, f] = sums.finish();
-      progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
-    }
+      try {
+        SpectrumSet ex;
+        mpi::all_or_throw(group, [&] {
+          if (!failure.empty()) throw DataError("no wavelength calibration: " + failure);
+          ex = extract::read_ex_file(ex_path(p));
+        });
+        wavecal::RedSpectra red = reduce_exposure_red(ex, ctx, profile, cfg.red, p.name, true, &group);
+        mpi::all_or_throw(group, [&] {
+          if (!root) return;
+          red.spectra.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+          red.spectra.header.set("DATE", utc_now(), "UTC time this file was written");
+          wavecal::write_red_file(out, red, true);
+        });
+        if (root) ++summary.done;
+        return {root ? 1 : 0, 0};
+      } catch (const std::exception& e) {
+        if (!root) return {0, 0};
+        spdlog::error("{} wavelength calibration failed: {}", p.name, e.what());
+        summary.failures.push_back({p.name, p.file, e.what()});
+        return {1, 1};
+      }
+    });
     clock.mark("RED");
   }
 }

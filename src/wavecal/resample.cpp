@@ -143,7 +143,8 @@ ResampledSpectrum resample(const std::vector<double>& wavelengths, const Spectru
 }
 
 SpectrumSet resample_spectra(const SpectrumSet& ex, const std::vector<std::vector<double>>& wavelengths,
-                             const WavelengthGrid& grid, const ResampleConfig& cfg, ImageArray* covariance_next) {
+                             const WavelengthGrid& grid, const ResampleConfig& cfg, ImageArray* covariance_next,
+                             Eigen::Index a_begin, Eigen::Index a_end) {
   ex.check_shapes("resample_spectra input");
   if (wavelengths.size() != static_cast<std::size_t>(ex.naper()))
     throw DataError(fmt::format("resample_spectra: {} wavelength arrays for {} apertures", wavelengths.size(),
@@ -161,7 +162,10 @@ SpectrumSet resample_spectra(const SpectrumSet& ex, const std::vector<std::vecto
     for (Eigen::Index x = 0; x < ex.npix(); ++x) s.flux[static_cast<std::size_t>(x)] = a(ap, x);
     return s;
   };
-  for (Eigen::Index ap = 0; ap < ex.naper(); ++ap) {
+  if (a_end < 0) a_end = ex.naper();
+  a_begin = std::clamp<Eigen::Index>(a_begin, 0, ex.naper());
+  a_end = std::clamp<Eigen::Index>(a_end, a_begin, ex.naper());
+  for (Eigen::Index ap = a_begin; ap < a_end; ++ap) {
     const auto& w = wavelengths[static_cast<std::size_t>(ap)];
     if (w.empty()) {
       for (Eigen::Index x = 0; x < m; ++x) out.set_no_data(ap, x);

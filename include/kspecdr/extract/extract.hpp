@@ -13,6 +13,10 @@
 #include "kspecdr/extract/config.hpp"
 #include "kspecdr/extract/sky.hpp"
 
+namespace kspecdr::mpi {
+class Comm;
+}
+
 namespace kspecdr::extract {
 
 /// Extracts every trace of `traces` from `image` (e-), subtracting `sky` when it is given (slit mode;
@@ -23,8 +27,20 @@ namespace kspecdr::extract {
 /// masked aperture, an empty sky window — never stop the others: the affected pixels are NODATA with
 /// infinite variance, and the aperture's diagnostics status carries the DataError message (aperture and
 /// exposure named). Throws DataError only when the image, traces and sky do not fit together.
+///
+/// With `group` (collective over it; every rank passes the same image, traces, sky and config) the ranks share
+/// the work and every rank returns the whole result, the same values as one rank alone: the joint fit's columns
+/// are dealt in bands (Comm::band_begin) and exchanged, otherwise the apertures are dealt in bands and their
+/// rows exchanged (share_aperture_bands). An error on any rank is thrown on every rank (mpi::all_or_throw).
 SpectrumSet extract_spectra(const Image& image, const TraceSet& traces, const SkyModel* sky,
-                            const ExtractConfig& config, const std::string& exposure = "");
+                            const ExtractConfig& config, const std::string& exposure = "",
+                            const mpi::Comm* group = nullptr);
+
+/// Collective over `group`: rank r has filled the rows [group.band_begin(naper, r), group.band_begin(naper, r + 1))
+/// of every per-aperture array of `spectra` (flux, variance and its parts, sky, mask, the per-pixel diagnostics)
+/// and of its `diagnostics`; afterwards every rank holds every row, bit for bit. The apertures, header and extra
+/// images are not exchanged (every rank must already hold the same).
+void share_aperture_bands(SpectrumSet& spectra, const mpi::Comm& group);
 
 /// Whether two usable traces' extraction windows (±max(boxcar, optimal) half-width) overlap in some column,
 /// i.e. whether each aperture alone would count its neighbours' light: the test of Deblend::Auto.

@@ -103,11 +103,22 @@ class RoundSums {
 
 /// Runs `work` on every rank of `comm` (it may call collectives) and makes any rank's failure the failure of all:
 /// the first failing rank's error (in rank order) is thrown on every rank, as the same type (ConfigError,
-/// DataError or Error), so that no rank waits in a later collective that another has left. Collective.
+/// DataError or Error), so that no rank waits in a later collective that another has left. Collective. On a
+/// communicator of one rank `work` simply runs: its exception leaves unchanged.
 void all_or_throw(const Comm& comm, const std::function<void()>& work);
+
+/// How many ranks each item of a round gets when the items are fewer than the ranks: item i gets sizes[i] >= 1
+/// ranks, the sizes add up to `nranks`, and the largest load per rank, weights[i] / sizes[i], is as small as whole
+/// ranks allow (each further rank goes to the item with the largest load per rank; ties to the earlier item).
+/// Equal weights give every item floor(n / E) or ceil(n / E) ranks, the earlier items the larger groups. Group i
+/// holds the ranks [sum of sizes[0..i), sum of sizes[0..i]). Throws Error when there are no items, more items than
+/// ranks, or a weight that is not positive and finite.
+std::vector<int> group_sizes(const std::vector<double>& weights, int nranks);
 
 /// MPI_COMM_WORLD (not owned).
 Comm& world();
+/// MPI_COMM_SELF (not owned): this rank alone.
+Comm& self();
 /// True once MPI_Init has run.
 bool initialized();
 

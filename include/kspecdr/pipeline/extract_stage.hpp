@@ -15,6 +15,9 @@
 
 namespace kspecdr {
 
+namespace mpi {
+class Comm;
+}
 namespace detector {
 struct MasterBias;
 struct MasterFlat;
@@ -56,9 +59,12 @@ extract::CalibrationNoise calibration_noise_for(const Image& im, const detector:
 /// Fiber mode keeps the master traces' widths (a fiber's output profile does not change with seeing) and
 /// applies only the measured offsets. The EX header carries the IM header's provenance and the stage's
 /// settings; with `cfg.write_sky_image` the sky model images travel in `extra_images`.
+/// With `group` (collective over it; every rank passes the same inputs) the ranks share the extraction
+/// (extract::extract_spectra) after each has computed the noise model, trace shifts and slit sky whole; every rank
+/// returns the whole result, the same values as one rank alone, and an error on any rank is thrown on all.
 SpectrumSet extract_exposure(const Image& im, const TraceSet& master, const InstrumentProfile& profile,
                              const ExStageConfig& cfg, const std::string& exposure, bool is_science,
                              const std::string& file = "", const detector::MasterFlat* flat = nullptr,
-                             const detector::MasterBias* bias = nullptr);
+                             const detector::MasterBias* bias = nullptr, const mpi::Comm* group = nullptr);
 
 }  // namespace kspecdr

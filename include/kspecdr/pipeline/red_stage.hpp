@@ -77,8 +77,13 @@ struct RedContext {
 /// One exposure EX → RED: flexure (science frames), pixel wavelengths, resampling with variance and
 /// covariance, and in fiber mode the master sky. Throws DataError when the EX does not fit the arc
 /// calibration (aperture count, pixels) or the master sky cannot be built.
+/// With `group` (collective over it; every rank passes the same inputs) the ranks share the apertures: each
+/// measures the flexure of, and resamples, its band of apertures (Comm::band_begin); the results are exchanged, so
+/// that every rank combines the exposure's shift and builds the master sky from all the sky fibers, and every rank
+/// returns the whole result, the same values as one rank alone. An error on any rank is thrown on all.
 wavecal::RedSpectra reduce_exposure_red(const SpectrumSet& ex, const RedContext& ctx, const InstrumentProfile& profile,
-                                        const RedStageConfig& cfg, const std::string& exposure, bool is_science);
+                                        const RedStageConfig& cfg, const std::string& exposure, bool is_science,
+                                        const mpi::Comm* group = nullptr);
 
 /// Fiber throughput from the extracted master flat: the flat resampled with each fiber's solution onto
 /// `grid`, then per fiber the median over wavelength of its flux over the median of all lit fibers.

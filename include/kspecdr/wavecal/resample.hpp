@@ -49,10 +49,14 @@ ResampledSpectrum resample(const std::vector<double>& wavelengths, const Spectru
 
 /// Resamples every aperture of an EX set (flux, variance and its components, sky, mask) onto `grid`;
 /// `wavelengths[a]` are aperture a's pixel wavelengths. An aperture with no wavelengths becomes NODATA.
-/// `covariance_next`, when given, receives cov(j, j + 1) of the flux (NAPER × NWAVE, e-²).
+/// `covariance_next`, when given, receives cov(j, j + 1) of the flux (NAPER × NWAVE, e-²). Only the apertures
+/// [a_begin, a_end) are resampled (a_end < 0: to the last); the other rows are left zero, for the ranks of a group
+/// that share an exposure's apertures (each aperture is resampled on its own, so its row does not depend on the
+/// range).
 SpectrumSet resample_spectra(const SpectrumSet& ex, const std::vector<std::vector<double>>& wavelengths,
                              const WavelengthGrid& grid, const ResampleConfig& cfg,
-                             ImageArray* covariance_next = nullptr);
+                             ImageArray* covariance_next = nullptr,
+                             Eigen::Index a_begin = 0, Eigen::Index a_end = -1);
 
 /// Sets the FITS WCS of `grid` on axis 1 of `h`: CTYPE1 'WAVE' (λ = CRVAL1 + CDELT1 (p − CRPIX1)) or
 /// 'WAVE-LOG' (λ = CRVAL1 exp(CDELT1 (p − CRPIX1) / CRVAL1); Greisen et al. 2006), CUNIT1 'Angstrom',
