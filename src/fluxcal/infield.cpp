@@ -262,7 +262,8 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
       rec[6] = fit.rv.rv_km_s, rec[7] = fit.rv.rv_err_km_s;
       rec[8] = ps.scale, rec[9] = ps.scale_err, rec[10] = fit.chi2_dof(), rec[11] = s.snr;
       // Var(model): the photometric scale's error (fully correlated across λ) and what the fit says about the
-      // template itself (the χ² excess as a per-pixel floor, the step to the neighbouring grid models).
+      // template itself (the χ² excess as a per-pixel floor, the interpolation between grid models, the colour
+      // of the parameters' covariance and of the fit's other minima).
       const ModelUncertainty mu = model_uncertainty(p.obs, in.grid, fit, cfg.fit);
       rec[12] = mu.mismatch_rel, rec[13] = mu.neighbours_rel;
       const double scale_rel_var = ps.scale > 0 ? (ps.scale_err / ps.scale) * (ps.scale_err / ps.scale) : 0.0;

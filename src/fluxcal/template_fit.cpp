@@ -328,12 +328,313 @@ void check_grid_covers(const TemplateGrid& grid, const ObservedSpectrum& obs, co
 }
 
 namespace {
+
 PreparedModel prepare_for(const ObservedSpectrum& obs, const std::vector<double>& wl, const std::vector<double>& flux,
                           double model_r, const FitConfig& cfg) {
   const double z = cfg.rv_max_km_s / kSpeedOfLightKmS;
   return prepare_model(wl, flux, cfg.resolution, model_r, obs.wavelength_angstrom.front() / (1.0 + z),
                        obs.wavelength_angstrom.back() / (1.0 - z));
 }
+
+/// The corners of the multilinear interpolation of the grid at p, (grid row, weight) with weights > 0; false when
+/// p is outside the grid or a corner model is missing.
+bool interpolation_corners(const TemplateGrid& grid, const std::array<std::vector<double>, 4>& axes,
+                           const TemplateParams& p, std::vector<std::pair<long, double>>& out) {
+  std::array<std::array<double, 2>, 4> val{};
+  std::array<std::array<double, 2>, 4> wt{};
+  for (std::size_t a = 0; a < 4; ++a) {
+    const auto& ax = axes[a];
+    const double v = param_value(p, static_cast<int>(a));
+    auto hi = std::lower_bound(ax.begin(), ax.end(), v - 1e-9);
+    if (hi == ax.end()) return false;
+    if (std::abs(*hi - v) < 1e-9 || hi == ax.begin()) {
+      if (std::abs(*hi - v) > 1e-9) return false;
+      val[a] = {*hi, *hi};
+      wt[a] = {1.0, 0.0};
+      continue;
+    }
+    const double h = *hi, l = *(hi - 1);
+    const double t = (v - l) / (h - l);
+    val[a] = {l, h};
+    wt[a] = {1.0 - t, t};
+  }
+  out.clear();
+  for (int corner = 0; corner < 16; ++corner) {
+    double w = 1.0;
+    TemplateParams q;
+    double* fields[4] = {&q.teff_k, &q.logg, &q.mh, &q.alpha};
+    for (std::size_t a = 0; a < 4; ++a) {
+      const int bit = (corner >> a) & 1;
+      w *= wt[a][static_cast<std::size_t>(bit)];
+      *fields[a] = val[a][static_cast<std::size_t>(bit)];
+    }
+    if (w == 0.0) continue;
+    const long idx = grid.find(q);
+    if (idx < 0) return false;
+    out.emplace_back(idx, w);
+  }
+  return true;
+}
+
+/// The grid's models interpolated (multilinear in ln F, as `interpolate_model`, value for value) over the
+/// wavelengths that the fit of one spectrum needs (`prepare_for`'s range); ln F of every model it visits is
+/// kept, so that the many models of a minimisation cost one pass over the corners each.
+class LogFluxInterpolator {
+ public:
+  LogFluxInterpolator(const TemplateGrid& grid, const ObservedSpectrum& obs, const FitConfig& cfg) : grid_(grid) {
+    for (int a = 0; a < 4; ++a) axes_[static_cast<std::size_t>(a)] = grid.axis(a);
+    const double z = cfg.rv_max_km_s / kSpeedOfLightKmS;
+    const double lo = obs.wavelength_angstrom.front() / (1.0 + z), hi = obs.wavelength_angstrom.back() / (1.0 - z);
+    const double need_lo = lo - 5.0 * cfg.resolution.fwhm(lo), need_hi = hi + 5.0 * cfg.resolution.fwhm(hi);
+    const auto& wl = grid.wavelength_angstrom;
+    const auto a = static_cast<std::size_t>(std::upper_bound(wl.begin(), wl.end(), need_lo) - wl.begin());
+    const auto b = static_cast<std::size_t>(std::lower_bound(wl.begin(), wl.end(), need_hi) - wl.begin());
+    j0_ = a >= 2 ? a - 2 : 0;
+    j1_ = std::min(wl.size(), b + 2);
+    wl_.assign(wl.begin() + static_cast<long>(j0_), wl.begin() + static_cast<long>(j1_));
+  }
+  const std::vector<double>& wavelength() const { return wl_; }
+  const std::array<std::vector<double>, 4>& axes() const { return axes_; }
+  bool flux_at(const TemplateParams& p, std::vector<double>& flux) {
+    if (!interpolation_corners(grid_, axes_, p, corners_)) return false;
+    const std::size_t n = wl_.size();
+    std::vector<double> lnf(n, 0.0);
+    for (const auto& [idx, w] : corners_) {
+      const auto& row = ln_row(idx);
+      for (std::size_t j = 0; j < n; ++j) lnf[j] += w * row[j];
+    }
+    flux.resize(n);
+    for (std::size_t j = 0; j < n; ++j) flux[j] = std::exp(lnf[j]);
+    return true;
+  }
+
+ private:
+  const std::vector<double>& ln_row(long idx) {
+    auto it = rows_.find(idx);
+    if (it == rows_.end()) {
+      const auto row = grid_.flux.row(idx);
+      std::vector<double> v(j1_ - j0_);
+      for (std::size_t j = j0_; j < j1_; ++j)
+        v[j - j0_] = std::log(std::max(static_cast<double>(row(static_cast<Eigen::Index>(j))), 1e-300));
+      it = rows_.emplace(idx, std::move(v)).first;
+    }
+    return it->second;
+  }
+  const TemplateGrid& grid_;
+  std::array<std::vector<double>, 4> axes_;
+  std::size_t j0_ = 0, j1_ = 0;
+  std::vector<double> wl_;
+  std::map<long, std::vector<double>> rows_;
+  std::vector<std::pair<long, double>> corners_;
+};
+
+/// Grid coordinates: along each axis t = i + (v − x_i)/(x_{i+1} − x_i) between the grid values x_i, so that one
+/// unit is one grid step however uneven the axis; lo/hi bound the minimisation (the candidates' range).
+struct GridCoords {
+  std::array<std::vector<double>, 4> axes;
+  std::array<double, 4> lo{}, hi{};
+  double coord(std::size_t a, double v) const {
+    const auto& x = axes[a];
+    if (x.size() < 2) return 0.0;
+    const auto it = std::upper_bound(x.begin(), x.end(), v);
+    const auto i = static_cast<std::size_t>(std::clamp<long>(it - x.begin() - 1, 0, static_cast<long>(x.size()) - 2));
+    return static_cast<double>(i) + (v - x[i]) / (x[i + 1] - x[i]);
+  }
+  double value(std::size_t a, double t) const {
+    const auto& x = axes[a];
+    if (x.size() < 2) return x.front();
+    const auto i = static_cast<std::size_t>(std::clamp<long>(static_cast<long>(std::floor(t)), 0, static_cast<long>(x.size()) - 2));
+    const double v = x[i] + (t - static_cast<double>(i)) * (x[i + 1] - x[i]);
+    // Values on the grid come out exactly (the interpolation then takes the grid model itself).
+    for (std::size_t k = i; k <= i + 1; ++k)
+      if (std::abs(v - x[k]) < 1e-9 * std::max(1.0, std::abs(x[k]))) return x[k];
+    return v;
+  }
+  std::array<double, 4> coords(const TemplateParams& p) const {
+    std::array<double, 4> t{};
+    for (std::size_t a = 0; a < 4; ++a) t[a] = coord(a, param_value(p, static_cast<int>(a)));
+    return t;
+  }
+  TemplateParams params(const std::array<double, 4>& t) const {
+    return {value(0, t[0]), value(1, t[1]), value(2, t[2]), value(3, t[3])};
+  }
+  bool free(std::size_t a) const { return hi[a] > lo[a]; }
+};
+
+/// The spectrum against the interpolated model at grid coordinates t, with a fixed RV and fixed continuum pixels
+/// (so that the score is a smooth function of the parameters).
+struct Evaluator {
+  const ObservedSpectrum& obs;
+  const std::vector<double>& w;
+  const FitConfig& cfg;
+  LogFluxInterpolator& interp;
+  const GridCoords& gc;
+  double model_r = 0.0;
+  double rv = 0.0;
+  std::vector<unsigned char> use;
+  bool operator()(const std::array<double, 4>& t, Comparison& c) const {
+    std::vector<double> f;
+    if (!interp.flux_at(gc.params(t), f)) return false;
+    const PreparedModel pm = prepare_for(obs, interp.wavelength(), f, model_r, cfg);
+    c = compare(obs, w, pm, rv, cfg, &use);
+    return c.n > 0 && std::isfinite(c.score);
+  }
+};
+
+/// Normalised residuals (d − m)/σ on `pix` (0 where the comparison has none).
+Eigen::VectorXd residuals(const Comparison& c, const std::vector<std::size_t>& pix) {
+  Eigen::VectorXd r(static_cast<Eigen::Index>(pix.size()));
+  for (std::size_t q = 0; q < pix.size(); ++q) {
+    const std::size_t i = pix[q];
+    const double v = (c.dn[i] - c.mn[i]) / c.sn[i];
+    r(static_cast<Eigen::Index>(q)) = std::isfinite(v) ? v : 0.0;
+  }
+  return r;
+}
+
+/// Levenberg–Marquardt from t over the free coordinates, on the normalised residuals (for the Huber metric
+/// reweighted at every step: weight 1 inside k σ, √(k/|r|) outside). A step is taken only when it lowers the
+/// metric; the minimisation ends when a step gains less than 0.01 or none can be found. Returns the minimum.
+std::array<double, 4> minimise(const Evaluator& ev, const GridCoords& gc, std::array<double, 4> t, const FitConfig& cfg) {
+  Comparison c;
+  if (!ev(t, c)) return t;
+  std::vector<std::size_t> pix;
+  for (std::size_t i = 0; i < c.dn.size(); ++i)
+    if (std::isfinite(c.dn[i]) && std::isfinite(c.mn[i])) pix.push_back(i);
+  std::vector<std::size_t> fr;
+  for (std::size_t a = 0; a < 4; ++a)
+    if (gc.free(a)) fr.push_back(a);
+  if (fr.empty() || pix.empty()) return t;
+  const auto m = static_cast<Eigen::Index>(pix.size()), k = static_cast<Eigen::Index>(fr.size());
+  const bool huber = cfg.metric == "huber";
+  constexpr double kStep = 0.05;  // grid steps, for the forward differences
+  double lambda = 1e-3;
+  for (int it = 0; it < 30; ++it) {
+    Eigen::VectorXd r = residuals(c, pix), wt = Eigen::VectorXd::Ones(m);
+    if (huber)
+      for (Eigen::Index q = 0; q < m; ++q)
+        if (std::abs(r(q)) > cfg.huber_k) wt(q) = std::sqrt(cfg.huber_k / std::abs(r(q)));
+    r = r.cwiseProduct(wt);
+    Eigen::MatrixXd J = Eigen::MatrixXd::Zero(m, k);
+    for (Eigen::Index col = 0; col < k; ++col) {
+      const std::size_t a = fr[static_cast<std::size_t>(col)];
+      auto ta = t;
+      const double step = t[a] + kStep <= gc.hi[a] ? kStep : -kStep;
+      ta[a] += step;
+      Comparison ca;
+      if (!ev(ta, ca)) continue;
+      J.col(col) = (residuals(ca, pix).cwiseProduct(wt) - r) / step;
+    }
+    const Eigen::MatrixXd A = J.transpose() * J;
+    const Eigen::VectorXd g = J.transpose() * r;
+    double gain = 0.0;
+    while (lambda < 1e8) {
+      Eigen::MatrixXd M = A;
+      M.diagonal() += lambda * A.diagonal() + Eigen::VectorXd::Constant(k, 1e-12);
+      Eigen::VectorXd delta = M.ldlt().solve(-g);
+      const double big = delta.cwiseAbs().maxCoeff();
+      if (!std::isfinite(big)) break;
+      if (big > 1.0) delta /= big;  // at most one grid step at a time
+      auto tn = t;
+      for (Eigen::Index col = 0; col < k; ++col) {
+        const std::size_t a = fr[static_cast<std::size_t>(col)];
+        tn[a] = std::clamp(t[a] + delta(col), gc.lo[a], gc.hi[a]);
+      }
+      Comparison cn;
+      if (tn != t && ev(tn, cn) && cn.score < c.score) {
+        gain = c.score - cn.score;
+        t = tn;
+        c = std::move(cn);
+        lambda = std::max(lambda / 3.0, 1e-7);
+        break;
+      }
+      lambda *= 4.0;
+    }
+    if (!(gain >= 0.01)) break;
+  }
+  return t;
+}
+
+/// The covariance of the parameters (physical units) at grid coordinates t: the Jacobian of the normalised
+/// residuals by central differences (one-sided at the ends of the grid), F = JᵀJ / red, C = F⁻¹. The fit cannot
+/// leave the candidates' range, so no parameter's variance is taken larger than that of a uniform distribution
+/// over it (range²/12; its row and column scaled down, the correlations kept); F is regularised by 10⁻⁶ of that
+/// precision so that a parameter the spectrum does not constrain at all comes out at that bound.
+std::array<std::array<double, 4>, 4> parameter_covariance(const Evaluator& ev, const GridCoords& gc,
+                                                          const std::array<double, 4>& t, double red) {
+  std::array<std::array<double, 4>, 4> cov{};
+  Comparison c;
+  if (!ev(t, c)) return cov;
+  std::vector<std::size_t> pix;
+  for (std::size_t i = 0; i < c.dn.size(); ++i)
+    if (std::isfinite(c.dn[i]) && std::isfinite(c.mn[i])) pix.push_back(i);
+  std::vector<std::size_t> fr;
+  for (std::size_t a = 0; a < 4; ++a)
+    if (gc.free(a)) fr.push_back(a);
+  if (fr.empty() || pix.empty()) return cov;
+  const auto k = static_cast<Eigen::Index>(fr.size());
+  constexpr double kStep = 0.05;
+  Eigen::MatrixXd J = Eigen::MatrixXd::Zero(static_cast<Eigen::Index>(pix.size()), k);
+  Eigen::VectorXd prior(k);
+  for (Eigen::Index col = 0; col < k; ++col) {
+    const std::size_t a = fr[static_cast<std::size_t>(col)];
+    const double range = gc.value(a, gc.hi[a]) - gc.value(a, gc.lo[a]);
+    prior(col) = 12.0 / (range * range);
+    const double top = static_cast<double>(gc.axes[a].size() - 1);
+    auto t1 = t, t2 = t;
+    t1[a] = std::max(0.0, t[a] - kStep);
+    t2[a] = std::min(top, t[a] + kStep);
+    Comparison c1, c2;
+    if (!(t2[a] > t1[a]) || !ev(t1, c1) || !ev(t2, c2)) continue;
+    const double dv = gc.value(a, t2[a]) - gc.value(a, t1[a]);
+    J.col(col) = (residuals(c2, pix) - residuals(c1, pix)) / dv;
+  }
+  Eigen::MatrixXd F = J.transpose() * J / std::max(red, 1.0);
+  F.diagonal() += 1e-6 * prior;
+  Eigen::MatrixXd C = F.inverse();
+  for (Eigen::Index i = 0; i < k; ++i) {
+    const double cap = 1.0 / prior(i);
+    if (C(i, i) > cap) {
+      const double f = std::sqrt(cap / C(i, i));
+      C.row(i) *= f;
+      C.col(i) *= f;
+    }
+  }
+  for (Eigen::Index i = 0; i < k; ++i)
+    for (Eigen::Index j = 0; j < k; ++j) cov[fr[static_cast<std::size_t>(i)]][fr[static_cast<std::size_t>(j)]] = C(i, j);
+  return cov;
+}
+
+/// The scored grid models that score better than every scored neighbour (one grid step along one axis), best
+/// first.
+std::vector<const TemplateScore*> local_minima(const GridCoords& gc, const std::vector<TemplateScore>& scores) {
+  std::map<std::array<long, 4>, double> at;
+  auto key = [&](const TemplateParams& p) {
+    const auto t = gc.coords(p);
+    return std::array<long, 4>{std::lround(t[0]), std::lround(t[1]), std::lround(t[2]), std::lround(t[3])};
+  };
+  for (const auto& s : scores)
+    if (s.index >= 0) at[key(s.params)] = s.score;
+  std::vector<const TemplateScore*> out;
+  for (const auto& s : scores) {
+    if (s.index < 0) continue;
+    const auto k0 = key(s.params);
+    bool lowest = true;
+    for (std::size_t a = 0; a < 4 && lowest; ++a)
+      for (long d : {-1L, 1L}) {
+        auto k1 = k0;
+        k1[a] += d;
+        const auto it = at.find(k1);
+        if (it != at.end() && it->second < s.score) lowest = false;
+      }
+    if (lowest) out.push_back(&s);
+  }
+  std::sort(out.begin(), out.end(), [](const TemplateScore* a, const TemplateScore* b) {
+    return a->score < b->score || (a->score == b->score && a->index < b->index);
+  });
+  return out;
+}
+
 }  // namespace
 
 TemplateScore score_model(const ObservedSpectrum& obs, const std::vector<double>& wl, const std::vector<double>& flux,
@@ -353,38 +654,13 @@ TemplateScore score_model(const ObservedSpectrum& obs, const std::vector<double>
 }
 
 bool interpolate_model(const TemplateGrid& grid, const TemplateParams& p, std::vector<double>& flux) {
-  std::array<std::array<double, 2>, 4> val{};
-  std::array<std::array<double, 2>, 4> wt{};
-  for (int a = 0; a < 4; ++a) {
-    const auto ax = grid.axis(a);
-    const double v = param_value(p, a);
-    auto hi = std::lower_bound(ax.begin(), ax.end(), v - 1e-9);
-    if (hi == ax.end()) return false;
-    if (std::abs(*hi - v) < 1e-9 || hi == ax.begin()) {
-      if (std::abs(*hi - v) > 1e-9) return false;
-      val[static_cast<std::size_t>(a)] = {*hi, *hi};
-      wt[static_cast<std::size_t>(a)] = {1.0, 0.0};
-      continue;
-    }
-    const double h = *hi, l = *(hi - 1);
-    const double t = (v - l) / (h - l);
-    val[static_cast<std::size_t>(a)] = {l, h};
-    wt[static_cast<std::size_t>(a)] = {1.0 - t, t};
-  }
+  std::array<std::vector<double>, 4> axes;
+  for (int a = 0; a < 4; ++a) axes[static_cast<std::size_t>(a)] = grid.axis(a);
+  std::vector<std::pair<long, double>> corners;
+  if (!interpolation_corners(grid, axes, p, corners)) return false;
   const std::size_t nw = grid.wavelength_angstrom.size();
   std::vector<double> lnf(nw, 0.0);
-  for (int corner = 0; corner < 16; ++corner) {
-    double w = 1.0;
-    TemplateParams q;
-    double* fields[4] = {&q.teff_k, &q.logg, &q.mh, &q.alpha};
-    for (std::size_t a = 0; a < 4; ++a) {
-      const int bit = (corner >> a) & 1;
-      w *= wt[a][static_cast<std::size_t>(bit)];
-      *fields[a] = val[a][static_cast<std::size_t>(bit)];
-    }
-    if (w == 0.0) continue;
-    const long idx = grid.find(q);
-    if (idx < 0) return false;
+  for (const auto& [idx, w] : corners) {
     const auto row = grid.flux.row(idx);
     for (std::size_t j = 0; j < nw; ++j)
       lnf[j] += w * std::log(std::max(static_cast<double>(row(static_cast<Eigen::Index>(j))), 1e-300));
@@ -475,51 +751,88 @@ FitResult finish_fit(const ObservedSpectrum& obs, const TemplateGrid& grid, std:
   r.params = grid.params[static_cast<std::size_t>(r.grid_index)];
   r.refined = r.params;
   std::vector<double> flux = grid.flux_of(static_cast<std::size_t>(r.grid_index));
-  double best_score = best_it->score;
-  if (cfg.interpolate) {
-    // Along each axis, a parabola through the best point and its two neighbours (others fixed).
-    TemplateParams p = r.params;
-    double* fields[4] = {&p.teff_k, &p.logg, &p.mh, &p.alpha};
-    for (int a = 0; a < 4; ++a) {
-      const auto ax = grid.axis(a);
-      const double v0 = param_value(r.params, a);
-      const auto pos = std::lower_bound(ax.begin(), ax.end(), v0 - 1e-9) - ax.begin();
-      if (pos == 0 || pos + 1 >= static_cast<long>(ax.size())) continue;
-      double sc[2] = {kNaN, kNaN};
-      for (int side = 0; side < 2; ++side) {
-        TemplateParams q = r.params;
-        double* qf[4] = {&q.teff_k, &q.logg, &q.mh, &q.alpha};
-        *qf[a] = ax[static_cast<std::size_t>(pos + (side ? 1 : -1))];
-        const long idx = grid.find(q);
-        for (const auto& s : scores)
-          if (s.index == idx && idx >= 0) sc[side] = s.score;
-      }
-      if (!std::isfinite(sc[0]) || !std::isfinite(sc[1])) continue;
-      const double x0 = ax[static_cast<std::size_t>(pos - 1)], x1 = v0, x2 = ax[static_cast<std::size_t>(pos + 1)];
-      const double y0 = sc[0], y1 = best_it->score, y2 = sc[1];
-      const double den = (x0 - x1) * (x0 - x2) * (x1 - x2);
-      const double A = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / den;
-      const double B = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / den;
-      if (A > 0) *fields[a] = std::clamp(-B / (2.0 * A), x0, x2);
+  const FitMode grid_best{r.params, best_it->score, best_it->chi2, best_it->rv_km_s, best_it->n_good};
+  const auto w = data_weights(obs);
+  LogFluxInterpolator interp(grid, obs, cfg);
+  GridCoords gc;
+  gc.axes = interp.axes();
+  gc.lo.fill(std::numeric_limits<double>::infinity());
+  gc.hi.fill(-std::numeric_limits<double>::infinity());
+  for (const auto& s : scores)
+    for (std::size_t a = 0; a < 4; ++a) {
+      const double t = gc.coord(a, param_value(s.params, static_cast<int>(a)));
+      gc.lo[a] = std::min(gc.lo[a], t);
+      gc.hi[a] = std::max(gc.hi[a], t);
     }
-    r.refined = p;
-    std::vector<double> fi;
-    if (grid.find(p) < 0 && interpolate_model(grid, p, fi)) {
-      const TemplateScore s = score_model(obs, grid.wavelength_angstrom, fi, grid.resolving_power, cfg);
-      TemplateScore si = s;
-      si.index = -1;
-      si.params = p;
-      scores.push_back(si);
-      if (s.score < best_score) {
-        best_score = s.score;
-        r.params = p;
-        r.interpolated = true;
-        flux = std::move(fi);
+  std::vector<FitMode> found;  // the refinement's minima
+  std::vector<std::array<double, 4>> found_t;
+  if (cfg.interpolate) {
+    // From each of the best local minima of the grid's scores: the minimum of the interpolated model's score, first
+    // with the start's RV and continuum pixels, then with those of the model found (RV refined by χ²).
+    const auto starts = local_minima(gc, scores);
+    for (std::size_t k = 0; k < starts.size() && k < static_cast<std::size_t>(std::max(cfg.refine_starts, 0)); ++k) {
+      const TemplateScore& st = *starts[k];
+      Evaluator ev{obs, w, cfg, interp, gc, grid.resolving_power, st.rv_km_s, {}};
+      std::vector<double> f;
+      auto t = gc.coords(st.params);
+      if (!interp.flux_at(st.params, f)) continue;
+      ev.use = compare(obs, w, prepare_for(obs, interp.wavelength(), f, grid.resolving_power, cfg), ev.rv, cfg).use;
+      t = minimise(ev, gc, t, cfg);
+      if (!interp.flux_at(gc.params(t), f)) continue;
+      RvMeasurement rv;
+      rv.ccf_rv_km_s = ev.rv;
+      const Comparison cr = refine_rv(obs, w, prepare_for(obs, interp.wavelength(), f, grid.resolving_power, cfg), cfg, rv);
+      if (std::isfinite(rv.rv_km_s)) {
+        ev.rv = rv.rv_km_s;
+        ev.use = cr.use;
+        t = minimise(ev, gc, t, cfg);
       }
+      bool seen = false;
+      for (const auto& u : found_t) {
+        double d = 0;
+        for (std::size_t a = 0; a < 4; ++a) d = std::max(d, std::abs(u[a] - t[a]));
+        seen = seen || d < 0.02;
+      }
+      const TemplateParams p = gc.params(t);
+      if (seen || !interp.flux_at(p, f)) continue;
+      // Scored as the grid candidates are (its own continuum pixels, RV by cross-correlation), so that the minima
+      // and the grid points compare.
+      const TemplateScore s = score_model(obs, interp.wavelength(), f, grid.resolving_power, cfg);
+      if (!std::isfinite(s.score)) continue;
+      found.push_back({p, s.score, s.chi2, s.rv_km_s, s.n_good});
+      found_t.push_back(t);
     }
   }
+  std::vector<std::size_t> order(found.size());
+  for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return found[a].score < found[b].score; });
+  std::array<double, 4> t_used = gc.coords(r.params);
+  if (!order.empty()) {
+    const FitMode& b = found[order.front()];
+    r.refined = b.params;
+    std::vector<double> fi;
+    if (grid.find(b.params) < 0 && b.score < best_it->score && interpolate_model(grid, b.params, fi)) {
+      TemplateScore si;
+      si.params = b.params;
+      si.rv_km_s = b.rv_km_s;
+      si.score = b.score;
+      si.chi2 = b.chi2;
+      si.n_good = b.n_good;
+      scores.push_back(si);
+      r.params = b.params;
+      r.interpolated = true;
+      flux = std::move(fi);
+      t_used = found_t[order.front()];
+    }
+  }
+  r.modes.push_back(r.interpolated ? found[order.front()] : grid_best);
+  for (std::size_t k = r.interpolated ? 1 : 0; k < order.size(); ++k) {
+    const auto& t = found_t[order[k]];
+    double d = 0;
+    for (std::size_t a = 0; a < 4; ++a) d = std::max(d, std::abs(t_used[a] - t[a]));
+    if (d >= 0.02) r.modes.push_back(found[order[k]]);
+  }
   // The final model: RV refined by χ², everything on the observed pixels.
-  const auto w = data_weights(obs);
   const PreparedModel pm = prepare_for(obs, grid.wavelength_angstrom, flux, grid.resolving_power, cfg);
   const Comparison c0 = compare(obs, w, pm, 0.0, cfg);
   cross_correlate(obs, c0, cfg, r.rv);
@@ -527,6 +840,11 @@ FitResult finish_fit(const ObservedSpectrum& obs, const TemplateGrid& grid, std:
   r.score = c.score;
   r.chi2 = c.chi2;
   r.dof = c.n - (cfg.continuum_degree + 1) - 1;
+  // The parameters' covariance at the model used, with its RV and continuum pixels.
+  {
+    Evaluator ev{obs, w, cfg, interp, gc, grid.resolving_power, r.rv.rv_km_s, c.use};
+    r.param_cov = parameter_covariance(ev, gc, t_used, r.dof > 0 ? r.chi2_dof() : 1.0);
+  }
   r.candidates = std::move(scores);
   r.model_wavelength = grid.wavelength_angstrom;
   r.model_flux = std::move(flux);
@@ -568,8 +886,7 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
     floor2 = 0.5 * (lo + hi);
   }
   out.mismatch_rel = std::sqrt(floor2);
-  // A grid model convolved, shifted by the fitted RV and resampled on the observed pixels; each one once (the
-  // neighbours and the parameters terms below often need the same models).
+  // A grid model convolved, shifted by the fitted RV and resampled on the observed pixels; each one once.
   std::map<long, std::vector<double>> prepared;
   auto on_data = [&](long idx) -> const std::vector<double>& {
     auto it = prepared.find(idx);
@@ -580,13 +897,21 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
     }
     return it->second;
   };
-  // Neighbours along each axis of the best grid model.
+  // Neighbours along each axis of the grid model nearest the one used (the best grid model when that is used).
+  LogFluxInterpolator interp(grid, obs, cfg);
+  GridCoords gc;
+  gc.axes = interp.axes();
   std::vector<double> nb(n, 0.0);
-  if (fit.grid_index >= 0) {
-    const TemplateParams p0 = grid.params[static_cast<std::size_t>(fit.grid_index)];
+  long near_index = fit.grid_index;
+  if (fit.interpolated) {
+    const auto t = gc.coords(fit.params);
+    near_index = grid.find(gc.params({std::round(t[0]), std::round(t[1]), std::round(t[2]), std::round(t[3])}));
+  }
+  if (near_index >= 0) {
+    const TemplateParams p0 = grid.params[static_cast<std::size_t>(near_index)];
     std::vector<double> m0;
     for (int a = 0; a < 4; ++a) {
-      const auto ax = grid.axis(a);
+      const auto& ax = gc.axes[static_cast<std::size_t>(a)];
       const double v0 = param_value(p0, a);
       const auto pos = std::lower_bound(ax.begin(), ax.end(), v0 - 1e-9) - ax.begin();
       if (pos == 0 || pos + 1 >= static_cast<long>(ax.size())) continue;
@@ -605,7 +930,7 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
       const double h = pu >= v0 ? xp - v0 : v0 - xm;
       const double u = h > 0 ? std::abs(pu - v0) / h : 0.0;
       if (!(u > 1e-9)) continue;
-      if (m0.empty()) m0 = on_data(fit.grid_index);
+      if (m0.empty()) m0 = on_data(near_index);
       const auto& mm = on_data(idx[0]);
       const auto& mp = on_data(idx[1]);
       for (std::size_t j = 0; j < n; ++j) {
@@ -622,63 +947,85 @@ ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGr
       }
     }
   }
-  // Parameters: the profile of the scores along each axis (best candidate per grid value, the others free).
+  // The interpolated model at p, convolved, shifted by the fitted RV, on the observed pixels (empty when p is
+  // outside the grid).
+  auto model_at = [&](const TemplateParams& p) -> std::vector<double> {
+    std::vector<double> f;
+    if (!interp.flux_at(p, f)) return {};
+    return resample_model(prepare_for(obs, interp.wavelength(), f, grid.resolving_power, cfg), fit.rv.rv_km_s,
+                          obs.wavelength_angstrom);
+  };
+  // A per-pixel vector less its mean over the pixels where it is finite (the broadband level is the scale's).
+  auto less_mean = [](std::vector<double>& d) {
+    double sum = 0;
+    long cnt = 0;
+    for (double v : d)
+      if (std::isfinite(v)) sum += v, ++cnt;
+    const double mean = cnt ? sum / static_cast<double>(cnt) : 0.0;
+    for (double& v : d) v -= mean;
+  };
+  // Parameters: gᵀ C g with g = ∂ ln F/∂p by central differences of 0.05 grid steps (one-sided at the grid's ends).
   std::vector<double> pv(n, 0.0);
-  if (fit.grid_index >= 0 && !fit.candidates.empty()) {
-    const TemplateParams p0 = grid.params[static_cast<std::size_t>(fit.grid_index)];
-    double best_score = kNaN, red = 1.0;
-    for (const auto& c : fit.candidates)
-      if (c.index == fit.grid_index) {
-        best_score = c.score;
-        red = c.n_good > 1 ? std::max(1.0, c.chi2 / static_cast<double>(c.n_good - 1)) : 1.0;
-      }
-    for (int a = 0; a < 4 && std::isfinite(best_score); ++a) {
-      const auto ax = grid.axis(a);
-      const double v0 = param_value(p0, a);
-      const auto pos = std::lower_bound(ax.begin(), ax.end(), v0 - 1e-9) - ax.begin();
-      if (pos == 0 || pos + 1 >= static_cast<long>(ax.size())) continue;
-      const double xm = ax[static_cast<std::size_t>(pos - 1)], xp = ax[static_cast<std::size_t>(pos + 1)];
-      // The best candidate at each neighbouring value of this axis.
-      long idx[2] = {-1, -1};
-      double sc[2] = {kNaN, kNaN};
-      for (const auto& c : fit.candidates) {
-        if (c.index < 0) continue;
-        const double v = param_value(c.params, a);
-        for (int side = 0; side < 2; ++side)
-          if (std::abs(v - (side ? xp : xm)) < 1e-9 && !(c.score >= sc[side])) sc[side] = c.score, idx[side] = c.index;
-      }
-      if (idx[0] < 0 || idx[1] < 0) continue;
-      const double den = (xm - v0) * (xm - xp) * (v0 - xp);
-      const double A = (xp * (best_score - sc[0]) + v0 * (sc[0] - sc[1]) + xm * (sc[1] - best_score)) / den;
-      if (!(A > 0)) continue;
-      const double sigma = std::sqrt(red / A);
-      const auto& mm = on_data(idx[0]);
-      const auto& mp = on_data(idx[1]);
+  {
+    const auto t = gc.coords(fit.params);
+    std::array<std::vector<double>, 4> g;
+    for (std::size_t a = 0; a < 4; ++a) {
+      if (!(fit.param_cov[a][a] > 0)) continue;
+      const double top = static_cast<double>(gc.axes[a].size() - 1);
+      auto t1 = t, t2 = t;
+      t1[a] = std::max(0.0, t[a] - 0.05);
+      t2[a] = std::min(top, t[a] + 0.05);
+      if (!(t2[a] > t1[a])) continue;
+      const auto m1 = model_at(gc.params(t1)), m2 = model_at(gc.params(t2));
+      if (m1.size() != n || m2.size() != n) continue;
+      const double dv = gc.value(a, t2[a]) - gc.value(a, t1[a]);
+      g[a].assign(n, kNaN);
+      for (std::size_t j = 0; j < n; ++j)
+        if (m1[j] > 0 && m2[j] > 0) g[a][j] = (std::log(m2[j]) - std::log(m1[j])) / dv;
+      less_mean(g[a]);
+    }
+    for (std::size_t j = 0; j < n; ++j)
+      for (std::size_t a = 0; a < 4; ++a)
+        for (std::size_t b = 0; b < 4; ++b)
+          if (!g[a].empty() && !g[b].empty() && std::isfinite(g[a][j]) && std::isfinite(g[b][j]))
+            pv[j] += g[a][j] * fit.param_cov[a][b] * g[b][j];
+  }
+  // Modes: the other minima, weighted by exp(−Δscore/2) (Δscore over max(1, χ²/dof)), normalised over all of them.
+  std::vector<double> mv(n, 0.0);
+  if (fit.modes.size() > 1) {
+    const double red = std::max(1.0, fit.chi2_dof());
+    std::vector<double> wk(fit.modes.size());
+    double z = 0;
+    for (std::size_t k = 0; k < wk.size(); ++k) {
+      wk[k] = std::exp(-0.5 * (fit.modes[k].score - fit.modes.front().score) / red);
+      z += wk[k];
+    }
+    for (std::size_t k = 1; k < wk.size(); ++k) {
+      out.modes_weight += wk[k] / z;
+      if (!(wk[k] / z > 1e-6)) continue;
+      const auto mk = model_at(fit.modes[k].params);
+      if (mk.size() != n) continue;
       std::vector<double> d(n, kNaN);
-      double sum = 0;
-      long cnt = 0;
       for (std::size_t j = 0; j < n; ++j)
-        if (mm[j] > 0 && mp[j] > 0) {
-          d[j] = sigma * (std::log(mp[j]) - std::log(mm[j])) / (xp - xm);
-          sum += d[j];
-          ++cnt;
-        }
-      const double mean = cnt ? sum / static_cast<double>(cnt) : 0.0;
+        if (mk[j] > 0 && fit.model_on_data[j] > 0) d[j] = std::log(mk[j]) - std::log(fit.model_on_data[j]);
+      less_mean(d);
       for (std::size_t j = 0; j < n; ++j)
-        if (std::isfinite(d[j])) pv[j] += (d[j] - mean) * (d[j] - mean);
+        if (std::isfinite(d[j])) mv[j] += wk[k] / z * d[j] * d[j];
     }
   }
-  std::vector<double> nb_sigma, pv_sigma;
+  std::vector<double> nb_sigma, pv_sigma, mv_sigma;
   for (std::size_t j = 0; j < n; ++j) {
     const double m = fit.normalised_model.size() == n ? fit.normalised_model[j] : kNaN;
     if (!(fit.model_on_data[j] > 0) || !std::isfinite(nb[j])) continue;
     const double mis = std::isfinite(m) && m > 0 ? floor2 / (m * m) : floor2;
-    out.rel_var[j] = mis + nb[j] + pv[j];
+    out.rel_var[j] = mis + nb[j] + pv[j] + mv[j];
     nb_sigma.push_back(std::sqrt(nb[j]));
     pv_sigma.push_back(std::sqrt(pv[j]));
+    mv_sigma.push_back(std::sqrt(mv[j]));
   }
   out.neighbours_rel = median_of(nb_sigma);
   out.parameters_rel = median_of(pv_sigma);
+  out.modes_rel = median_of(mv_sigma);
   return out;
 }
 

@@ -10,9 +10,12 @@
 //   4. the radial velocity comes from the cross-correlation of the normalised spectra on an even
 //      log λ grid (parabolic sub-pixel peak, error of Zucker 2003), refined by the minimum of χ²(v)
 //      whose curvature gives the error (Δχ² = 1, inflated by √(χ²/dof) when that exceeds 1);
-//   5. each candidate is scored by χ² or the Huber loss of the normalised residuals; the best grid
-//      point is optionally refined by a parabola through its neighbours along every parameter axis
-//      and the model interpolated there (log-flux multilinear), kept only when it scores better.
+//   5. each candidate is scored by χ² or the Huber loss of the normalised residuals; optionally the
+//      fit is then refined between the grid points: from each of the best local minima of the grid's
+//      scores, a Levenberg–Marquardt minimisation over the four parameters of the interpolated model
+//      (log-flux multilinear), the best of those minima kept only when it scores better than the best
+//      grid point; the curvature of the scores there gives the parameters' covariance, and the minima
+//      found from the other starts are kept as the fit's other modes.
 #include <array>
 #include <limits>
 #include <string>
@@ -43,6 +46,7 @@ struct FitConfig {
   int continuum_iterations = 8;
   double rv_max_km_s = 600.0;     ///< cross-correlation search range ±
   bool interpolate = true;        ///< refine between grid points
+  int refine_starts = 3;          ///< local minima of the grid's scores the refinement starts from (the best ones)
   /// Boxes on the other parameters (NaN = the whole grid): {lo, hi} for log g, [M/H], [α/M].
   std::array<std::array<double, 2>, 3> box = {{{{-1e9, 1e9}}, {{-1e9, 1e9}}, {{-1e9, 1e9}}}};
   /// Teff range from colours: models within this Δχ² of the best colour match are kept, with this
@@ -102,11 +106,25 @@ struct TemplateScore {
   long n_good = 0;
 };
 
+/// One minimum of the scores over the interpolated grid.
+struct FitMode {
+  TemplateParams params;
+  double score = 0.0, chi2 = 0.0;  ///< scored like a grid candidate (its own continuum pixels, RV by cross-correlation)
+  double rv_km_s = 0.0;
+  long n_good = 0;
+};
+
 struct FitResult {
   TemplateParams params;        ///< of the model used (interpolated or a grid point)
-  /// The parabola's minimum along each axis (grid value where no parabola could be drawn): where the fit
-  /// puts the star, whether or not the interpolated model was kept.
+  /// The best minimum of the refinement (the best grid point without one): where the fit puts the star,
+  /// whether or not the interpolated model was kept.
   TemplateParams refined{0.0, 0.0, 0.0, 0.0};
+  /// The used model first, then every other minimum the refinement found (best first).
+  std::vector<FitMode> modes;
+  /// Covariance of (Teff, log g, [M/H], [α/M]) at the used model, from the curvature of χ² of the normalised
+  /// residuals (Δχ² = 1, scaled by max(1, χ²/dof)); no variance above that of a uniform distribution over the
+  /// candidates' range; rows and columns of a parameter that does not vary among the candidates are 0.
+  std::array<std::array<double, 4>, 4> param_cov{};
   long grid_index = -1;         ///< best grid point
   bool interpolated = false;
   RvMeasurement rv;
@@ -154,26 +172,29 @@ FitResult fit_template(const ObservedSpectrum& obs, const TemplateGrid& grid, co
 ///   mismatch       a per-pixel floor s² on the normalised spectrum, the one that brings the fit's χ² down to
 ///                  its degrees of freedom (Σ r²/(σ² + s²) = dof over the fitted pixels; 0 when χ²/dof ≤ 1):
 ///                  what the templates cannot reproduce, spread evenly over the pixels;
-///   neighbours     along each parameter axis, from the best grid model and its two neighbours (convolved,
-///                  shifted by the fitted RV, on the observed pixels): for an interpolated model the error of
-///                  linear interpolation in ln F, ½ u(1 − u) |Δ² ln F| at the fractional position u in its
-///                  cell; for a grid model the step to where the fit puts the star, |u*| |Δ ln F| (u* the
-///                  parabola's offset in grid steps, Δ the central difference). Axes where the best model has
-///                  no neighbour on both sides add nothing.
-///   parameters     the colour of the parameters' own uncertainty, along each axis from the profile of the
-///                  scores (the best candidate at each grid value of the axis, the other parameters free, so that
-///                  degeneracies between Teff, log g and [M/H] widen it): σ from the parabola through the
-///                  profile at the best value and its two neighbours (Δscore = 1, widened by √(χ²/dof) when that
-///                  exceeds 1), times ∂ ln F/∂p between the two neighbouring profile models, less its mean over
-///                  the pixels (the broadband level is the photometric scale's, whose error is separate). The
+///   neighbours     along each parameter axis, from the grid model nearest the used one and its two neighbours
+///                  (convolved, shifted by the fitted RV, on the observed pixels): for an interpolated model the
+///                  error of linear interpolation in ln F, ½ u(1 − u) |Δ² ln F| at the fractional position u in
+///                  its cell; for a grid model the step to where the refinement puts the star, |u*| |Δ ln F|
+///                  (u* in grid steps, Δ the central difference). Axes where that grid model has no neighbour on
+///                  both sides add nothing;
+///   parameters     the colour of the parameters' own uncertainty: gᵀ C g per pixel, C the fit's covariance of
+///                  the parameters (`FitResult::param_cov`) and g = ∂ ln F/∂p on the pixel less its mean over the
+///                  pixels (the broadband level is the photometric scale's, whose error is separate). The
 ///                  continuum-normalised fit does not see the slope such a model change gives; this term carries
-///                  it into Cal.
-/// The three add; rel_var is NaN where the model is undefined.
+///                  it into Cal;
+///   modes          the fit's other minima (`FitResult::modes`), each weighted by exp(−Δscore / 2) with Δscore
+///                  divided by max(1, χ²/dof), the weights normalised over all minima including the used one:
+///                  Σ_k w_k (d_k − mean d_k)², d_k = ln F_k − ln F_used on the pixels — the colour of a solution
+///                  the data cannot exclude, which no local curvature describes.
+/// The four add; rel_var is NaN where the model is undefined.
 struct ModelUncertainty {
   std::vector<double> rel_var;   ///< per observed pixel
   double mismatch_rel = 0.0;     ///< s (fractional, per pixel)
   double neighbours_rel = 0.0;   ///< median over the pixels of the neighbours term's fractional σ
   double parameters_rel = 0.0;   ///< median over the pixels of the parameters term's fractional σ
+  double modes_rel = 0.0;        ///< median over the pixels of the modes term's fractional σ
+  double modes_weight = 0.0;     ///< total weight of the minima other than the used one
 };
 ModelUncertainty model_uncertainty(const ObservedSpectrum& obs, const TemplateGrid& grid, const FitResult& fit,
                                    const FitConfig& cfg);
