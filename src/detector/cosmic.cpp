@@ -569,6 +569,9 @@ AxisBound measure_axis(const BandProfiles& bp) {
 // no sharpness test sees, stands out of it. The offsets exceed the length of most tracks.
 constexpr std::array<Eigen::Index, 3> kColumnOffsets = {7, 10, 13};
 constexpr float kColumnAgreement = 3.0f;
+// Noise of a pixel's prediction by the mean of its three pair means, with the pixel's own: about
+// 1.3 times the pixel's (as the line-and-trace model).
+constexpr float kModelNoise = 1.3f;
 
 // A hit must exceed the PSF bound along at least one direction by this many sigma of the
 // difference (the noise of the pixel and of its two neighbours).
@@ -636,6 +639,7 @@ struct BlockBuffers {
   std::vector<std::uint8_t> above, state;
   std::vector<Eigen::Index> cand, grow1;
   std::vector<std::uint8_t> line_gate;  ///< a line may run along the column (line-and-trace model)
+  std::vector<std::uint8_t> trace_gate; ///< the pixel stands out of its row (trace-track model)
 };
 
 /// One detection pass on the rectangle [cy0, cy1) x [cx0, cx1) of the frame; appends the frame
@@ -805,6 +809,57 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
       g[lx] = col - bg > kColumnAgreement * nz[lx];
     }
   }
+  // The trace-track model: a pixel predicted by its row at kColumnOffsets columns (median of
+  // the pair means, which must agree: a trace is smooth along x, and no line lies within reach).
+  // A track along a trace stands out of it and is one row high; a line crossing the trace stands
+  // out too, but its excess follows the trace across the rows, as the PSF bound along y allows.
+  // The gate, for every pixel at once: the excess over the row's prediction above sigclip of the
+  // local noise. Pixels within kColumnOffsets.back() + 1 of a frame edge never pass.
+  b.trace_gate.assign(static_cast<std::size_t>(h * wd), 0);
+  auto row_prediction = [&](const float* r, Eigen::Index lx) {
+    return median3(0.5f * (r[lx - kColumnOffsets[0]] + r[lx + kColumnOffsets[0]]),
+                   0.5f * (r[lx - kColumnOffsets[1]] + r[lx + kColumnOffsets[1]]),
+                   0.5f * (r[lx - kColumnOffsets[2]] + r[lx + kColumnOffsets[2]]));
+  };
+  for (Eigen::Index ly = std::max<Eigen::Index>(0, cly0 - 3); ly < std::min(h, cly1 + 3); ++ly) {
+    const Eigen::Index fy = y0 + ly;
+    if (fy < 1 || fy + 1 >= ny) continue;
+    const Eigen::Index lxa = std::max<Eigen::Index>(std::max<Eigen::Index>(0, clx0 - 3), reach - x0);
+    const Eigen::Index lxb = std::min(std::min(wd, clx1 + 3), nx - reach - x0);
+    const float* r = in.w.data() + fy * nx + x0;
+    const float* nz = b.noise.data() + ly * wd;
+    std::uint8_t* g = b.trace_gate.data() + ly * wd;
+    const float lim = in.sigclip * kModelNoise;
+    for (Eigen::Index lx = lxa; lx < lxb; ++lx) g[lx] = r[lx] - row_prediction(r, lx) > lim * nz[lx];
+  }
+  // A track along a trace: the excess over the row model exceeds sigclip of its noise, and the
+  // excess of the rows above and below, times the largest ratio the PSF allows along y, by
+  // kPsfSigmaClip. The noise of a pixel from the variance along its row at the nearest offsets
+  // (the pixel's own includes the hit), at least the local level; the model's adds kModelNoise.
+  auto trace_track = [&](Eigen::Index li) {
+    const Eigen::Index fy = y0 + li / wd, fx = x0 + li % wd;
+    const float* r0 = in.w.data() + fy * nx;
+    std::array<float, 3> mr;
+    for (std::size_t j = 0; j < 3; ++j) {
+      const Eigen::Index d = kColumnOffsets[j];
+      mr[j] = 0.5f * (r0[fx - d] + r0[fx + d]);
+    }
+    auto variance_at = [&](Eigen::Index yy) {
+      const float v = median3(in.var(yy, fx - kColumnOffsets[0]), in.var(yy, fx + kColumnOffsets[0]),
+                              in.var(yy, fx - kColumnOffsets[1]));
+      return kModelNoise * kModelNoise * std::max(b.noise(li) * b.noise(li), std::isfinite(v) ? v : 0.0f);
+    };
+    const float v0 = variance_at(fy);
+    const auto [lo, hi] = std::minmax({mr[0], mr[1], mr[2]});
+    if (hi - lo > kColumnAgreement * std::sqrt(v0)) return false;
+    const float e0 = r0[fx] - median3(mr[0], mr[1], mr[2]);
+    if (!(e0 > in.sigclip * std::sqrt(v0))) return false;
+    const float em = in.w(fy - 1, fx) - row_prediction(in.w.data() + (fy - 1) * nx, fx);
+    const float ep = in.w(fy + 1, fx) - row_prediction(in.w.data() + (fy + 1) * nx, fx);
+    const float r = in.ratio_y;
+    const float vn = variance_at(fy - 1) + variance_at(fy + 1);
+    return e0 - r * 0.5f * (em + ep) > kPsfSigmaClip * std::sqrt(v0 + 0.25f * r * r * vn);
+  };
   auto column_excess = [&](Eigen::Index li) {
     constexpr float none = -std::numeric_limits<float>::infinity();
     if (!b.line_gate[static_cast<std::size_t>(li)]) return none;
@@ -850,15 +905,16 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
   const float* spp = b.sp.data();
   for (Eigen::Index ly = ylo; ly < yhi; ++ly) {
     const std::uint8_t* gate = b.line_gate.data() + ly * wd;
+    const std::uint8_t* tgate = b.trace_gate.data() + ly * wd;
     const std::uint8_t* eligible = in.eligible.data() + (y0 + ly) * nx + x0;
     for (Eigen::Index lx = xlo; lx < xhi; ++lx) {
       const Eigen::Index li = ly * wd + lx;
       const float z2 = zp[li], s = spp[li];
       // Most pixels pass none of the tests: one cheap test for all of them.
-      if (!(gate[lx] | (z2 > sigclip2) | (s > in.sigclip)) || !eligible[lx]) continue;
+      if (!(gate[lx] | tgate[lx] | (z2 > sigclip2) | (s > in.sigclip)) || !eligible[lx]) continue;
       // A hit on a line that stands out of the line-and-trace model; the only route without the
       // PSF bound (a track along a line is not sharper than the line).
-      if (gate[lx] && column_excess(li) > in.sigclip) {
+      if ((gate[lx] && column_excess(li) > in.sigclip) || (tgate[lx] && trace_track(li))) {
         b.cand.push_back(li);
         continue;
       }
