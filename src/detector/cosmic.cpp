@@ -1076,10 +1076,10 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   BlockBuffers buf;
   std::vector<std::size_t> fresh, grown, hits;
   // The first pass covers the frame in blocks whose scratch arrays stay in the core's cache
-  // (kFirstRows x kFirstCols plus the halo: about 1 MB for the thirteen of them). A later pass can
+  // (kFirstRows x kFirstCols plus the halo: about 2 MB for the thirteen of them, the size of a core's L2). A later pass can
   // only change its verdict within kReach of a pixel cleaned by the pass before, so it visits only
   // the tiles there; the result is the same as a full pass.
-  constexpr Eigen::Index kFirstRows = 64, kFirstCols = 256, kTile = 32;
+  constexpr Eigen::Index kFirstRows = 128, kFirstCols = 256, kTile = 32;
   const Eigen::Index nty = (ny + kTile - 1) / kTile, ntx = (nx + kTile - 1) / kTile;
   std::vector<std::uint8_t> dirty;
   for (int it = 0; it < cfg.cosmic_niter; ++it) {
