@@ -161,6 +161,16 @@ bool keep_existing(const ReduceConfig& cfg, const fs::path& out, const std::stri
   return false;
 }
 
+/// keep_existing for a rank group: the group's root decides, so that every rank of the group takes the
+/// same way, and counts the skipped exposure once.
+bool group_keeps_existing(const mpi::Comm& group, const ReduceConfig& cfg, const fs::path& out,
+                          const std::string& config_hash, const std::string& exposure, ReduceSummary& summary) {
+  long long keep = group.is_root() && keep_existing(cfg, out, config_hash, exposure) ? 1 : 0;
+  if (group.size() > 1) group.bcast(keep);
+  if (keep && group.is_root()) ++summary.skipped;
+  return keep != 0;
+}
+
 /// The configuration text whose hash names the outputs' provenance: the resolved configuration without
 /// the options that choose how far and how a run goes rather than what it computes.
 std::string provenance_text(const std::string& resolved) {
@@ -416,13 +426,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
     const PlannedFrame& p = *usable[i];
     const fs::path out = exdir / (p.name + ".ex.fits");
     const bool root = group.is_root();
-    // The group's root decides whether the file is kept, so that every rank of the group takes the same way.
-    long long keep = root && keep_existing(cfg, out, config_hash, p.name) ? 1 : 0;
-    if (group.size() > 1) group.bcast(keep);
-    if (keep) {
-      if (root) ++summary.skipped;
-      return {root ? 1 : 0, 0};
-    }
+    if (group_keeps_existing(group, cfg, out, config_hash, p.name, summary)) return {root ? 1 : 0, 0};
     try {
       const std::string key = traces_for(p);
       Image im;
@@ -579,13 +583,7 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
       const PlannedFrame& p = *frames[i];
       const fs::path out = reddir / (p.name + ".red.fits");
       const bool root = group.is_root();
-      // The group's root decides whether the file is kept, so that every rank of the group takes the same way.
-      long long keep = root && keep_existing(cfg, out, config_hash, p.name) ? 1 : 0;
-      if (group.size() > 1) group.bcast(keep);
-      if (keep) {
-        if (root) ++summary.skipped;
-        return {root ? 1 : 0, 0};
-      }
+      if (group_keeps_existing(group, cfg, out, config_hash, p.name, summary)) return {root ? 1 : 0, 0};
       try {
         SpectrumSet ex;
         mpi::all_or_throw(group, [&] {
