@@ -166,6 +166,11 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
         p.counts_var[j] = good ? v : std::numeric_limits<double>::infinity();
         if (good) snr.push_back(c / std::sqrt(v));
       }
+      // The resampling shares detector pixels between neighbours: their covariance (COVAR) widens the fit's errors.
+      p.obs.covariance_next.assign(nw, kNaN);
+      for (std::size_t j = 0; j + 1 < nw; ++j)
+        if (p.obs.good[j] && p.obs.good[j + 1])
+          p.obs.covariance_next[j] = red.covariance_next(a, static_cast<Eigen::Index>(j));
       s.snr = snr.empty() ? 0.0 : median_inplace(std::span<double>(snr));
       // A grid that does not cover the data stops the exposure (a configuration problem, not the star's).
       check_grid_covers(in.grid, p.obs, cfg.fit);

@@ -492,6 +492,90 @@ Eigen::VectorXd residuals(const Comparison& c, const std::vector<std::size_t>& p
   return r;
 }
 
+/// Correlation of the normalised noise of pixel i with pixel i + 1 (rho1[i]) and i + 2 (rho2[i]).
+struct PixelCorrelation {
+  std::vector<double> rho1, rho2;
+};
+
+/// aᵀ R b over the pixels `pix` (increasing), R the correlation matrix of `pc` (1 on the diagonal).
+double correlated_dot(const Eigen::VectorXd& a, const Eigen::VectorXd& b, const std::vector<std::size_t>& pix,
+                      const PixelCorrelation& pc) {
+  double s = a.dot(b);
+  for (std::size_t q = 0; q < pix.size(); ++q)
+    for (std::size_t u = q + 1; u < pix.size() && pix[u] - pix[q] <= 2; ++u) {
+      const double rho = pix[u] - pix[q] == 1 ? pc.rho1[pix[q]] : pc.rho2[pix[q]];
+      const auto iq = static_cast<Eigen::Index>(q), iu = static_cast<Eigen::Index>(u);
+      s += rho * (a(iq) * b(iu) + a(iu) * b(iq));
+    }
+  return s;
+}
+
+/// The correlation of neighbouring pixels' noise: from the spectrum's covariance of neighbours when it has one,
+/// otherwise from the lag-1 and lag-2 autocorrelation of the fit's normalised residuals `c` (negative estimates
+/// taken as 0). Fills the summary `info` (medians over the fitted pixels).
+PixelCorrelation pixel_correlation(const ObservedSpectrum& obs, const Comparison& c, NoiseCorrelation& info) {
+  const std::size_t n = c.dn.size();
+  PixelCorrelation pc;
+  pc.rho1.assign(n, 0.0);
+  pc.rho2.assign(n, 0.0);
+  std::vector<double> r(n, kNaN);
+  for (std::size_t i = 0; i < n; ++i) r[i] = (c.dn[i] - c.mn[i]) / c.sn[i];
+  info = NoiseCorrelation{};
+  if (obs.covariance_next.size() == n) {
+    info.source = "covariance";
+    std::vector<double> used;
+    for (std::size_t i = 0; i + 1 < n; ++i) {
+      const double v0 = obs.variance[i], v1 = obs.variance[i + 1], cv = obs.covariance_next[i];
+      if (!(v0 > 0) || !(v1 > 0) || !std::isfinite(v0) || !std::isfinite(v1) || !std::isfinite(cv)) continue;
+      pc.rho1[i] = std::clamp(cv / std::sqrt(v0 * v1), -1.0, 1.0);
+      if (std::isfinite(r[i]) && std::isfinite(r[i + 1])) used.push_back(pc.rho1[i]);
+    }
+    info.rho1 = used.empty() ? 0.0 : median_of(used);
+  } else {
+    double s0 = 0, mean = 0;
+    long n0 = 0;
+    for (double v : r)
+      if (std::isfinite(v)) mean += v, ++n0;
+    if (n0 < 10) return pc;
+    mean /= static_cast<double>(n0);
+    for (double v : r)
+      if (std::isfinite(v)) s0 += (v - mean) * (v - mean);
+    std::array<double, 2> rho{};
+    for (std::size_t k = 1; k <= 2; ++k) {
+      double sk = 0;
+      long nk = 0;
+      for (std::size_t i = 0; i + k < n; ++i)
+        if (std::isfinite(r[i]) && std::isfinite(r[i + k])) sk += (r[i] - mean) * (r[i + k] - mean), ++nk;
+      rho[k - 1] = nk > 0 && s0 > 0 ? std::max(0.0, (sk / static_cast<double>(nk)) / (s0 / static_cast<double>(n0))) : 0.0;
+    }
+    info.source = "residuals";
+    info.rho1 = rho[0];
+    info.rho2 = rho[1];
+    pc.rho1.assign(n, rho[0]);
+    pc.rho2.assign(n, rho[1]);
+  }
+  info.tau = 1.0 + 2.0 * (info.rho1 + info.rho2);
+  return pc;
+}
+
+/// The factor the correlation of neighbouring pixels puts on the variance of the RV from χ²(v): gᵀRg / gᵀg with g the
+/// derivative of the normalised residuals by v at `v` (continuum pixels of `c` fixed).
+double rv_variance_factor(const ObservedSpectrum& obs, const std::vector<double>& w, const PreparedModel& pm,
+                          const FitConfig& cfg, const Comparison& c, double v, const PixelCorrelation& pc) {
+  const auto& x = obs.wavelength_angstrom;
+  const double pix_kms = kSpeedOfLightKmS * (x.back() - x.front()) / static_cast<double>(x.size() - 1) /
+                         (0.5 * (x.back() + x.front()));
+  const double h = 0.3 * pix_kms;
+  std::vector<std::size_t> pix;
+  for (std::size_t i = 0; i < c.dn.size(); ++i)
+    if (std::isfinite(c.dn[i]) && std::isfinite(c.mn[i])) pix.push_back(i);
+  if (pix.empty()) return 1.0;
+  const Comparison cm = compare(obs, w, pm, v - h, cfg, &c.use), cp = compare(obs, w, pm, v + h, cfg, &c.use);
+  const Eigen::VectorXd g = (residuals(cp, pix) - residuals(cm, pix)) / (2.0 * h);
+  const double gg = g.dot(g);
+  return gg > 0 ? std::max(0.0, correlated_dot(g, g, pix, pc)) / gg : 1.0;
+}
+
 /// Levenberg–Marquardt from t over the free coordinates, on the normalised residuals (for the Huber metric
 /// reweighted at every step: weight 1 inside k σ, √(k/|r|) outside). A step is taken only when it lowers the
 /// metric; the minimisation ends when a step gains less than 0.01 or none can be found. Returns the minimum.
@@ -556,12 +640,14 @@ std::array<double, 4> minimise(const Evaluator& ev, const GridCoords& gc, std::a
 }
 
 /// The covariance of the parameters (physical units) at grid coordinates t: the Jacobian of the normalised
-/// residuals by central differences (one-sided at the ends of the grid), F = JᵀJ / red, C = F⁻¹. The fit cannot
+/// residuals by central differences (one-sided at the ends of the grid), F = JᵀJ / red, and with the correlation R of
+/// neighbouring pixels the sandwich C = F⁻¹ (JᵀRJ / red) F⁻¹ (= F⁻¹ for independent pixels). The fit cannot
 /// leave the candidates' range, so no parameter's variance is taken larger than that of a uniform distribution
 /// over it (range²/12; its row and column scaled down, the correlations kept); F is regularised by 10⁻⁶ of that
 /// precision so that a parameter the spectrum does not constrain at all comes out at that bound.
 std::array<std::array<double, 4>, 4> parameter_covariance(const Evaluator& ev, const GridCoords& gc,
-                                                          const std::array<double, 4>& t, double red) {
+                                                          const std::array<double, 4>& t, double red,
+                                                          const PixelCorrelation& pc) {
   std::array<std::array<double, 4>, 4> cov{};
   Comparison c;
   if (!ev(t, c)) return cov;
@@ -591,7 +677,13 @@ std::array<std::array<double, 4>, 4> parameter_covariance(const Evaluator& ev, c
   }
   Eigen::MatrixXd F = J.transpose() * J / std::max(red, 1.0);
   F.diagonal() += 1e-6 * prior;
-  Eigen::MatrixXd C = F.inverse();
+  Eigen::MatrixXd M = Eigen::MatrixXd::Zero(k, k);
+  for (Eigen::Index i = 0; i < k; ++i)
+    for (Eigen::Index j = 0; j <= i; ++j) M(i, j) = M(j, i) = correlated_dot(J.col(i), J.col(j), pix, pc);
+  M /= std::max(red, 1.0);
+  M.diagonal() += 1e-6 * prior;
+  const Eigen::MatrixXd Fi = F.inverse();
+  Eigen::MatrixXd C = Fi * M * Fi;
   for (Eigen::Index i = 0; i < k; ++i) {
     const double cap = 1.0 / prior(i);
     if (C(i, i) > cap) {
@@ -840,10 +932,15 @@ FitResult finish_fit(const ObservedSpectrum& obs, const TemplateGrid& grid, std:
   r.score = c.score;
   r.chi2 = c.chi2;
   r.dof = c.n - (cfg.continuum_degree + 1) - 1;
+  // The χ² errors treat the pixels as independent; the correlation of neighbours widens them.
+  const PixelCorrelation pc = pixel_correlation(obs, c, r.noise);
+  r.noise.rv_factor = rv_variance_factor(obs, w, pm, cfg, c, r.rv.rv_km_s, pc);
+  r.rv.rv_err_km_s *= std::sqrt(r.noise.rv_factor);
+  r.rv.ccf_err_km_s *= std::sqrt(r.noise.rv_factor);
   // The parameters' covariance at the model used, with its RV and continuum pixels.
   {
     Evaluator ev{obs, w, cfg, interp, gc, grid.resolving_power, r.rv.rv_km_s, c.use};
-    r.param_cov = parameter_covariance(ev, gc, t_used, r.dof > 0 ? r.chi2_dof() : 1.0);
+    r.param_cov = parameter_covariance(ev, gc, t_used, r.dof > 0 ? r.chi2_dof() : 1.0, pc);
   }
   r.candidates = std::move(scores);
   r.model_wavelength = grid.wavelength_angstrom;

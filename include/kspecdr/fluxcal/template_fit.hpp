@@ -9,7 +9,8 @@
 //      clipping of the model) and the same weights (the data's inverse variance);
 //   4. the radial velocity comes from the cross-correlation of the normalised spectra on an even
 //      log λ grid (parabolic sub-pixel peak, error of Zucker 2003), refined by the minimum of χ²(v)
-//      whose curvature gives the error (Δχ² = 1, inflated by √(χ²/dof) when that exceeds 1);
+//      whose curvature gives the error (Δχ² = 1, inflated by √(χ²/dof) when that exceeds 1, and for the
+//      correlation of neighbouring pixels' noise);
 //   5. each candidate is scored by χ² or the Huber loss of the normalised residuals; optionally the
 //      fit is then refined between the grid points: from each of the best local minima of the grid's
 //      scores, a Levenberg–Marquardt minimisation over the four parameters of the interpolated model
@@ -59,7 +60,25 @@ struct ObservedSpectrum {
   std::vector<double> flux;                 ///< any units (counts); NaN where bad
   std::vector<double> variance;
   std::vector<unsigned char> good;          ///< 1 usable
+  /// Covariance of the flux of pixels j and j + 1 (a RED's COVAR: the resampling shares detector pixels between
+  /// neighbours); NaN where unknown. Empty: not known for the spectrum, and the fit estimates the correlation of
+  /// neighbouring pixels from the autocorrelation of its residuals instead (see NoiseCorrelation).
+  std::vector<double> covariance_next;
   std::string name;
+};
+
+/// How correlated the noise of neighbouring pixels is, and what that does to the fit's errors. The χ² of the fit
+/// weights every pixel as if its noise were independent; with a correlation matrix R of the normalised noise
+/// (1 on the diagonal, ρ between neighbours) the covariance of a least-squares estimate with Jacobian J is the
+/// sandwich (JᵀJ)⁻¹ JᵀRJ (JᵀJ)⁻¹ instead of (JᵀJ)⁻¹. R comes from the spectrum's `covariance_next`
+/// (ρ_j = cov(j, j+1)/√(V_j V_{j+1}), lag 1 only: the only non-zero term of a resampling onto pixels at least as
+/// wide as the input's) or, without it, from the lag-1 and lag-2 autocorrelation of the normalised residuals of the
+/// fit, taken as 0 when negative (only their estimation noise would make them so).
+struct NoiseCorrelation {
+  std::string source = "none";  ///< covariance | residuals | none
+  double rho1 = 0.0, rho2 = 0.0;  ///< median lag-1 and lag-2 correlation over the fitted pixels
+  double tau = 1.0;               ///< 1 + 2 (ρ1 + ρ2): the variance factor of a sum of smooth weight over the pixels
+  double rv_factor = 1.0;         ///< factor on the RV variance (JᵀRJ/JᵀJ for the RV derivative)
 };
 
 /// A model convolved to the instrument resolution on an even ln λ grid, ready to be shifted.
@@ -92,7 +111,7 @@ std::vector<unsigned char> continuum_pixels(const std::vector<double>& x, const 
 
 struct RvMeasurement {
   double rv_km_s = 0.0, rv_err_km_s = 0.0;  ///< final (χ² minimum and curvature)
-  double ccf_rv_km_s = 0.0, ccf_err_km_s = 0.0, ccf_peak = 0.0;
+  double ccf_rv_km_s = 0.0, ccf_err_km_s = 0.0, ccf_peak = 0.0;  ///< cross-correlation (Zucker 2003 error)
   double chi2 = 0.0;
   long n_good = 0;
 };
@@ -122,12 +141,14 @@ struct FitResult {
   /// The used model first, then every other minimum the refinement found (best first).
   std::vector<FitMode> modes;
   /// Covariance of (Teff, log g, [M/H], [α/M]) at the used model, from the curvature of χ² of the normalised
-  /// residuals (Δχ² = 1, scaled by max(1, χ²/dof)); no variance above that of a uniform distribution over the
-  /// candidates' range; rows and columns of a parameter that does not vary among the candidates are 0.
+  /// residuals (Δχ² = 1, scaled by max(1, χ²/dof)) and the correlation of neighbouring pixels (`noise`); no
+  /// variance above that of a uniform distribution over the candidates' range; rows and columns of a parameter
+  /// that does not vary among the candidates are 0.
   std::array<std::array<double, 4>, 4> param_cov{};
   long grid_index = -1;         ///< best grid point
   bool interpolated = false;
-  RvMeasurement rv;
+  RvMeasurement rv;             ///< rv_err_km_s and ccf_err_km_s include the correlation of neighbouring pixels (`noise`)
+  NoiseCorrelation noise;
   double score = 0.0, chi2 = 0.0;
   long dof = 0;
   double chi2_dof() const { return dof > 0 ? chi2 / static_cast<double>(dof) : 0.0; }
