@@ -9,6 +9,7 @@
 #include "kspecdr/cli/options.hpp"
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/core/log.hpp"
+#include "kspecdr/core/memory.hpp"
 #include "kspecdr/core/version.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 
@@ -24,6 +25,7 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kspecdr::keep_freed_memory();
   kspecdr::mpi::Environment env(argc, argv);
   auto& world = kspecdr::mpi::world();
   std::string level = "info";

@@ -66,7 +66,11 @@ void CalibrationNoise::check(Eigen::Index ny, Eigen::Index nx) const {
     if (!m->size()) continue;
     if (m->rows() != ny || m->cols() != nx)
       throw ConfigError(fmt::format("{} map is {}x{} but the image is {}x{}", name, m->rows(), m->cols(), ny, nx));
-    if (!m->isFinite().all() || (*m < 0.0f).any())
+    // One branch-free pass (v >= 0 is false for NaN; v <= max for +inf): this runs for every exposure.
+    const float* v = m->data();
+    bool ok = true;
+    for (Eigen::Index i = 0; i < m->size(); ++i) ok &= (v[i] >= 0.0f) & (v[i] <= std::numeric_limits<float>::max());
+    if (!ok)
       throw ConfigError(fmt::format("{} map holds negative or non-finite values", name));
   }
 }

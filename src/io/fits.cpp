@@ -358,12 +358,13 @@ struct FitsType<MaskPixel> {
 }  // namespace
 
 template <typename Array>
-static Array read_image_as(Fits& self, fitsfile* f, const std::vector<long>& shape, auto fail) {
+static Array read_image_as(Fits& self, fitsfile* f, const std::vector<long>& shape, auto fail, long y0 = 0) {
   (void)self;
   using T = typename Array::Scalar;
   Array a(shape[0], shape[1]);
+  if (a.size() == 0) return a;
   int status = 0, anynul = 0;
-  long fpixel[2] = {1, 1};
+  long fpixel[2] = {1, y0 + 1};
   T nulval;
   if constexpr (std::is_floating_point_v<T>)
     nulval = std::numeric_limits<T>::quiet_NaN();
@@ -394,6 +395,25 @@ MaskArray Fits::read_image_mask() {
     throw DataError(fmt::format("HDU {} is not a 2-dimensional mask (NAXIS = {})", current_hdu(), s.size()),
                     ErrorContext{.file = path_, .hdu = std::to_string(current_hdu())});
   return read_image_as<MaskArray>(*this, ff(f_), s, [this](int st) { fail(st, "cannot read mask pixels"); });
+}
+
+/// {y1 - y0, nx} of rows [y0, y1) of the current 2D image; throws DataError when they are not inside it.
+static std::vector<long> row_range_shape(const std::vector<long>& s, long y0, long y1, const std::string& path,
+                                         int hdu) {
+  const ErrorContext where{.file = path, .hdu = std::to_string(hdu)};
+  if (s.size() != 2)
+    throw DataError(fmt::format("HDU {} is not a 2-dimensional image (NAXIS = {})", hdu, s.size()), where);
+  if (y0 < 0 || y1 < y0 || y1 > s[0])
+    throw DataError(fmt::format("rows [{}, {}) are not inside the image's {} rows", y0, y1, s[0]), where);
+  return {y1 - y0, s[1]};
+}
+ImageArray Fits::read_rows_float(long y0, long y1) {
+  const auto s = row_range_shape(image_shape(), y0, y1, path_, current_hdu());
+  return read_image_as<ImageArray>(*this, ff(f_), s, [this](int st) { fail(st, "cannot read image pixels"); }, y0);
+}
+MaskArray Fits::read_rows_mask(long y0, long y1) {
+  const auto s = row_range_shape(image_shape(), y0, y1, path_, current_hdu());
+  return read_image_as<MaskArray>(*this, ff(f_), s, [this](int st) { fail(st, "cannot read mask pixels"); }, y0);
 }
 
 void Fits::write_header_cards(const Header& h) {
@@ -646,7 +666,9 @@ bool Fits::verify_checksums() {
 
 // ------------------------------------------------------------------ whole images
 
-Image read_image_file(const fs::path& path) {
+namespace {
+/// read_image_file and read_image_rows: all rows (rows = nullptr) or rows [y0, y1).
+Image read_image_hdus(const fs::path& path, const std::pair<long, long>* rows, std::vector<long>* shape) {
   Fits f = Fits::open(path);
   Image im;
   f.move_to(0);
@@ -655,16 +677,18 @@ Image read_image_file(const fs::path& path) {
   f.move_to(hdu);
   im.header = f.read_header();
   if (hdu != 0) im.header.merge_missing(primary);
-  im.data = f.read_image_float();
+  if (shape) *shape = f.image_shape();
+  auto floats = [&] { return rows ? f.read_rows_float(rows->first, rows->second) : f.read_image_float(); };
+  im.data = floats();
   if (f.has_hdu("VARIANCE")) {
     f.move_to("VARIANCE");
-    im.variance = f.read_image_float();
+    im.variance = floats();
   } else {
     im.variance = ImageArray::Zero(im.data.rows(), im.data.cols());
   }
   if (f.has_hdu("MASK")) {
     f.move_to("MASK");
-    im.mask = f.read_image_mask();
+    im.mask = rows ? f.read_rows_mask(rows->first, rows->second) : f.read_image_mask();
   } else {
     im.mask = MaskArray::Zero(im.data.rows(), im.data.cols());
   }
@@ -676,6 +700,14 @@ Image read_image_file(const fs::path& path) {
     throw;
   }
   return im;
+}
+}  // namespace
+
+Image read_image_file(const fs::path& path) { return read_image_hdus(path, nullptr, nullptr); }
+
+Image read_image_rows(const fs::path& path, long y0, long y1, std::vector<long>* shape) {
+  const std::pair<long, long> rows{y0, y1};
+  return read_image_hdus(path, &rows, shape);
 }
 
 Header mask_header() {

@@ -66,31 +66,99 @@ std::vector<ApertureInfo> read_fibre_table(const fs::path& raw, const Instrument
   return out;
 }
 
-TraceSet build_master_traces(const InstrumentProfile& profile, const std::vector<Image>& science,
-                             const Image* flat_image, const std::vector<ApertureInfo>& fibres,
-                             const ExStageConfig& cfg) {
+namespace {
+/// Sums of the good pixels of frames of one shape (rows of a band or whole frames), in the order added.
+struct GoodMean {
+  Image sum;
+  ImageArray weight;
+  void add(const Image& im) {
+    if (weight.size() == 0) {
+      sum = Image(im.ny(), im.nx());
+      weight = ImageArray::Zero(im.ny(), im.nx());
+    }
+    auto good = (im.mask == 0).cast<float>();
+    sum.data += im.data * good;
+    sum.variance += im.variance * good;
+    weight += good;
+  }
+  /// The mean, its variance and kMaskNoData where no frame is good.
+  void finish() {
+    sum.data = (weight > 0).select(sum.data / weight.max(1.0f), 0.0f);
+    sum.variance = (weight > 0).select(sum.variance / (weight * weight).max(1.0f), 0.0f);
+    sum.mask = (weight > 0).select(MaskArray::Zero(sum.ny(), sum.nx()),
+                                   MaskArray::Constant(sum.ny(), sum.nx(), kMaskNoData));
+  }
+};
+
+DataError shape_mismatch(Eigen::Index ny, Eigen::Index nx, Eigen::Index ny0, Eigen::Index nx0) {
+  return DataError(fmt::format("science frames differ in shape ({}x{} vs {}x{})", ny, nx, ny0, nx0));
+}
+}  // namespace
+
+Image mean_science_image(const std::vector<Image>& science) {
+  if (science.empty()) throw DataError("slit mode needs at least one science frame to find the stars");
+  GoodMean m;
+  for (const auto& im : science) {
+    if (im.ny() != science.front().ny() || im.nx() != science.front().nx())
+      throw shape_mismatch(im.ny(), im.nx(), science.front().ny(), science.front().nx());
+    m.add(im);
+  }
+  m.finish();
+  return std::move(m.sum);
+}
+
+Image mean_science_image(const std::vector<fs::path>& files, const mpi::Comm* comm) {
+  if (files.empty()) throw DataError("slit mode needs at least one science frame to find the stars");
+  std::vector<long> shape0;
+  long y0 = 0, y1 = 0;
+  GoodMean m;
+  auto read_all = [&] {
+    for (const auto& f : files) {
+      try {
+        std::vector<long> shape;
+        if (shape0.empty()) {
+          fits::Fits h = fits::Fits::open(f);
+          h.move_to(h.first_image_hdu());
+          shape0 = h.image_shape();
+          if (shape0.size() != 2) throw DataError("the science IM holds no 2-dimensional image");
+          y0 = comm ? static_cast<long>(comm->band_begin(shape0[0], comm->rank())) : 0;
+          y1 = comm ? static_cast<long>(comm->band_begin(shape0[0], comm->rank() + 1)) : shape0[0];
+        }
+        Image band = fits::read_image_rows(f, y0, y1, &shape);
+        if (shape != shape0) throw shape_mismatch(shape.at(0), shape.at(1), shape0[0], shape0[1]);
+        m.add(band);
+      } catch (Error& e) {
+        e.add_context(ErrorContext{.file = f.string()});
+        throw;
+      }
+    }
+  };
+  if (comm) mpi::all_or_throw(*comm, read_all);
+  else read_all();
+  if (m.weight.size() == 0) m.add(Image(y1 - y0, shape0[1]));  // an empty band: nothing good
+  m.finish();
+  if (!comm) return std::move(m.sum);
+  Image mean(shape0[0], shape0[1]);
+  auto gather = [&](auto& full, const auto& band) {
+    using Scalar = typename std::remove_reference_t<decltype(full)>::Scalar;
+    if (band.rows() > 0) full.middleRows(y0, band.rows()) = band;
+    comm->allgather_row_bands(full.data(), shape0[0], static_cast<long long>(shape0[1] * sizeof(Scalar)));
+  };
+  gather(mean.data, m.sum.data);
+  gather(mean.variance, m.sum.variance);
+  gather(mean.mask, m.sum.mask);
+  return mean;
+}
+
+TraceSet build_master_traces(const InstrumentProfile& profile, const Image* slit_mean, const Image* flat_image,
+                             const std::vector<ApertureInfo>& fibres, const ExStageConfig& cfg) {
   if (profile.mode == SpectroMode::Fiber) {
     if (!flat_image)
       throw DataError("fiber mode needs a master flat to find the fibers; the night has no flat frames");
     return trace::trace_fibers(*flat_image, fibres, cfg.trace);
   }
-  if (science.empty()) throw DataError("slit mode needs at least one science frame to find the stars");
-  Image mean(science.front().ny(), science.front().nx());
-  ImageArray weight = ImageArray::Zero(mean.ny(), mean.nx());
-  for (const auto& im : science) {
-    if (im.ny() != mean.ny() || im.nx() != mean.nx())
-      throw DataError(fmt::format("science frames differ in shape ({}x{} vs {}x{})", im.ny(), im.nx(), mean.ny(),
-                                  mean.nx()));
-    auto good = (im.mask == 0).cast<float>();
-    mean.data += im.data * good;
-    mean.variance += im.variance * good;
-    weight += good;
-  }
-  mean.data = (weight > 0).select(mean.data / weight.max(1.0f), 0.0f);
-  mean.variance = (weight > 0).select(mean.variance / (weight * weight).max(1.0f), 0.0f);
-  mean.mask = (weight > 0).select(MaskArray::Zero(mean.ny(), mean.nx()),
-                                  MaskArray::Constant(mean.ny(), mean.nx(), kMaskNoData));
-  return trace::trace_slit(mean, cfg.trace);
+  if (!slit_mean) throw DataError("slit mode needs at least one science frame to find the stars");
+  return trace::trace_slit(*slit_mean, cfg.trace);
 }
 
 extract::CalibrationNoise calibration_noise_for(const Image& im, const detector::MasterFlat* flat,

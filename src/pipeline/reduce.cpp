@@ -272,8 +272,9 @@ void deal_items(const mpi::Comm& comm, const std::vector<double>& weights, Progr
   progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
 }
 
-/// IM → EX for one setup: master traces (every rank computes them from the same files, so they agree
-/// without being sent), then exposures dealt to ranks in rounds like the IM step. The master flat and
+/// IM → EX for one setup: master traces (every rank fits them to the same image, so they agree without being
+/// sent; in slit mode that image, the mean of the science IMs, is read by bands of rows split over the ranks),
+/// then exposures dealt to ranks in rounds like the IM step. The master flat and
 /// bias (nullptr = none) give the calibration noise of the IM pixels to the extraction's model variance.
 void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const std::string& setup,
                    const std::vector<const PlannedFrame*>& work, const detector::MasterFlat* flat,
@@ -293,16 +294,19 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
   std::vector<std::pair<double, std::string>> science_times;  // (mjd, object) of science frames
   auto build = [&](const std::string& key, const std::vector<const PlannedFrame*>& science_frames) {
     try {
-      std::vector<Image> science;
       std::vector<ApertureInfo> fibres;
-      Image flat_image;
+      Image slit_mean, flat_image;
       if (profile.mode == SpectroMode::Slit) {
-        for (const auto* p : science_frames) science.push_back(fits::read_image_file(im_path(*p)));
+        // Each rank reads its band of rows of every frame: the reading is split, the mean the same.
+        std::vector<fs::path> files;
+        for (const auto* p : science_frames) files.push_back(im_path(*p));
+        slit_mean = mean_science_image(files, &comm);
       } else {
         if (!usable.empty()) fibres = read_fibre_table(usable.front()->file, profile);
         if (flat) flat_image = flat_light(*flat);
       }
-      masters[key] = build_master_traces(profile, science, flat ? &flat_image : nullptr, fibres, cfg.ex);
+      masters[key] = build_master_traces(profile, profile.mode == SpectroMode::Slit ? &slit_mean : nullptr,
+                                         flat ? &flat_image : nullptr, fibres, cfg.ex);
       // The trace map product, for figures and later checks; a failed write costs the file, not the night.
       if (comm.is_root()) {
         const fs::path trace_path =

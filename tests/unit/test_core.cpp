@@ -1,7 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <vector>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/core/header.hpp"
+#include "kspecdr/core/memory.hpp"
 #include "kspecdr/core/section.hpp"
 
 using namespace kspecdr;
@@ -66,3 +73,20 @@ TEST(Error, ContextIsAddedWithoutLosingInnerDetail) {
   EXPECT_NE(w.find("r1.fits"), std::string::npos);
   EXPECT_NE(w.find("too few lines"), std::string::npos);
 }
+
+#if defined(__GLIBC__)
+// A freed frame-sized block is kept for the next one: no block is mapped on its own, and the memory in use by
+// the heap does not fall back to the system after a free of 64 MB (the size of a 4k x 4k float image).
+TEST(Memory, FreedImageBlocksStayForReuse) {
+  if (std::getenv("GLIBC_TUNABLES") || std::getenv("MALLOC_MMAP_MAX_") || std::getenv("MALLOC_TRIM_THRESHOLD_"))
+    GTEST_SKIP() << "the environment sets glibc's allocator: keep_freed_memory leaves it alone";
+  ASSERT_TRUE(kspecdr::keep_freed_memory());
+  const std::size_t n = std::size_t{16} << 20;  // floats: 64 MB
+  auto* a = new std::vector<float>(n, 1.0f);
+  EXPECT_EQ(mallinfo2().hblks, 0u) << "a 64 MB block was mapped on its own";
+  const std::size_t arena_with = mallinfo2().arena;
+  delete a;
+  EXPECT_GE(mallinfo2().arena, arena_with) << "the heap was trimmed after the free";
+  EXPECT_GE(mallinfo2().fordblks, n * sizeof(float)) << "the freed block is not free in the heap for reuse";
+}
+#endif

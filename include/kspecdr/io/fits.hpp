@@ -86,6 +86,10 @@ class Fits {
   ImageArray read_image_float();
   ImageArrayD read_image_double();
   MaskArray read_image_mask();
+  /// Rows [y0, y1) of the 2D image in the current HDU (0-based, y1 exclusive), as read_image_float and
+  /// read_image_mask read the whole image; throws DataError naming the file and HDU when the rows lie outside it.
+  ImageArray read_rows_float(long y0, long y1);
+  MaskArray read_rows_mask(long y0, long y1);
   /// Reads the last pixel of the current image HDU: throws FitsError when the file is truncated.
   void check_last_pixel();
   /// Index of the first HDU that holds a 2D image (0 for a normal file, 1 for data in extension 1 or .fz).
@@ -126,6 +130,9 @@ class Fits {
 /// Reads an IM-style file: primary (or first image HDU) data, and VARIANCE and MASK when present.
 /// The header is the primary header merged with the image HDU's.
 Image read_image_file(const std::filesystem::path& path);
+/// Rows [y0, y1) of an IM-style file, as read_image_file reads all of it (data, VARIANCE and MASK, the same
+/// merged header); `shape` receives the whole image's {ny, nx}.
+Image read_image_rows(const std::filesystem::path& path, long y0, long y1, std::vector<long>* shape = nullptr);
 /// Header of a MASK HDU: the name of every mask bit as MASKBn keywords.
 Header mask_header();
 /// Appends data (primary, with BUNIT), VARIANCE and MASK HDUs of `im` to an open file, each with CHECKSUM.

@@ -40,11 +40,19 @@ extract::ReadNoise read_noise_from_header(const Image& im, const std::string& fi
 /// The apertures of a fiber frame: the FIBRES table (NAME, TYPE, RA, DEC, MAG_*) of a raw frame.
 std::vector<ApertureInfo> read_fibre_table(const std::filesystem::path& raw, const InstrumentProfile& profile);
 
-/// Slit mode: traces on the mean of the science IMs (each weighted equally). Fiber mode: traces on
-/// the flat image (pixel flat × illumination model), matched to `fibres`.
-TraceSet build_master_traces(const InstrumentProfile& profile, const std::vector<Image>& science,
-                             const Image* flat_image, const std::vector<ApertureInfo>& fibres,
-                             const ExStageConfig& cfg);
+/// The mean of science IMs that slit mode traces: per pixel the mean over the frames whose MASK is 0 there (each
+/// frame weighted equally), its variance, and kMaskNoData where no frame is good. Throws DataError when the
+/// frames differ in shape or there are none.
+Image mean_science_image(const std::vector<Image>& science);
+/// The same from IM files, read band by band: with `comm`, each rank reads only its band of rows of every file
+/// and the bands are gathered, so every rank ends with the same image as one rank reading everything (a pixel's
+/// frames are added in the same order). A file one rank cannot read fails every rank with the same message.
+Image mean_science_image(const std::vector<std::filesystem::path>& files, const mpi::Comm* comm = nullptr);
+
+/// Slit mode: traces on `slit_mean` (mean_science_image; required). Fiber mode: traces on the flat image
+/// (pixel flat × illumination model), matched to `fibres`.
+TraceSet build_master_traces(const InstrumentProfile& profile, const Image* slit_mean, const Image* flat_image,
+                             const std::vector<ApertureInfo>& fibres, const ExStageConfig& cfg);
 
 /// The noise the master bias and flat left in the pixels of `im` (see extract::CalibrationNoise): the
 /// pixel flat's relative variance var_f / f² and the master bias variance over f², each only when the IM
