@@ -16,11 +16,9 @@
 
 #include "kspecdr/cli/options.hpp"
 #include "kspecdr/core/error.hpp"
-#include "kspecdr/io/atomic.hpp"
 #include "kspecdr/fluxcal/apply.hpp"
 #include "kspecdr/fluxcal/infield.hpp"
 #include "kspecdr/io/fits.hpp"
-#include "kspecdr/io/hdf5.hpp"
 #include "kspecdr/pipeline/reduce.hpp"
 #include "kspecdr/io/instrument.hpp"
 #include "kspecdr/parallel/mpi.hpp"
@@ -30,9 +28,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The in-field vectors (all at airmass 0): per exposure its combined vector (exposures/NNN) and every star's
-// own vector (exposures/NNN/stars/MMM, with the star's fiber, name, decision and grey factor), and the nightly
-// mean when one was formed. Root only.
 /// The options both modes share: extinction curve, band mask, output folder, mode, overwrite and the Cal
 /// vectors file (default OUT/fluxcal_cal.h5 when --out is given).
 struct CommonOptions {
@@ -58,62 +53,6 @@ CommonOptions read_common_options(const po::variables_map& vm, const std::string
   c.cal_file = vm["cal-file"].as<std::string>();
   if (c.cal_file.empty() && !c.out_dir.empty()) c.cal_file = c.out_dir / "fluxcal_cal.h5";
   return c;
-}
-
-void write_infield_cal_file(const fs::path& path, const fluxcal::InFieldResult& r, bool overwrite) {
-  io::AtomicOutput out(path, overwrite);  // refuses an existing file without --overwrite
-  {
-    auto f = h5::File::create(out.temp_path());
-    auto& root = f.root();
-    auto put = [](h5::Group& g, const fluxcal::CalVector& v) {
-      g.write("wavelength", v.wavelength_angstrom);
-      g.write("cal", v.cal);
-      g.write("variance", v.variance);
-      g.write("good", v.good);
-      g.set_attr("source", v.source);
-      g.set_attr("airmass", v.airmass);
-      g.set_attr("units", "cal: erg/cm2 per electron (F_lambda = cal * counts / (exptime * dlambda)); wavelength: "
-                          "Angstrom");
-    };
-    for (std::size_t i = 0; i < r.exposures.size(); ++i) {
-      const auto& e = r.exposures[i];
-      auto g = root.create_group(fmt::format("exposures/{:03d}", i));
-      if (e.cal.size() > 0) put(g, e.cal);
-      g.set_attr("run", e.run);
-      g.set_attr("exposure_airmass", e.airmass);
-      g.set_attr("exptime_s", e.exptime_s);
-      g.set_attr("rms", e.rms);
-      g.set_attr("n_used", static_cast<double>(e.n_used));
-      g.set_attr("level_rel_err", e.level_rel_err);
-      g.set_attr("resolution", e.resolution_source);
-      if (e.cal.size() > 0) {
-        std::vector<double> fwhm;
-        for (double l : e.cal.wavelength_angstrom) fwhm.push_back(e.resolution.fwhm(l));
-        g.write("fwhm", fwhm);
-        g.open_dataset("fwhm").set_attr("units", "Angstrom (FWHM of the instrument used by the template fit)");
-      }
-      g.set_attr("applied", e.applied);
-      g.set_attr("error", e.error);
-      for (std::size_t k = 0; k < e.stars.size(); ++k) {
-        const auto& s = e.stars[k];
-        if (s.cal.size() == 0) continue;
-        auto sg = root.create_group(fmt::format("exposures/{:03d}/stars/{:03d}", i, k));
-        put(sg, s.cal);
-        sg.set_attr("fiber", s.fiber);
-        sg.set_attr("name", s.name);
-        sg.set_attr("used", s.used ? 1.0 : 0.0);
-        sg.set_attr("factor", s.factor);
-        sg.set_attr("reason", s.reason);
-      }
-    }
-    if (r.nightly.size() > 0) {
-      auto g = root.create_group("nightly");
-      put(g, r.nightly);
-      g.set_attr("rms", r.nightly_rms);
-    }
-    f.close();
-  }
-  out.commit();
 }
 
 int run_fluxcal_infield(const po::variables_map& vm) {
@@ -180,7 +119,7 @@ int run_fluxcal_infield(const po::variables_map& vm) {
   comm.barrier();
   const auto result = fluxcal::run_infield(cfg, comm);
   if (!comm.is_root()) return 0;
-  if (!cal_file.empty()) write_infield_cal_file(cal_file, result, cfg.overwrite);
+  if (!cal_file.empty()) fluxcal::write_infield_cal_file(cal_file, result, cfg.overwrite);
   int failed = 0;
   for (const auto& e : result.exposures) {
     for (const auto& s : e.stars)

@@ -191,8 +191,10 @@ PhotometricScale scale_to_photometry(const std::vector<double>& wl, const std::v
     BandResidual r;
     r.band = cat.bands[b];
     r.err = star.err[b];
+    r.mag = star.mag[b];
     const auto off = ab_offsets.find(r.band);
-    r.obs_ab = star.mag[b] + (off != ab_offsets.end() ? off->second : default_ab_offset(r.band));
+    r.ab_offset = off != ab_offsets.end() ? off->second : default_ab_offset(r.band);
+    r.obs_ab = r.mag + r.ab_offset;
     const auto fc = filters.find(r.band);
     if (fc == filters.end()) {
       r.note = "no filter curve";
@@ -225,7 +227,8 @@ PhotometricScale scale_to_photometry(const std::vector<double>& wl, const std::v
   for (auto& r : out.bands)
     if (r.used) {
       // The scaled model is dm brighter in every band: synthetic(scaled) = synth + dm.
-      r.residual = r.synth_ab + out.dm - r.obs_ab;
+      r.synth_scaled_ab = r.synth_ab + out.dm;
+      r.residual = r.synth_scaled_ab - r.obs_ab;
       out.chi2 += r.residual * r.residual / (r.err * r.err);
     }
   return out;

@@ -13,6 +13,8 @@
 #include "kspecdr/core/trace.hpp"
 #include "kspecdr/fluxcal/photometry.hpp"
 #include "kspecdr/fluxcal/sensitivity.hpp"
+#include "kspecdr/io/atomic.hpp"
+#include "kspecdr/io/hdf5.hpp"
 
 namespace kspecdr::fluxcal {
 
@@ -229,11 +231,19 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
 
   // ---- 3. The owner finishes each star: fit, photometric scale, Cal at airmass 0.
   // k, ok, teff, logg, mh, alpha, rv, rv_err, scale, scale_err, chi2/dof, snr, model mismatch, model neighbours,
-  // then cal, variance, good
-  constexpr std::size_t kHead = 14;
-  const std::size_t rec_len = kHead + 3 * nw;
+  // photometric dm, dm_err, chi2, n_bands, then cal, variance, good, model (nw each), then per catalog band
+  // kBandLen numbers (the band's notes travel as text).
+  constexpr std::size_t kHead = 18;
+  constexpr std::size_t kBandLen = 8;  // mag, ab_offset, obs_ab, err, synth_ab, synth_scaled_ab, residual, used
+  const std::size_t nb = in.catalog.bands.size();
+  const std::size_t rec_len = kHead + 4 * nw + kBandLen * nb;
   std::vector<double> recs;
-  std::string reasons;
+  std::string reasons, band_notes;  // "k\treason\n"; "k\tband\tnote\n"
+  auto one_line = [](std::string t) {
+    std::replace(t.begin(), t.end(), '\n', ' ');
+    std::replace(t.begin(), t.end(), '\t', ' ');
+    return t;
+  };
   const auto widths = widths_of(red.grid);
   for (std::size_t k = 0; k < n; ++k) {
     if (share_of(k, n, rank, size).owner != rank) continue;
@@ -266,6 +276,7 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
       rec[2] = fit.params.teff_k, rec[3] = fit.params.logg, rec[4] = fit.params.mh, rec[5] = fit.params.alpha;
       rec[6] = fit.rv.rv_km_s, rec[7] = fit.rv.rv_err_km_s;
       rec[8] = ps.scale, rec[9] = ps.scale_err, rec[10] = fit.chi2_dof(), rec[11] = s.snr;
+      rec[14] = ps.dm, rec[15] = ps.dm_err, rec[16] = ps.chi2, rec[17] = ps.n_bands;
       // Var(model): the photometric scale's error (fully correlated across λ) and what the fit says about the
       // template itself (the χ² excess as a per-pixel floor, the interpolation between grid models, the colour
       // of the parameters' covariance and of the fit's other minima).
@@ -285,15 +296,24 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
         rec[kHead + j] = cal.cal[j];
         rec[kHead + nw + j] = cal.variance[j];
         rec[kHead + 2 * nw + j] = cal.good[j];
+        rec[kHead + 3 * nw + j] = model[j];
+      }
+      for (std::size_t b = 0; b < nb && b < ps.bands.size(); ++b) {
+        const BandResidual& r = ps.bands[b];
+        double* o = rec.data() + kHead + 4 * nw + kBandLen * b;
+        o[0] = r.mag, o[1] = r.ab_offset, o[2] = r.obs_ab, o[3] = r.err, o[4] = r.synth_ab, o[5] = r.synth_scaled_ab;
+        o[6] = r.residual, o[7] = r.used ? 1.0 : 0.0;
+        if (!r.note.empty()) band_notes += fmt::format("{}\t{}\t{}\n", k, b, one_line(r.note));
       }
       rec[1] = 1;
     } catch (const Error& e) {
-      reasons += fmt::format("{}\t{}\n", k, "fit failed: " + e.message());
+      reasons += fmt::format("{}\t{}\n", k, one_line("fit failed: " + e.message()));
     }
     recs.insert(recs.end(), rec.begin(), rec.end());
   }
   const std::vector<double> all_recs = comm.allgatherv(recs);
   const std::vector<std::string> all_reasons = comm.allgather(reasons);
+  const std::vector<std::string> all_band_notes = comm.allgather(band_notes);
 
   // ---- 4. Unpack on every rank.
   std::vector<StarCal> star_cals;
@@ -315,6 +335,31 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
     for (std::size_t j = 0; j < nw; ++j) s.cal.good[j] = all_recs[i + kHead + 2 * nw + j] != 0.0 ? 1 : 0;
     s.cal.airmass = 0.0;
     s.cal.source = fmt::format("{} {} {}", s.name, run, s.fiber);
+    s.model.assign(all_recs.begin() + static_cast<std::ptrdiff_t>(i + kHead + 3 * nw),
+                   all_recs.begin() + static_cast<std::ptrdiff_t>(i + kHead + 4 * nw));
+    PhotometricScale& ps = s.photometry;
+    ps.dm = all_recs[i + 14], ps.dm_err = all_recs[i + 15], ps.chi2 = all_recs[i + 16];
+    ps.n_bands = static_cast<int>(all_recs[i + 17]);
+    ps.scale = s.scale, ps.scale_err = s.scale_err;
+    ps.bands.assign(nb, BandResidual{});
+    for (std::size_t b = 0; b < nb; ++b) {
+      const double* o = all_recs.data() + i + kHead + 4 * nw + kBandLen * b;
+      BandResidual& r = ps.bands[b];
+      r.band = in.catalog.bands[b];
+      r.mag = o[0], r.ab_offset = o[1], r.obs_ab = o[2], r.err = o[3], r.synth_ab = o[4], r.synth_scaled_ab = o[5];
+      r.residual = o[6], r.used = o[7] != 0.0;
+    }
+  }
+  for (const auto& text : all_band_notes) {
+    std::size_t pos = 0;
+    while (pos < text.size()) {
+      const auto t1 = text.find('\t', pos), t2 = text.find('\t', t1 + 1), nl = text.find('\n', pos);
+      const auto k = static_cast<std::size_t>(std::stoul(text.substr(pos, t1 - pos)));
+      const auto b = static_cast<std::size_t>(std::stoul(text.substr(t1 + 1, t2 - t1 - 1)));
+      auto& bands = ex.stars[prep[k].star].photometry.bands;
+      if (b < bands.size()) bands[b].note = text.substr(t2 + 1, nl - t2 - 1);
+      pos = nl + 1;
+    }
   }
   for (const auto& text : all_reasons) {
     std::size_t pos = 0;
@@ -409,6 +454,212 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
   ex.n_used = static_cast<int>(combined[3 * nw + 1]);
   ex.level_rel_err = std::sqrt(combined[3 * nw + 2]);
   return ex;
+}
+
+namespace {
+
+constexpr const char* kCalUnit = "erg/cm2/electron";
+constexpr const char* kCalVarUnit = "(erg/cm2/electron)**2";
+
+void write_with_unit(h5::Group& g, const std::string& name, const std::vector<double>& v, const std::string& unit) {
+  g.write(name, v);
+  g.open_dataset(name).set_attr("units", unit);
+}
+
+void write_vector(h5::Group& g, const CalVector& v) {
+  write_with_unit(g, "wavelength", v.wavelength_angstrom, "Angstrom");
+  write_with_unit(g, "cal", v.cal, kCalUnit);
+  write_with_unit(g, "variance", v.variance, kCalVarUnit);
+  g.write("good", v.good);
+  g.open_dataset("good").set_attr("units", "");
+  g.set_attr("source", v.source);
+  g.set_attr("airmass", v.airmass);
+  g.set_attr("units", "cal: erg/cm2 per electron (F_lambda = cal * counts / (exptime * dlambda)); wavelength: "
+                      "Angstrom");
+}
+
+void write_star(h5::Group& sg, const StarResult& s) {
+  write_vector(sg, s.cal);
+  sg.set_attr("fiber", s.fiber);
+  sg.set_attr("name", s.name);
+  sg.set_attr("used", s.used ? 1.0 : 0.0);
+  sg.set_attr("factor", s.factor);
+  sg.set_attr("reason", s.reason);
+  // The fit and its quality, the values of the star table (<run>.fcalstars.csv) at full precision.
+  sg.set_attr("sep_arcsec", s.separation_arcsec);
+  sg.set_attr("teff_k", s.params.teff_k);
+  sg.set_attr("logg", s.params.logg);
+  sg.set_attr("mh", s.params.mh);
+  sg.set_attr("alpha", s.params.alpha);
+  sg.set_attr("rv_km_s", s.rv_km_s);
+  sg.set_attr("rv_err_km_s", s.rv_err_km_s);
+  sg.set_attr("chi2_dof", s.chi2_dof);
+  sg.set_attr("scale", s.scale);
+  sg.set_attr("scale_err", s.scale_err);
+  sg.set_attr("model_mismatch", s.model_mismatch);
+  sg.set_attr("model_neighbours", s.model_neighbours);
+  sg.set_attr("snr", s.snr);
+  sg.set_attr("log_level", s.log_level);
+  if (!s.model.empty()) write_with_unit(sg, "model", s.model, kFluxUnit);
+  const PhotometricScale& ps = s.photometry;
+  if (ps.bands.empty()) return;
+  auto pg = sg.create_group("photometry");
+  std::vector<std::string> band, note;
+  std::vector<double> mag, off, ab, err, syn, res;
+  std::vector<unsigned char> used;
+  for (const auto& b : ps.bands) {
+    band.push_back(b.band);
+    note.push_back(b.note);
+    mag.push_back(b.mag), off.push_back(b.ab_offset), ab.push_back(b.obs_ab), err.push_back(b.err);
+    syn.push_back(b.synth_scaled_ab), res.push_back(b.residual);
+    used.push_back(b.used ? 1 : 0);
+  }
+  pg.write_strings("band", band);
+  write_with_unit(pg, "mag_catalog", mag, "mag");
+  write_with_unit(pg, "ab_offset_mag", off, "mag");
+  write_with_unit(pg, "mag_ab", ab, "mag");
+  write_with_unit(pg, "mag_ab_err", err, "mag");
+  write_with_unit(pg, "mag_ab_synth", syn, "mag");
+  write_with_unit(pg, "residual_mag", res, "mag");
+  pg.write("used", used);
+  pg.open_dataset("used").set_attr("units", "");
+  pg.write_strings("note", note);
+  pg.set_attr("offset_mag", ps.dm);
+  pg.set_attr("offset_err_mag", ps.dm_err);
+  pg.set_attr("chi2", ps.chi2);
+  pg.set_attr("n_used", static_cast<long long>(ps.n_bands));
+}
+
+}  // namespace
+
+void write_infield_cal_file(const fs::path& path, const InFieldResult& r, bool overwrite) {
+  io::AtomicOutput out(path, overwrite);  // refuses an existing file without overwrite
+  {
+    auto f = h5::File::create(out.temp_path());
+    auto& root = f.root();
+    for (std::size_t i = 0; i < r.exposures.size(); ++i) {
+      const auto& e = r.exposures[i];
+      auto g = root.create_group(fmt::format("exposures/{:03d}", i));
+      if (e.cal.size() > 0) write_vector(g, e.cal);
+      g.set_attr("run", e.run);
+      g.set_attr("exposure_airmass", e.airmass);
+      g.set_attr("exptime_s", e.exptime_s);
+      g.set_attr("rms", e.rms);
+      g.set_attr("n_used", static_cast<double>(e.n_used));
+      g.set_attr("level_rel_err", e.level_rel_err);
+      g.set_attr("resolution", e.resolution_source);
+      if (e.cal.size() > 0) {
+        std::vector<double> fwhm;
+        for (double l : e.cal.wavelength_angstrom) fwhm.push_back(e.resolution.fwhm(l));
+        write_with_unit(g, "fwhm", fwhm, "Angstrom");
+      }
+      g.set_attr("applied", e.applied);
+      g.set_attr("error", e.error);
+      for (std::size_t k = 0; k < e.stars.size(); ++k) {
+        const auto& s = e.stars[k];
+        if (s.cal.size() == 0) continue;
+        auto sg = root.create_group(fmt::format("exposures/{:03d}/stars/{:03d}", i, k));
+        write_star(sg, s);
+      }
+    }
+    if (r.nightly.size() > 0) {
+      auto g = root.create_group("nightly");
+      write_vector(g, r.nightly);
+      g.set_attr("rms", r.nightly_rms);
+    }
+    f.close();
+  }
+  out.commit();
+}
+
+const std::vector<io::FormatItem>& infield_cal_format() {
+  using K = io::FormatItem::Kind;
+  static const std::vector<io::FormatItem> f = [] {
+    std::vector<io::FormatItem> v;
+    const std::string cal_when = "when a vector was formed";
+    auto vec = [&](const std::string& g, const std::string& when) {
+      v.push_back({g, K::Dataset, "wavelength", "float64", "Angstrom", "pixel centres (the RED grid)", when});
+      v.push_back({g, K::Dataset, "cal", "float64", kCalUnit,
+                   "Cal at airmass 0: F_lambda = cal * 10^(0.4 k X) * counts / (exptime * dlambda)", when});
+      v.push_back({g, K::Dataset, "variance", "float64", kCalVarUnit, "variance of cal", when});
+      v.push_back({g, K::Dataset, "good", "uint8", "", "1 = cal usable, 0 = masked (cal NaN)", when});
+      v.push_back({g, K::Attribute, "source", "string", "", "what the vector was made from", when});
+      v.push_back({g, K::Attribute, "airmass", "float64", "", "airmass the vector refers to (0)", when});
+      v.push_back({g, K::Attribute, "units", "string", "", "the units of cal and wavelength in words", when});
+    };
+    const std::string ex = "exposures/*";
+    vec(ex, cal_when);
+    auto ea = [&](const char* name, const char* type, const char* what) {
+      v.push_back({ex, K::Attribute, name, type, "", what, ""});
+    };
+    ea("run", "string", "exposure name");
+    ea("exposure_airmass", "float64", "airmass of the exposure");
+    ea("exptime_s", "float64", "exposure time in s");
+    ea("rms", "float64", "FCALRMS: median fractional rms of the stars about the combined vector (NaN with one star)");
+    ea("n_used", "float64", "stars used in the combination");
+    ea("level_rel_err", "float64", "fractional sigma of the vector's level, fully correlated across wavelength");
+    ea("resolution", "string", "how the template fit's FWHM was obtained (arc lines or configuration)");
+    ea("applied", "string", "own | nightly | '' (the vector the exposure was calibrated with)");
+    ea("error", "string", "why no vector was formed ('' when one was)");
+    v.push_back({ex, K::Dataset, "fwhm", "float64", "Angstrom", "instrument FWHM the template fit used, per pixel",
+                 cal_when});
+    const std::string st = "exposures/*/stars/*";
+    const std::string sw = "per star that gave a vector (used or rejected by the gates)";
+    vec(st, "");
+    auto sa = [&](const char* name, const char* type, const char* what) {
+      v.push_back({st, K::Attribute, name, type, "", what, ""});
+    };
+    sa("fiber", "string", "fiber (aperture) name");
+    sa("name", "string", "catalog name of the star");
+    sa("used", "float64", "1 = used in the combination, 0 = rejected");
+    sa("factor", "float64", "grey factor of the combination (fiber throughput, geometric mean 1)");
+    sa("reason", "string", "why rejected (or kept despite a failed gate); '' when clean");
+    sa("sep_arcsec", "float64", "fiber-to-catalog separation in arcsec");
+    sa("teff_k", "float64", "fitted Teff in K");
+    sa("logg", "float64", "fitted log g (cgs)");
+    sa("mh", "float64", "fitted [M/H] in dex");
+    sa("alpha", "float64", "fitted [alpha/M] in dex");
+    sa("rv_km_s", "float64", "fitted radial velocity in km/s");
+    sa("rv_err_km_s", "float64", "its uncertainty in km/s");
+    sa("chi2_dof", "float64", "chi2 per degree of freedom of the fit");
+    sa("scale", "float64", "photometric scale: model surface flux * scale = flux above the atmosphere");
+    sa("scale_err", "float64", "uncertainty of scale");
+    sa("model_mismatch", "float64", "fractional per-pixel sigma of the template mismatch");
+    sa("model_neighbours", "float64", "median fractional sigma of the model from its neighbouring grid models");
+    sa("snr", "float64", "median per-pixel S/N of the spectrum");
+    sa("log_level", "float64", "ln of the star's level against the median of the stars (the level gate)");
+    v.push_back({st, K::Dataset, "model", "float64", kFluxUnit,
+                 "fitted model * scale on the pixels, above the atmosphere (convolved, RV-shifted, resampled): the "
+                 "F_model of Cal_star = F_model * exptime * dlambda / counts; NaN where undefined",
+                 ""});
+    const std::string ph = st + "/photometry";
+    auto pd = [&](const char* name, const char* type, const char* unit, const char* what) {
+      v.push_back({ph, K::Dataset, name, type, unit, what, ""});
+    };
+    pd("band", "string", "", "catalog band (one row per band of the catalog, in its order)");
+    pd("mag_catalog", "float64", "mag", "the catalog's magnitude as given (NaN when missing)");
+    pd("ab_offset_mag", "float64", "mag", "m_AB - m_catalog applied");
+    pd("mag_ab", "float64", "mag", "catalog AB magnitude: mag_catalog + ab_offset_mag");
+    pd("mag_ab_err", "float64", "mag", "the catalog's error");
+    pd("mag_ab_synth", "float64", "mag", "synthetic AB magnitude of the scaled model (NaN when not computed)");
+    pd("residual_mag", "float64", "mag", "mag_ab_synth - mag_ab (NaN for a band not used)");
+    pd("used", "uint8", "", "1 = the band set the scale");
+    pd("note", "string", "", "why a band was not used ('' when used)");
+    auto pa = [&](const char* name, const char* type, const char* what) {
+      v.push_back({ph, K::Attribute, name, type, "", what, ""});
+    };
+    pa("offset_mag", "float64", "weighted mean of mag_ab - synthetic(unscaled) in mag: scale = 10^(-0.4 offset_mag)");
+    pa("offset_err_mag", "float64", "its uncertainty in mag");
+    pa("chi2", "float64", "chi2 of the used bands' residuals");
+    pa("n_used", "int64", "bands used");
+    vec("nightly", "nightly mode");
+    v.push_back({"nightly", K::Attribute, "rms", "float64", "", "median fractional rms of the exposures' vectors",
+                 "nightly mode"});
+    v.push_back({"<group>/<dataset>", K::Attribute, "units", "string", "",
+                 "unit of every numeric dataset (the unit column; '' = dimensionless)", ""});
+    return v;
+  }();
+  return f;
 }
 
 fs::path star_table_path(const fs::path& calibrated) {

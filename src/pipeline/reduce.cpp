@@ -839,6 +839,15 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       comm.barrier();
       const fluxcal::InFieldResult fr = fluxcal::run_infield(fc, comm);
       fluxcal_ran = true;
+      // The vectors and the per-star diagnostics (fit, scaled model, photometry) beside the calibrated files.
+      if (comm.is_root()) {
+        try {
+          fluxcal::write_infield_cal_file(fc.out_dir / "fluxcal_cal.h5", fr, true);
+        } catch (const std::exception& e) {
+          spdlog::error("flux calibration vectors not written: {}", e.what());
+          summary.failures.push_back({"fluxcal", (fc.out_dir / "fluxcal_cal.h5").string(), e.what()});
+        }
+      }
       std::size_t ok = 0;
       for (const auto& x : fr.exposures) {
         if (x.ok) {

@@ -11,21 +11,28 @@
 //           that the catalog's true AB magnitudes (noise-free) would give to the same model;
 //   QC:     a star whose catalog magnitudes are made 0.5 mag too faint is rejected by the level gate and its
 //           record says so; matching is by position, so a reversed catalog gives the same associations;
-//   errors: no C fibers, and a catalog without the stars, end with FLUXCAL = F and the reason, the input intact.
+//   errors: no C fibers, and a catalog without the stars, end with FLUXCAL = F and the reason, the input intact;
+//   file:   fluxcal_cal.h5 holds exactly its format table; per star the written model gives back the counts
+//           through the written Cal, the written photometric residuals average to 0 over the used bands, and the
+//           written synthetic magnitudes are the model's and lie within 3σ of the catalog's true AB magnitudes.
 // One process, one rank (MPI initialised by a test environment).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <hdf5.h>
 
 #include <Eigen/Dense>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -211,6 +218,126 @@ TrueCal true_cal(const Night& n, const fluxcal::ExposureCalibration& ex) {
     if (s.used) log_g += std::log(root.open_group("apertures/" + s.fiber).attr_double("throughput")), ++t.used;
   t.G = t.used ? std::exp(log_g / t.used) : 1.0;
   return t;
+}
+
+// ---- fluxcal_cal.h5 against its format table (fluxcal::infield_cal_format()): every item without a condition in
+// the file, every numeric dataset with the table's type and `units`, and nothing the table does not list. Items
+// with a condition are collected in `seen_conditional` (a test writing several files checks they all occur).
+struct H5Seen {
+  std::string path, name, type, unit;
+  io::FormatItem::Kind kind;
+};
+
+std::string h5_type_name(hid_t type) {
+  const auto size = H5Tget_size(type);
+  switch (H5Tget_class(type)) {
+    case H5T_FLOAT: return size == 4 ? "float32" : size == 8 ? "float64" : "float?";
+    case H5T_INTEGER:
+      if (size == 1 && H5Tget_sign(type) == H5T_SGN_NONE) return "uint8";
+      return size == 8 ? "int64" : "int" + std::to_string(8 * size);
+    case H5T_STRING: return "string";
+    default: return "?";
+  }
+}
+
+herr_t collect_attr_name(hid_t, const char* name, const H5A_info_t*, void* data) {
+  static_cast<std::vector<std::string>*>(data)->push_back(name);
+  return 0;
+}
+
+void walk_h5(hid_t file, const h5::Group& g, const std::string& prefix, std::vector<H5Seen>& out) {
+  auto attrs = [&](hid_t obj, const std::string& path) {
+    std::vector<std::string> names;
+    H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attr_name, &names);
+    for (const auto& a : names) {
+      const hid_t at = H5Aopen(obj, a.c_str(), H5P_DEFAULT);
+      const hid_t ty = H5Aget_type(at);
+      out.push_back({path, a, h5_type_name(ty), "", io::FormatItem::Kind::Attribute});
+      H5Tclose(ty);
+      H5Aclose(at);
+    }
+  };
+  for (const auto& m : g.members()) {
+    const std::string path = prefix.empty() ? m : prefix + "/" + m;
+    const hid_t o = H5Oopen(file, path.c_str(), H5P_DEFAULT);
+    ASSERT_GE(o, 0) << path;
+    attrs(o, path);
+    if (H5Iget_type(o) == H5I_DATASET) {
+      const hid_t ty = H5Dget_type(o);
+      const h5::Dataset d = g.open_dataset(m);
+      const std::string unit = d.has_attr("units") ? d.attr_string("units") : std::string("(none)");
+      out.push_back({prefix, m, h5_type_name(ty), unit, io::FormatItem::Kind::Dataset});
+      H5Tclose(ty);
+      H5Oclose(o);
+    } else {
+      H5Oclose(o);
+      walk_h5(file, g.open_group(m), path, out);
+    }
+  }
+}
+
+/// HDF5 path patterns of the format tables: <placeholder> = one or more components, '*' = one.
+bool path_matches(const std::string& pattern, const std::string& path) {
+  std::string re;
+  for (std::size_t i = 0; i < pattern.size();) {
+    if (pattern[i] == '<') {
+      i = pattern.find('>', i) + 1;
+      re += ".+";
+    } else if (pattern[i] == '*') {
+      re += "[^/]+";
+      ++i;
+    } else {
+      if (std::string(R"(\^$.|?+()[]{})").find(pattern[i]) != std::string::npos) re += '\\';
+      re += pattern[i++];
+    }
+  }
+  return std::regex_match(path, std::regex(re));
+}
+
+void check_cal_file_layout(const fs::path& file, std::set<std::string>& seen_conditional) {
+  SCOPED_TRACE(file.string());
+  std::vector<H5Seen> seen;
+  {
+    const h5::File f = h5::File::open(file);
+    walk_h5(f.root().id(), f.root(), "", seen);
+  }
+  ASSERT_FALSE(seen.empty());
+  const auto& table = fluxcal::infield_cal_format();
+  auto matches = [](const io::FormatItem& it, const H5Seen& s) {
+    return it.kind == s.kind && it.name == s.name && path_matches(it.hdu, s.path);
+  };
+  for (const auto& it : table) {
+    bool here = false;
+    for (const auto& s : seen) {
+      if (!matches(it, s)) continue;
+      here = true;
+      EXPECT_EQ(s.type, it.type) << s.path << " " << s.name << ": type";
+      if (it.kind == io::FormatItem::Kind::Dataset && it.type != "string") {
+        EXPECT_EQ(s.unit, it.unit) << s.path << " " << s.name << ": units";
+      }
+    }
+    if (it.when.empty()) {
+      EXPECT_TRUE(here) << it.hdu << " " << io::to_string(it.kind) << " " << it.name << " is missing";
+    } else if (here) {
+      seen_conditional.insert(it.hdu + " " + it.name);
+    }
+  }
+  for (const auto& s : seen) {
+    bool listed = false;
+    for (const auto& it : table) listed = listed || matches(it, s);
+    EXPECT_TRUE(listed) << s.path << " " << io::to_string(s.kind) << " " << s.name
+                        << " is not in fluxcal::infield_cal_format()";
+  }
+}
+
+/// The inverse-variance weighted mean of the written residuals over the used bands (mag).
+double weighted_mean_residual(const h5::Group& phot) {
+  const auto res = phot.read<double>("residual_mag"), err = phot.read<double>("mag_ab_err");
+  const auto used = phot.read<std::uint8_t>("used");
+  double sw = 0, swr = 0;
+  for (std::size_t b = 0; b < used.size(); ++b)
+    if (used[b]) sw += 1.0 / (err[b] * err[b]), swr += res[b] / (err[b] * err[b]);
+  return sw > 0 ? swr / sw : std::numeric_limits<double>::quiet_NaN();
 }
 
 TEST_F(InField, CombinedCalRecoversTheTruth) {
@@ -446,6 +573,134 @@ TEST_F(InField, StarsRadialVelocityAndScale) {
                            rs.mean, rs.stddev, ss.mean, ss.stddev, rs.n);
 }
 
+// What `kspecdr fluxcal` writes per star to fluxcal_cal.h5 (write_infield_cal_file): the layout of its table; the
+// fit's attributes equal to the star record; the scaled model is the F_model of the star's Cal — model × t × Δλ /
+// Cal(X) gives back the RED counts, Cal moved from airmass 0 to the exposure's with the extinction curve; the
+// photometry: catalog AB = catalog + offset, the residuals' inverse-variance weighted mean over the used bands 0
+// (the scale sets it so), the written synthetic magnitudes those of the interpolated model at the written
+// parameters × scale (recomputed here from the grid and the filter curves), and within 3 catalog σ of the
+// catalog's noise-free true AB magnitudes.
+TEST_F(InField, WrittenDiagnosticsAgreeWithTheFitAndTheTruth) {
+  const Night& n = *g_night;
+  const auto& result = calibrated();
+  kspecdr::testing::TempDir tmp("kspecdr-fluxcal-infield-calfile");
+  const fs::path file = tmp.path() / "fluxcal_cal.h5";
+  fluxcal::write_infield_cal_file(file, result, false);
+  std::set<std::string> conditional;
+  check_cal_file_layout(file, conditional);
+
+  const auto& root = n.truth.root();
+  const auto cat_names = root.read_strings("catalog/name");
+  const auto cat = fluxcal::read_catalog(n.cfg.catalog_file);
+  const fluxcal::TemplateGrid grid = fluxcal::read_template_grid(n.cfg.templates_file);
+  std::map<std::string, fluxcal::FilterCurve> filters;
+  for (const auto& b : cat.bands) filters[b] = fluxcal::read_filter_curve(n.cfg.filters_dir / (b + ".dat"), "um", b);
+  const auto ext = fluxcal::read_extinction_curve(n.cfg.extinction_file);
+  const h5::File f = h5::File::open(file);
+  int n_stars = 0;
+  double worst_mean = 0, worst_counts = 0, worst_synth = 0, worst_truth_pull = 0;
+  for (std::size_t i = 0; i < result.exposures.size(); ++i) {
+    const auto& ex = result.exposures[i];
+    const h5::Group eg = f.root().open_group(fmt::format("exposures/{:03d}", i));
+    EXPECT_EQ(eg.attr_string("run"), ex.run);
+    const auto red = wavecal::read_red_file(ex.input);
+    for (std::size_t k = 0; k < ex.stars.size(); ++k) {
+      const auto& s = ex.stars[k];
+      const std::string gname = fmt::format("stars/{:03d}", k);
+      ASSERT_TRUE(eg.exists(gname)) << ex.run << " " << s.fiber << " (a vector was formed: " << s.reason << ")";
+      const h5::Group sg = eg.open_group(gname);
+      SCOPED_TRACE(ex.run + " " + s.fiber);
+      ++n_stars;
+      // The fit: the star record's values (the star table's, at full precision).
+      EXPECT_EQ(sg.attr_string("fiber"), s.fiber);
+      EXPECT_EQ(sg.attr_double("teff_k"), s.params.teff_k);
+      EXPECT_EQ(sg.attr_double("logg"), s.params.logg);
+      EXPECT_EQ(sg.attr_double("mh"), s.params.mh);
+      EXPECT_EQ(sg.attr_double("alpha"), s.params.alpha);
+      EXPECT_EQ(sg.attr_double("rv_km_s"), s.rv_km_s);
+      EXPECT_EQ(sg.attr_double("rv_err_km_s"), s.rv_err_km_s);
+      EXPECT_EQ(sg.attr_double("chi2_dof"), s.chi2_dof);
+      EXPECT_EQ(sg.attr_double("scale"), s.scale);
+      EXPECT_EQ(sg.attr_double("scale_err"), s.scale_err);
+      // The scaled model through Cal back to the counts.
+      fluxcal::CalVector c0;
+      c0.wavelength_angstrom = sg.read<double>("wavelength");
+      c0.cal = sg.read<double>("cal");
+      c0.variance = sg.read<double>("variance");
+      c0.good = sg.read<unsigned char>("good");
+      c0.airmass = 0.0;
+      const auto cx = fluxcal::to_airmass(c0, ext, eg.attr_double("exposure_airmass"));
+      const auto model = sg.read<double>("model");
+      EXPECT_EQ(sg.open_dataset("model").attr_string("units"), "erg/cm2/s/A");
+      ASSERT_EQ(model.size(), c0.cal.size());
+      Eigen::Index a = -1;
+      for (std::size_t q = 0; q < red.spectra.apertures.size(); ++q)
+        if (red.spectra.apertures[q].name == s.fiber) a = static_cast<Eigen::Index>(q);
+      ASSERT_GE(a, 0);
+      const double t = eg.attr_double("exptime_s");
+      std::size_t checked = 0;
+      for (std::size_t j = 0; j < model.size(); ++j) {
+        if (!c0.good[j]) continue;
+        const double counts = red.spectra.flux(a, static_cast<Eigen::Index>(j));
+        const double back = model[j] * t * (red.grid.edges[j + 1] - red.grid.edges[j]) / cx.cal[j];
+        worst_counts = std::max(worst_counts, std::abs(back / counts - 1.0));
+        ++checked;
+      }
+      EXPECT_GT(checked, model.size() / 2);
+      // Photometry.
+      ASSERT_TRUE(sg.exists("photometry"));
+      const h5::Group ph = sg.open_group("photometry");
+      const auto bands = ph.read_strings("band");
+      ASSERT_EQ(bands, cat.bands);
+      const auto mag = ph.read<double>("mag_catalog"), off = ph.read<double>("ab_offset_mag");
+      const auto ab = ph.read<double>("mag_ab"), err = ph.read<double>("mag_ab_err");
+      const auto syn = ph.read<double>("mag_ab_synth"), res = ph.read<double>("residual_mag");
+      const auto used = ph.read<std::uint8_t>("used");
+      const auto notes = ph.read_strings("note");
+      const auto& cs = *std::find_if(cat.stars.begin(), cat.stars.end(), [&](const auto& c) { return c.name == s.name; });
+      const std::size_t row =
+          static_cast<std::size_t>(std::find(cat_names.begin(), cat_names.end(), s.name) - cat_names.begin());
+      std::vector<double> model_surface;
+      ASSERT_TRUE(fluxcal::interpolate_model(grid, s.params, model_surface));
+      std::size_t n_used = 0;
+      for (std::size_t b = 0; b < bands.size(); ++b) {
+        EXPECT_EQ(mag[b], cs.mag[b]) << bands[b];
+        EXPECT_EQ(off[b], fluxcal::default_ab_offset(bands[b])) << bands[b];
+        EXPECT_EQ(ab[b], mag[b] + off[b]) << bands[b];
+        EXPECT_EQ(err[b], cs.err[b]) << bands[b];
+        if (!used[b]) {
+          EXPECT_FALSE(notes[b].empty()) << bands[b] << ": a band not used says why";
+          continue;
+        }
+        ++n_used;
+        EXPECT_TRUE(notes[b].empty()) << bands[b] << ": " << notes[b];
+        EXPECT_NEAR(res[b], syn[b] - ab[b], 1e-12) << bands[b];
+        // The synthetic magnitude of the model at the written parameters × the written scale.
+        const double m_model = fluxcal::synthetic_ab_mag(grid.wavelength_angstrom, model_surface, filters.at(bands[b])) -
+                               2.5 * std::log10(sg.attr_double("scale"));
+        worst_synth = std::max(worst_synth, std::abs(m_model - syn[b]));
+        EXPECT_NEAR(m_model, syn[b], 1e-6) << bands[b];
+        // Against the catalog's noise-free AB magnitude.
+        const double m_true = root.read<double>("catalog/" + bands[b] + "/true_ab")[row];
+        const double pull = (syn[b] - m_true) / err[b];
+        worst_truth_pull = std::max(worst_truth_pull, std::abs(pull));
+        EXPECT_LE(std::abs(pull), 3.0) << bands[b] << ": synthetic " << syn[b] << ", true " << m_true << " ± " << err[b];
+      }
+      EXPECT_EQ(static_cast<std::size_t>(ph.attr_double("n_used")), n_used);
+      ASSERT_GT(n_used, 0u);
+      const double mean = weighted_mean_residual(ph);
+      worst_mean = std::max(worst_mean, std::abs(mean));
+      EXPECT_LE(std::abs(mean), 1e-3) << "weighted mean residual " << mean << " mag";
+    }
+  }
+  EXPECT_EQ(n_stars, 9);
+  EXPECT_LE(worst_counts, 1e-9) << "model × t × dlambda / Cal(X) against the counts";
+  std::cout << fmt::format("[in-field] fluxcal_cal.h5: {} stars; largest |weighted mean residual| {:.2e} mag; model "
+                           "through Cal against the counts {:.2e}; written synthetic magnitudes against the model "
+                           "rebuilt from the grid {:.2e} mag; largest |synthetic - true AB| / sigma {:.2f}\n",
+                           n_stars, worst_mean, worst_counts, worst_synth, worst_truth_pull);
+}
+
 TEST_F(InField, WrongMagnitudesAreRejectedWithTheReason) {
   const Night& n = *g_night;
   // One C star's catalog magnitudes made 0.5 mag fainter in every band.
@@ -497,6 +752,27 @@ TEST_F(InField, WrongMagnitudesAreRejectedWithTheReason) {
   for (const auto& h : red.spectra.header.history())
     if (h.find("FCAL " + fiber) != std::string::npos && h.find("rej:") != std::string::npos) in_history = true;
   EXPECT_TRUE(in_history);
+  // The rejected star keeps in fluxcal_cal.h5 what was measured: its fit, model and photometry (all 0.5 mag off,
+  // so its residuals still average to 0 and its scale is 10^0.2 too small).
+  const fs::path cal_file = tmp.path() / "fluxcal_cal.h5";
+  fluxcal::write_infield_cal_file(cal_file, r, false);
+  const h5::File f = h5::File::open(cal_file);
+  bool found = false;
+  for (std::size_t k = 0; k < ex.stars.size(); ++k) {
+    if (ex.stars[k].fiber != fiber) continue;
+    const h5::Group sg = f.root().open_group(fmt::format("exposures/000/stars/{:03d}", k));
+    found = true;
+    EXPECT_EQ(sg.attr_double("used"), 0.0);
+    EXPECT_NE(sg.attr_string("reason").find("level"), std::string::npos);
+    EXPECT_TRUE(std::isfinite(sg.attr_double("teff_k")));
+    EXPECT_TRUE(std::isfinite(sg.attr_double("scale")));
+    ASSERT_TRUE(sg.exists("model"));
+    ASSERT_TRUE(sg.exists("photometry"));
+    const h5::Group ph = sg.open_group("photometry");
+    EXPECT_GT(ph.attr_double("n_used"), 0.0);
+    EXPECT_LE(std::abs(weighted_mean_residual(ph)), 1e-3);
+  }
+  EXPECT_TRUE(found) << fiber << " has no group in " << cal_file;
 }
 
 TEST_F(InField, NoStandardFibersIsAClearError) {
@@ -555,6 +831,16 @@ TEST_F(InField, NightlyVectorCalibratesAnExposureWithoutStandards) {
   const auto out = wavecal::read_red_file(bare.output);
   EXPECT_TRUE(out.spectra.header.get_bool("FLUXCAL").value_or(false));
   EXPECT_EQ(out.spectra.header.get_string("FCALMODE").value_or(""), "nightly");
+  // fluxcal_cal.h5 of this run has every item of its table that depends on the run: an exposure without a
+  // vector, one with, stars, and the nightly vector.
+  const fs::path cal_file = tmp.path() / "fluxcal_cal.h5";
+  fluxcal::write_infield_cal_file(cal_file, r, false);
+  std::set<std::string> conditional;
+  check_cal_file_layout(cal_file, conditional);
+  for (const auto& it : fluxcal::infield_cal_format())
+    if (!it.when.empty()) {
+      EXPECT_TRUE(conditional.count(it.hdu + " " + it.name)) << it.hdu << " " << it.name << " (" << it.when << ")";
+    }
 }
 
 TEST_F(InField, GridNotCoveringTheDataIsAClearError) {
@@ -636,6 +922,12 @@ TEST_F(InField, ReduceRunsItAfterTheRedStage) {
     EXPECT_EQ(r.spectra.header.get_string("FCALRESS").value_or(""), "arcs") << run;
     EXPECT_GT(r.spectra.header.get_double("FCALFWHM").value_or(0.0), 0.0) << run;
   }
+  // The vectors and per-star diagnostics beside the calibrated files, one exposure group per RED.
+  const fs::path cal_file = rc.out_dir / "fcal" / "fluxcal_cal.h5";
+  ASSERT_TRUE(fs::exists(cal_file));
+  std::set<std::string> conditional;
+  check_cal_file_layout(cal_file, conditional);
+  EXPECT_EQ(h5::File::open(cal_file).root().open_group("exposures").members().size(), n.reds.size());
   // The time series in flux units beside the electron cube.
   EXPECT_TRUE(fs::exists(rc.out_dir / "night.rainbow.h5"));
   EXPECT_TRUE(fs::exists(rc.out_dir / "night.fcal.rainbow.h5"));

@@ -1,12 +1,13 @@
 // The in-field flux calibration on 1..4 ranks gives what one process gives: rank 0 simulates a fiber night
 // (three C fibers) with its catalog, every rank reduces it to RED, then one exposure is calibrated by all
 // ranks together (stars spread over the ranks; at 4 ranks, more ranks than stars, the template grid of a
-// star is split too) and, on rank 0 alone, through a one-rank communicator. Every star's fit, scale and
-// calibration vector must agree bit for bit: the candidates are scored independently and gathered in grid
-// order, whichever rank scored them.
+// star is split too) and, on rank 0 alone, through a one-rank communicator. Every star's fit, scale,
+// calibration vector, scaled model and photometry per band must agree bit for bit: the candidates are scored
+// independently and gathered in grid order, whichever rank scored them; every rank holds the gathered records.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -25,6 +26,11 @@
 using namespace kspecdr;
 namespace fs = std::filesystem;
 namespace kt = kspecdr::testing;
+
+namespace {
+/// Bit for bit, NaN equal to NaN.
+bool same_value(double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
+}  // namespace
 
 TEST(FluxcalInFieldRanks, SameResultOnEveryRankCount) {
   auto& world = mpi::world();
@@ -116,6 +122,23 @@ TEST(FluxcalInFieldRanks, SameResultOnEveryRankCount) {
       if (a.rv_km_s != b.rv_km_s || a.rv_err_km_s != b.rv_err_km_s) differ(a.fiber + " RV");
       if (a.scale != b.scale || a.scale_err != b.scale_err) differ(a.fiber + " scale");
       if (a.used != b.used || a.reason != b.reason) differ(a.fiber + " decision");
+      // The diagnostics written to fluxcal_cal.h5: the scaled model and the photometry per band.
+      if (a.model.size() != b.model.size() || a.model.empty()) differ(a.fiber + " model length");
+      for (std::size_t j = 0; same && j < a.model.size(); ++j)
+        if (!same_value(a.model[j], b.model[j])) differ(fmt::format("{} model at pixel {}", a.fiber, j));
+      const auto &pa = a.photometry, &pb = b.photometry;
+      if (!same_value(pa.dm, pb.dm) || !same_value(pa.dm_err, pb.dm_err) || !same_value(pa.chi2, pb.chi2) ||
+          pa.n_bands != pb.n_bands)
+        differ(a.fiber + " photometric offset");
+      if (pa.bands.size() != pb.bands.size() || pa.bands.empty()) differ(a.fiber + " number of bands");
+      for (std::size_t k = 0; same && k < pa.bands.size(); ++k) {
+        const auto &x = pa.bands[k], &y = pb.bands[k];
+        if (x.band != y.band || x.used != y.used || x.note != y.note || !same_value(x.mag, y.mag) ||
+            !same_value(x.ab_offset, y.ab_offset) || !same_value(x.obs_ab, y.obs_ab) || !same_value(x.err, y.err) ||
+            !same_value(x.synth_ab, y.synth_ab) || !same_value(x.synth_scaled_ab, y.synth_scaled_ab) ||
+            !same_value(x.residual, y.residual))
+          differ(fmt::format("{} band {}", a.fiber, x.band));
+      }
     }
     if (re.cal.cal.size() != pe.cal.cal.size()) differ("vector length");
     for (std::size_t j = 0; same && j < re.cal.cal.size(); ++j)
@@ -129,6 +152,16 @@ TEST(FluxcalInFieldRanks, SameResultOnEveryRankCount) {
   bool mine = cal0.size() == pe.cal.cal.size();
   for (std::size_t j = 0; mine && j < cal0.size(); ++j)
     mine = (std::isnan(cal0[j]) && std::isnan(pe.cal.cal[j])) || cal0[j] == pe.cal.cal[j];
+  // Every rank holds the gathered per-star diagnostics (the model and the synthetic magnitudes).
+  for (const auto& st : pe.stars) {
+    std::vector<double> diag = st.model;
+    for (const auto& b : st.photometry.bands) diag.insert(diag.end(), {b.synth_scaled_ab, b.residual});
+    std::vector<double> diag0 = diag;
+    world.bcast(diag0);
+    bool agree = diag0.size() == diag.size() && !st.model.empty();
+    for (std::size_t j = 0; agree && j < diag.size(); ++j) agree = same_value(diag0[j], diag[j]);
+    EXPECT_TRUE(world.all_true(agree)) << "rank " << world.rank() << ": " << st.fiber << " model or photometry differs";
+  }
   world.bcast(why);
   EXPECT_TRUE(world.all_true(same)) << why;
   EXPECT_TRUE(world.all_true(mine)) << "rank " << world.rank() << " holds another combined vector";

@@ -26,6 +26,7 @@
 #include "kspecdr/detector/calibrate.hpp"
 #include "kspecdr/detector/masters.hpp"
 #include "kspecdr/extract/ex_file.hpp"
+#include "kspecdr/fluxcal/infield.hpp"
 #include "kspecdr/io/fits.hpp"
 #include "kspecdr/io/format.hpp"
 #include "kspecdr/io/hdf5.hpp"
@@ -474,6 +475,23 @@ TEST(FormatsDoc, TheFcalCubeSectionListsExactlyTheTable) {
   ASSERT_FALSE(doc.empty()) << doc_path();
   const Product p{"rainbow_fcal_format", &series::rainbow_fcal_format(), FileKind::Hdf5, {}};
   check_doc(p, doc, &series::rainbow_format(), "rainbow_format");
+}
+
+// The in-field calibration's fluxcal_cal.h5 needs a catalog and a template grid, which these nights do not have:
+// its files are checked against fluxcal::infield_cal_format() by tests/integration/test_fluxcal_infield.cpp, its
+// table against the document here (and for well-formed items).
+TEST(FormatsDoc, TheInFieldCalSectionListsExactlyTheTable) {
+  static const std::vector<DocSection> doc = read_doc();
+  ASSERT_FALSE(doc.empty()) << doc_path();
+  const Product p{"infield_cal_format", &fluxcal::infield_cal_format(), FileKind::Hdf5, {}};
+  check_doc(p, doc, nullptr, "");
+  const std::set<std::string> types = {"float64", "uint8", "int64", "string"};
+  std::set<std::string> ids;
+  for (const auto& it : *p.format) {
+    EXPECT_TRUE(types.count(it.type)) << it.name << ": type " << it.type;
+    EXPECT_FALSE(it.description.empty()) << it.name;
+    EXPECT_TRUE(ids.insert(it.hdu + "|" + to_string(it.kind) + "|" + it.name).second) << it.hdu << " " << it.name;
+  }
 }
 
 // The CSV log has the ECSV's columns, in order.

@@ -7,6 +7,7 @@
 // column X that has an error column (`X_err`, `e_X`, `dX` or `X_error`) is a band. Empty cells and
 // NaN are missing values.
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -59,13 +60,19 @@ CatalogMatch match_by_position(const std::vector<FiberPosition>& fibers, const C
 /// Legacy association by order: fiber i gets catalog row i (no position check). Only on explicit request.
 CatalogMatch match_by_row_order(const std::vector<FiberPosition>& fibers, const Catalog& cat);
 
-/// One band of the photometric scale.
+/// One band of the photometric scale (magnitudes in mag; NaN where not measured).
 struct BandResidual {
+  static constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
   std::string band;
-  double obs_ab = 0.0, err = 0.0, synth_ab = 0.0;
-  double residual = 0.0;  ///< synthetic magnitude of the scaled model − observed (mag)
+  double mag = kNaN;        ///< the catalog's magnitude as given
+  double ab_offset = 0.0;   ///< m_AB − m_catalog applied
+  double obs_ab = kNaN;     ///< mag + ab_offset
+  double err = kNaN;        ///< the catalog's error
+  double synth_ab = kNaN;   ///< synthetic AB magnitude of the unscaled model (surface flux)
+  double synth_scaled_ab = kNaN;  ///< synthetic AB magnitude of the scaled model: synth_ab + dm
+  double residual = kNaN;   ///< synthetic magnitude of the scaled model − observed (mag)
   bool used = false;
-  std::string note;       ///< why a band was not used
+  std::string note;         ///< why a band was not used
 };
 
 struct PhotometricScale {

@@ -38,6 +38,7 @@
 #include "kspecdr/fluxcal/resolution.hpp"
 #include "kspecdr/fluxcal/template_fit.hpp"
 #include "kspecdr/fluxcal/templates.hpp"
+#include "kspecdr/io/format.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 #include "kspecdr/wavecal/red_file.hpp"
 
@@ -84,6 +85,13 @@ struct StarResult {
   bool used = false;
   std::string reason;                     ///< why rejected (or kept despite a failed gate); "" when clean
   CalVector cal;                          ///< at airmass 0 (empty when no vector could be formed)
+  /// The fitted model × scale on the RED grid (cal.wavelength_angstrom), erg s⁻¹ cm⁻² Å⁻¹ above the atmosphere:
+  /// convolved to the instrument resolution, shifted by the RV, resampled flux-conservingly — the F_model of
+  /// Cal_star = F_model t Δλ / C. NaN where the model is undefined; empty when no vector was formed.
+  std::vector<double> model;
+  /// The photometric scale: per catalog band (in the catalog's order) the catalog and synthetic magnitudes and
+  /// the residual after scaling, with the reason of every band not used. Empty `bands` when not scaled.
+  PhotometricScale photometry;
 };
 
 /// The calibration of one exposure from its own stars.
@@ -138,6 +146,16 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
 /// rv_km_s, rv_err_km_s, scale, scale_err, chi2_dof, model_mismatch, model_neighbours, snr, factor, log_level,
 /// used (1/0), reason.
 void write_star_table(const std::filesystem::path& path, const std::vector<StarResult>& stars);
+
+/// The calibration vectors and the per-star diagnostics of a run (HDF5, all vectors at airmass 0; the layout is
+/// `infield_cal_format()`): per exposure `exposures/NNN` its combined vector, the FWHM used and its attributes;
+/// `exposures/NNN/stars/MMM` every star that gave a vector (used or rejected by the gates) with its own vector,
+/// the fit's parameters, the scaled model and the photometry per band; `nightly` in the nightly mode. Written
+/// through a temporary file; refuses an existing file unless `overwrite`. Call on one rank only.
+void write_infield_cal_file(const std::filesystem::path& path, const InFieldResult& result, bool overwrite);
+
+/// The layout of the file `write_infield_cal_file` writes (docs/formats.md lists the same items).
+const std::vector<io::FormatItem>& infield_cal_format();
 
 /// "<run>.fcalstars.csv" beside the calibrated file.
 std::filesystem::path star_table_path(const std::filesystem::path& calibrated);
