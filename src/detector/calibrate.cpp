@@ -73,17 +73,18 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
       exptime = *t;
     }
 
-    Image im(ny, nx);
-    im.mask = d.mask;
+    // The data are calibrated in place and the frame's mask gains the products' bits in place:
+    // on a 4k frame every new array costs more in page faults than the arithmetic on it.
+    Image im;
+    im.variance.resize(ny, nx);  // every pixel is written below
     const float t = static_cast<float>(exptime);
     // Runs of pixels of one amplifier share a read noise; with the calibration switches hoisted
     // out, the per-pixel work is branch-free and vectorises. A non-finite raw value gives data 0,
     // variance 0 and BAD, without the calibration products' mask bits.
-    const float* e = d.electrons.data();
+    float* e = d.electrons.data();  // read and written at the same index
     const std::uint8_t* amp = d.amp.data();
-    float* out = im.data.data();
     float* var = im.variance.data();
-    MaskPixel* mask = im.mask.data();
+    MaskPixel* mask = d.mask.data();
     const Eigen::Index npix = d.electrons.size();
     const float *bd = use_bias ? bias->image.data.data() : nullptr, *bv = use_bias ? bias->image.variance.data() : nullptr;
     const MaskPixel* bm = use_bias ? bias->image.mask.data() : nullptr;
@@ -120,19 +121,21 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
           s = f > 0 ? sf : s;
           v = f > 0 ? vflat : v;
         }
-        out[i] = finite ? s : 0.0f;
+        e[i] = finite ? s : 0.0f;
         var[i] = finite ? v : 0.0f;
         mask[i] = static_cast<MaskPixel>(mask[i] | (finite ? m : static_cast<MaskPixel>(kMaskBad)));
       }
       i0 = i1;
     }
+    im.data = std::move(d.electrons);
+    im.mask = std::move(d.mask);
 
     CosmicResult cr;
     if (cfg.cosmic_enable) cr = detect_cosmics(im.data, im.variance, im.mask, cfg);
 
     // Header: the raw header without its section keywords (they describe the raw layout).
     Header& h = im.header;
-    h = d.header;
+    h = std::move(d.header);
     for (const auto& a : profile.amplifiers)
       for (const auto& k : {a.datasec_key, a.biassec_key, a.detsec_key})
         if (!k.empty()) h.erase(k);
@@ -147,6 +150,28 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
     h.set("OVERSCAN", d.overscan.empty() ? std::string("NONE") : d.overscan.front().method,
           "overscan: median level or poly along readout");
     h.set("NAMP", static_cast<long long>(amps.size()), "number of amplifiers (AMPNAMn, AMPSECn, RDNOISEn)");
+    // Where each amplifier's pixels are in the IM (pipeline orientation), so that later stages can
+    // rebuild the per-pixel read noise from the header alone: the bounding box of its pixels, from
+    // one pass over the runs of equal amplifier index along the rows.
+    struct Box {
+      Eigen::Index y0, y1, x0, x1;
+    };
+    std::vector<Box> box(amps.size(), Box{ny, -1, nx, -1});
+    for (Eigen::Index y = 0; y < ny; ++y) {
+      const std::uint8_t* row = d.amp.data() + y * nx;
+      for (Eigen::Index x0 = 0; x0 < nx;) {
+        Eigen::Index x1 = x0 + 1;
+        while (x1 < nx && row[x1] == row[x0]) ++x1;
+        if (row[x0] < amps.size()) {
+          Box& b = box[row[x0]];
+          b.y0 = std::min(b.y0, y);
+          b.y1 = std::max(b.y1, y);
+          b.x0 = std::min(b.x0, x0);
+          b.x1 = std::max(b.x1, x1 - 1);
+        }
+        x0 = x1;
+      }
+    }
     for (std::size_t a = 0; a < amps.size(); ++a) {
       const auto n = a + 1;
       h.set(fmt::format("AMPNAM{}", n), amps[a].name, "amplifier name");
@@ -154,22 +179,10 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
       h.set(fmt::format("OVSCER{}", n), d.overscan[a].error, "[DN] uncertainty of OVSCLV");
       h.set(fmt::format("GAIN{}", n), amps[a].gain, fmt::format("[e-/DN] gain applied ({})", amps[a].gain_source));
       h.set(fmt::format("RDNOISE{}", n), std::sqrt(static_cast<double>(rn2[a])), "[e-] read noise in VARIANCE");
-      // Where this amplifier's pixels are in the IM (pipeline orientation), so that later stages
-      // can rebuild the per-pixel read noise from the header alone.
-      {
-        Eigen::Index y0 = ny, y1 = -1, x0 = nx, x1 = -1;
-        for (Eigen::Index y = 0; y < ny; ++y)
-          for (Eigen::Index x = 0; x < nx; ++x)
-            if (static_cast<std::size_t>(d.amp(y, x)) == a) {
-              y0 = std::min(y0, y);
-              y1 = std::max(y1, y);
-              x0 = std::min(x0, x);
-              x1 = std::max(x1, x);
-            }
-        if (y1 >= 0) {
-          Section s{static_cast<long>(x0), static_cast<long>(x1 + 1), static_cast<long>(y0), static_cast<long>(y1 + 1)};
-          h.set(fmt::format("AMPSEC{}", n), s.to_fits(), "amplifier's pixels in this image (FITS section)");
-        }
+      if (const Box& b = box[a]; b.y1 >= 0) {
+        Section s{static_cast<long>(b.x0), static_cast<long>(b.x1 + 1), static_cast<long>(b.y0),
+                  static_cast<long>(b.y1 + 1)};
+        h.set(fmt::format("AMPSEC{}", n), s.to_fits(), "amplifier's pixels in this image (FITS section)");
       }
       // A raw gain keyword of another name would tell a reader to multiply again.
       const std::string& gk = profile.amplifiers[a].gain_key;
