@@ -77,6 +77,7 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
     // on a 4k frame every new array costs more in page faults than the arithmetic on it.
     Image im;
     im.variance.resize(ny, nx);  // every pixel is written below
+    advise_huge_pages(im.variance);
     const float t = static_cast<float>(exptime);
     // Runs of pixels of one amplifier share a read noise; with the calibration switches hoisted
     // out, the per-pixel work is branch-free and vectorises. A non-finite raw value gives data 0,

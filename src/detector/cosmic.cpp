@@ -16,6 +16,17 @@ namespace kspecdr::detector {
 
 namespace {
 
+/// A vector of n value-initialised elements whose memory was offered huge pages before its first
+/// touch (see advise_huge_pages).
+template <typename T>
+std::vector<T> large_vector(std::size_t n) {
+  std::vector<T> v;
+  v.reserve(n);
+  advise_huge_pages(v.data(), n * sizeof(T));
+  v.resize(n);
+  return v;
+}
+
 // Median selection networks (Devillard, "Fast median search", 1998): straight-line min/max on
 // scalars, which the compiler turns into SIMD across the pixels of a row. Checked against every
 // permutation and every 0/1 input.
@@ -343,7 +354,7 @@ std::pair<BandProfiles, BandProfiles> band_profiles(const ImageArray& data, cons
   };
   auto means = [](const BandProfiles& bp, bool on) {
     const auto m = on ? static_cast<std::size_t>(bp.nb * bp.len) : 0;
-    return Means{std::vector<float>(m), std::vector<float>(m), std::vector<std::uint8_t>(m)};
+    return Means{large_vector<float>(m), large_vector<float>(m), std::vector<std::uint8_t>(m)};
   };
   Means sx = means(px, do_x), sy = means(py, do_y);
   // The sums of the current band of rows (profiles along x).
@@ -436,8 +447,8 @@ std::pair<BandProfiles, BandProfiles> band_profiles(const ImageArray& data, cons
     const Eigen::Index nb = bp.nb, len = bp.len;
     const std::vector<float>&prof = st.prof, &pvar = st.pvar;
     const std::vector<std::uint8_t>& good = st.good;
-    bp.p.resize(prof.size());
-    bp.noise.resize(prof.size());
+    bp.p = large_vector<float>(prof.size());
+    bp.noise = large_vector<float>(prof.size());
     bp.good.resize(prof.size());
     constexpr int h = kPsfBandMedian / 2;
     for (Eigen::Index k = 0; k < nb; ++k) {
@@ -1050,9 +1061,11 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   const MaskPixel unusable = kMaskBad | kMaskNoData;
   const MaskPixel never = unusable | kMaskSaturated;
 
-  std::vector<std::uint8_t> state(n, 0);
+  std::vector<std::uint8_t> state = large_vector<std::uint8_t>(n);
   DeadPixels dead;
-  ImageArray w = data;
+  ImageArray w(ny, nx);
+  advise_huge_pages(w);
+  w = data;
   {
     // Branch-free, so that it vectorises; the few dead pixels are listed by a second scan.
     const MaskPixel* m = mask.data();

@@ -279,8 +279,12 @@ DetectorFrame overscan_trim_gain(const RawFrame& raw, const InstrumentProfile& p
   const int order = cfg.overscan_order >= 0 ? cfg.overscan_order : profile.overscan_order;
 
   ImageArray e(g.ny, g.nx);
-  MaskArray m = MaskArray::Zero(g.ny, g.nx);
+  MaskArray m(g.ny, g.nx);
   AmpIndexArray amp(g.ny, g.nx);
+  advise_huge_pages(e);
+  advise_huge_pages(m);
+  advise_huge_pages(amp);
+  m.setZero();
   for (std::size_t i = 0; i < g.amps.size(); ++i) {
     const AmplifierGeometry& a = g.amps[i];
     std::vector<double> model;

@@ -362,6 +362,7 @@ static Array read_image_as(Fits& self, fitsfile* f, const std::vector<long>& sha
   (void)self;
   using T = typename Array::Scalar;
   Array a(shape[0], shape[1]);
+  advise_huge_pages(a);
   int status = 0, anynul = 0;
   long fpixel[2] = {1, 1};
   T nulval;
