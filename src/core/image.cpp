@@ -4,7 +4,26 @@
 
 #include "kspecdr/core/error.hpp"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include <cstdint>
+
 namespace kspecdr {
+
+void advise_huge_pages(void* data, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
+  if (!data || bytes < 2 * huge) return;
+  const auto begin = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t a = (begin + huge - 1) & ~(huge - 1), e = (begin + bytes) & ~(huge - 1);
+  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);  // a hint: failure is harmless
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
 
 std::vector<std::pair<MaskPixel, std::string>> mask_bit_names() {
   return {{kMaskBad, "BAD"},           {kMaskSaturated, "SATURATED"}, {kMaskCosmic, "COSMIC"},

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -24,6 +25,64 @@ void check_shape(const Image& product, const DetectorFrame& d, const char* what,
                                 d.electrons.rows(), d.electrons.cols(), what, calhash, product.data.rows(),
                                 product.data.cols()),
                     ErrorContext{.file = d.file.string()});
+}
+
+/// The master products' pixels (null where not used) and the exposure time that scales the dark.
+struct Products {
+  const float *bd, *bv;
+  const MaskPixel* bm;
+  const float *dd, *dv;
+  const MaskPixel* dm;
+  const float *fd, *fv;
+  const MaskPixel* fm;
+  float t;
+};
+
+/// Pixels [i0, i1) of one amplifier (read noise squared rn2): bias, dark, Poisson variance and
+/// flat, in place on e (electrons in, calibrated data out), var and mask. One instance per
+/// combination of the calibration switches, so that the loop has no branches and vectorises. A
+/// non-finite raw value gives data 0, variance 0 and BAD, without the products' mask bits.
+template <bool Bias, bool Dark, bool Flat>
+void calibrate_run(Eigen::Index i0, Eigen::Index i1, float rn2, const Products& p, float* __restrict e,
+                   float* __restrict var, MaskPixel* __restrict mask) {
+  const float *__restrict bd = p.bd, *__restrict bv = p.bv, *__restrict dd = p.dd, *__restrict dv = p.dv;
+  const float *__restrict fd = p.fd, *__restrict fv = p.fv;
+  const MaskPixel *__restrict bm = p.bm, *__restrict dm = p.dm, *__restrict fm = p.fm;
+  const float t = p.t;
+  for (Eigen::Index i = i0; i < i1; ++i) {
+    // Computed for every pixel and selected at the end with bit operations (a non-finite value's
+    // results are discarded): no control flow, so the loop vectorises (with -fno-trapping-math
+    // for this file, see CMakeLists.txt).
+    const float x = e[i];
+    const bool finite = std::fabs(x) <= std::numeric_limits<float>::max();
+    float s = x;
+    float v = rn2;
+    MaskPixel m = 0;  // only the calibration products' bits; the frame's own are in mask[i]
+    if constexpr (Bias) {
+      s -= bd[i];
+      v += bv[i];
+      m |= bm[i];
+    }
+    if constexpr (Dark) {
+      s -= dd[i] * t;
+      v += dv[i] * t * t;
+      m |= dm[i];
+    }
+    v += std::max(s, 0.0f);
+    if constexpr (Flat) {
+      const float f = fd[i], vf = fv[i];
+      m |= fm[i];
+      const float sf = s / f;
+      const float vflat = v / (f * f) + sf * sf * vf / (f * f);
+      s = f > 0 ? sf : s;
+      v = f > 0 ? vflat : v;
+    }
+    const std::uint32_t keep = 0u - static_cast<std::uint32_t>(finite);  // all bits or none: s, or +0
+    e[i] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(s) & keep);
+    var[i] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(v) & keep);
+    const auto ok = static_cast<MaskPixel>(keep);
+    mask[i] = static_cast<MaskPixel>(mask[i] | (m & ok) | (kMaskBad & ~ok));
+  }
 }
 
 }  // namespace
@@ -73,17 +132,17 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
       exptime = *t;
     }
 
-    Image im(ny, nx);
-    im.mask = d.mask;
+    // The data are calibrated in place and the frame's mask gains the products' bits in place:
+    // on a 4k frame every new array costs more in page faults than the arithmetic on it.
+    Image im;
+    im.variance.resize(ny, nx);  // every pixel is written below
+    advise_huge_pages(im.variance);
     const float t = static_cast<float>(exptime);
-    // Runs of pixels of one amplifier share a read noise; with the calibration switches hoisted
-    // out, the per-pixel work is branch-free and vectorises. A non-finite raw value gives data 0,
-    // variance 0 and BAD, without the calibration products' mask bits.
-    const float* e = d.electrons.data();
+    // Runs of pixels of one amplifier share a read noise (calibrate_run).
+    float* e = d.electrons.data();  // read and written at the same index
     const std::uint8_t* amp = d.amp.data();
-    float* out = im.data.data();
     float* var = im.variance.data();
-    MaskPixel* mask = im.mask.data();
+    MaskPixel* mask = d.mask.data();
     const Eigen::Index npix = d.electrons.size();
     const float *bd = use_bias ? bias->image.data.data() : nullptr, *bv = use_bias ? bias->image.variance.data() : nullptr;
     const MaskPixel* bm = use_bias ? bias->image.mask.data() : nullptr;
@@ -92,47 +151,30 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
     const float *fd = use_flat ? flat->pixel_flat.data.data() : nullptr;
     const float* fv = use_flat ? flat->pixel_flat.variance.data() : nullptr;
     const MaskPixel* fm = use_flat ? flat->pixel_flat.mask.data() : nullptr;
+    const Products prod{bd, bv, bm, dd, dv, dm, fd, fv, fm, t};
+    auto kernel = calibrate_run<false, false, false>;
+    if (use_bias && use_dark && use_flat) kernel = calibrate_run<true, true, true>;
+    else if (use_bias && use_dark) kernel = calibrate_run<true, true, false>;
+    else if (use_bias && use_flat) kernel = calibrate_run<true, false, true>;
+    else if (use_dark && use_flat) kernel = calibrate_run<false, true, true>;
+    else if (use_bias) kernel = calibrate_run<true, false, false>;
+    else if (use_dark) kernel = calibrate_run<false, true, false>;
+    else if (use_flat) kernel = calibrate_run<false, false, true>;
     for (Eigen::Index i0 = 0; i0 < npix;) {
       Eigen::Index i1 = i0 + 1;
       while (i1 < npix && amp[i1] == amp[i0]) ++i1;
-      const float rn2_run = rn2[amp[i0]];
-      for (Eigen::Index i = i0; i < i1; ++i) {
-        const bool finite = std::fabs(e[i]) <= std::numeric_limits<float>::max();
-        float s = finite ? e[i] : 0.0f;
-        float v = rn2_run;
-        MaskPixel m = 0;  // only the calibration products' bits; the frame's own are in mask[i]
-        if (use_bias) {
-          s -= bd[i];
-          v += bv[i];
-          m |= bm[i];
-        }
-        if (use_dark) {
-          s -= dd[i] * t;
-          v += dv[i] * t * t;
-          m |= dm[i];
-        }
-        v += std::max(s, 0.0f);
-        if (use_flat) {
-          const float f = fd[i], vf = fv[i];
-          m |= fm[i];
-          const float sf = s / f;
-          const float vflat = v / (f * f) + sf * sf * vf / (f * f);
-          s = f > 0 ? sf : s;
-          v = f > 0 ? vflat : v;
-        }
-        out[i] = finite ? s : 0.0f;
-        var[i] = finite ? v : 0.0f;
-        mask[i] = static_cast<MaskPixel>(mask[i] | (finite ? m : static_cast<MaskPixel>(kMaskBad)));
-      }
+      kernel(i0, i1, rn2[amp[i0]], prod, e, var, mask);
       i0 = i1;
     }
+    im.data = std::move(d.electrons);
+    im.mask = std::move(d.mask);
 
     CosmicResult cr;
     if (cfg.cosmic_enable) cr = detect_cosmics(im.data, im.variance, im.mask, cfg);
 
     // Header: the raw header without its section keywords (they describe the raw layout).
     Header& h = im.header;
-    h = d.header;
+    h = std::move(d.header);
     for (const auto& a : profile.amplifiers)
       for (const auto& k : {a.datasec_key, a.biassec_key, a.detsec_key})
         if (!k.empty()) h.erase(k);
@@ -147,6 +189,28 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
     h.set("OVERSCAN", d.overscan.empty() ? std::string("NONE") : d.overscan.front().method,
           "overscan: median level or poly along readout");
     h.set("NAMP", static_cast<long long>(amps.size()), "number of amplifiers (AMPNAMn, AMPSECn, RDNOISEn)");
+    // Where each amplifier's pixels are in the IM (pipeline orientation), so that later stages can
+    // rebuild the per-pixel read noise from the header alone: the bounding box of its pixels, from
+    // one pass over the runs of equal amplifier index along the rows.
+    struct Box {
+      Eigen::Index y0, y1, x0, x1;
+    };
+    std::vector<Box> box(amps.size(), Box{ny, -1, nx, -1});
+    for (Eigen::Index y = 0; y < ny; ++y) {
+      const std::uint8_t* row = d.amp.data() + y * nx;
+      for (Eigen::Index x0 = 0; x0 < nx;) {
+        Eigen::Index x1 = x0 + 1;
+        while (x1 < nx && row[x1] == row[x0]) ++x1;
+        if (row[x0] < amps.size()) {
+          Box& b = box[row[x0]];
+          b.y0 = std::min(b.y0, y);
+          b.y1 = std::max(b.y1, y);
+          b.x0 = std::min(b.x0, x0);
+          b.x1 = std::max(b.x1, x1 - 1);
+        }
+        x0 = x1;
+      }
+    }
     for (std::size_t a = 0; a < amps.size(); ++a) {
       const auto n = a + 1;
       h.set(fmt::format("AMPNAM{}", n), amps[a].name, "amplifier name");
@@ -154,22 +218,10 @@ Image calibrate_frame(const fs::path& raw_path, const InstrumentProfile& profile
       h.set(fmt::format("OVSCER{}", n), d.overscan[a].error, "[DN] uncertainty of OVSCLV");
       h.set(fmt::format("GAIN{}", n), amps[a].gain, fmt::format("[e-/DN] gain applied ({})", amps[a].gain_source));
       h.set(fmt::format("RDNOISE{}", n), std::sqrt(static_cast<double>(rn2[a])), "[e-] read noise in VARIANCE");
-      // Where this amplifier's pixels are in the IM (pipeline orientation), so that later stages
-      // can rebuild the per-pixel read noise from the header alone.
-      {
-        Eigen::Index y0 = ny, y1 = -1, x0 = nx, x1 = -1;
-        for (Eigen::Index y = 0; y < ny; ++y)
-          for (Eigen::Index x = 0; x < nx; ++x)
-            if (static_cast<std::size_t>(d.amp(y, x)) == a) {
-              y0 = std::min(y0, y);
-              y1 = std::max(y1, y);
-              x0 = std::min(x0, x);
-              x1 = std::max(x1, x);
-            }
-        if (y1 >= 0) {
-          Section s{static_cast<long>(x0), static_cast<long>(x1 + 1), static_cast<long>(y0), static_cast<long>(y1 + 1)};
-          h.set(fmt::format("AMPSEC{}", n), s.to_fits(), "amplifier's pixels in this image (FITS section)");
-        }
+      if (const Box& b = box[a]; b.y1 >= 0) {
+        Section s{static_cast<long>(b.x0), static_cast<long>(b.x1 + 1), static_cast<long>(b.y0),
+                  static_cast<long>(b.y1 + 1)};
+        h.set(fmt::format("AMPSEC{}", n), s.to_fits(), "amplifier's pixels in this image (FITS section)");
       }
       // A raw gain keyword of another name would tell a reader to multiply again.
       const std::string& gk = profile.amplifiers[a].gain_key;

@@ -16,6 +16,17 @@ namespace kspecdr::detector {
 
 namespace {
 
+/// A vector of n value-initialised elements whose memory was offered huge pages before its first
+/// touch (see advise_huge_pages).
+template <typename T>
+std::vector<T> large_vector(std::size_t n) {
+  std::vector<T> v;
+  v.reserve(n);
+  advise_huge_pages(v.data(), n * sizeof(T));
+  v.resize(n);
+  return v;
+}
+
 // Median selection networks (Devillard, "Fast median search", 1998): straight-line min/max on
 // scalars, which the compiler turns into SIMD across the pixels of a row. Checked against every
 // permutation and every 0/1 input.
@@ -145,13 +156,22 @@ void laplacian_plus(const ImageArray& w, ImageArray& lp) {
   }
 }
 
+// The state of a frame pixel during detection, as bits of one byte per pixel (one frame-sized
+// array rather than three: on a 4k frame each costs more in page faults than the work on it).
+// A pixel flagged on its own evidence (kHitConfirmed) seeds growth into its neighbours in later
+// passes; one flagged only for standing out beside such a hit (kHitGrown) does not, so that growth
+// cannot creep outwards pass after pass on noise. kReplaced: bad, no-data or a hit, its value in
+// the working image replaced by its neighbours'; kEligible: neither bad, no-data nor saturated.
+constexpr std::uint8_t kHitConfirmed = 1, kHitGrown = 2, kHit = kHitConfirmed | kHitGrown, kReplaced = 4,
+                       kEligible = 8;
+
 /// Replaces the flagged pixels of `w` (working copy only) by the median of the unflagged pixels
 /// within 2 px along x or along y, whichever set varies less. In spectra, features are aligned
 /// with the axes (lines along y, traces along x); a square box would cut a hole into a line
 /// and the next pass would see its edges as new hits.
 /// When `uncertainty` is given (as long as `which`), it receives for each replaced pixel the square
 /// of half the range of the set used: how well the neighbours pin the value down.
-void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, const std::vector<std::size_t>& which,
+void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& state, const std::vector<std::size_t>& which,
                    std::vector<float>* uncertainty = nullptr) {
   const Eigen::Index ny = w.rows(), nx = w.cols();
   std::vector<std::pair<std::size_t, float>> repl;
@@ -173,14 +193,14 @@ void clean_flagged(ImageArray& w, const std::vector<std::uint8_t>& flagged, cons
     for (Eigen::Index d = -2; d <= 2; ++d) {
       if (d == 0) continue;
       const Eigen::Index xx = x + d, yy = y + d;
-      if (xx >= 0 && xx < nx && !flagged[static_cast<std::size_t>(y * nx + xx)]) bx.push_back(w(y, xx));
-      if (yy >= 0 && yy < ny && !flagged[static_cast<std::size_t>(yy * nx + x)]) by.push_back(w(yy, x));
+      if (xx >= 0 && xx < nx && !(state[static_cast<std::size_t>(y * nx + xx)] & kReplaced)) bx.push_back(w(y, xx));
+      if (yy >= 0 && yy < ny && !(state[static_cast<std::size_t>(yy * nx + x)] & kReplaced)) by.push_back(w(yy, x));
     }
     if (bx.size() < 2 && by.size() < 2) {
       // Inside a large flagged blob: fall back to the 5x5 box.
       for (Eigen::Index yy = std::max<Eigen::Index>(0, y - 2); yy <= std::min<Eigen::Index>(ny - 1, y + 2); ++yy)
         for (Eigen::Index xx = std::max<Eigen::Index>(0, x - 2); xx <= std::min<Eigen::Index>(nx - 1, x + 2); ++xx)
-          if (!flagged[static_cast<std::size_t>(yy * nx + xx)]) bx.push_back(w(yy, xx));
+          if (!(state[static_cast<std::size_t>(yy * nx + xx)] & kReplaced)) bx.push_back(w(yy, xx));
       if (!bx.empty()) {
         if (uncertainty) (*uncertainty)[k] = 0.25f * spread(bx) * spread(bx);
         repl.emplace_back(i, median(bx));
@@ -320,15 +340,26 @@ std::pair<BandProfiles, BandProfiles> band_profiles(const ImageArray& data, cons
   py.nb = nx / kPsfBand;
   const bool do_x = px.nb >= kPsfBandMedian, do_y = py.nb >= kPsfBandMedian;
   if (!do_x && !do_y) return {px, py};
-  struct Sums {
-    std::vector<double> sum, vsum;
-    std::vector<int> count;
+  // A band's mean and the variance of the mean, and whether 3/4 of its pixels are usable; each
+  // band profile pixel is finished as soon as its sums are complete, so that no frame-sized
+  // arrays of sums are needed.
+  struct Means {
+    std::vector<float> prof, pvar;
+    std::vector<std::uint8_t> good;
+    void finish(std::size_t q, double sum, double vsum, int n) {
+      good[q] = n * 4 >= 3 * kPsfBand;
+      prof[q] = n ? static_cast<float>(sum / n) : 0.0f;
+      pvar[q] = n ? static_cast<float>(vsum / (static_cast<double>(n) * n)) : 0.0f;
+    }
   };
-  auto sums = [](const BandProfiles& bp, bool on) {
+  auto means = [](const BandProfiles& bp, bool on) {
     const auto m = on ? static_cast<std::size_t>(bp.nb * bp.len) : 0;
-    return Sums{std::vector<double>(m, 0.0), std::vector<double>(m, 0.0), std::vector<int>(m, 0)};
+    return Means{large_vector<float>(m), large_vector<float>(m), std::vector<std::uint8_t>(m)};
   };
-  Sums sx = sums(px, do_x), sy = sums(py, do_y);
+  Means sx = means(px, do_x), sy = means(py, do_y);
+  // The sums of the current band of rows (profiles along x).
+  std::vector<double> bsum(do_x ? static_cast<std::size_t>(nx) : 0), bvsum(bsum.size());
+  std::vector<int> bcount(bsum.size());
   // One row's usable flags (1 or 0), and its medians along y and along x and variances where
   // usable (0 elsewhere), in simple loops over floats that vectorise.
   const auto unx = static_cast<std::size_t>(nx);
@@ -370,14 +401,23 @@ std::pair<BandProfiles, BandProfiles> band_profiles(const ImageArray& data, cons
     if (unx > 1) along_row(unx - 1, d[unx - 2], d[unx - 1]);
     if (do_x) {
       // The last band takes the rest.
-      const auto q0 = static_cast<std::size_t>(std::min(y / kPsfBand, px.nb - 1) * nx);
-      double* su = sx.sum.data() + q0;
-      double* vs = sx.vsum.data() + q0;
-      int* cn = sx.count.data() + q0;
+      const Eigen::Index band = std::min(y / kPsfBand, px.nb - 1);
+      if (y == band * kPsfBand) {
+        std::fill(bsum.begin(), bsum.end(), 0.0);
+        std::fill(bvsum.begin(), bvsum.end(), 0.0);
+        std::fill(bcount.begin(), bcount.end(), 0);
+      }
+      double* su = bsum.data();
+      double* vs = bvsum.data();
+      int* cn = bcount.data();
       for (std::size_t x = 0; x < unx; ++x) {
         su[x] += mx[x];
         vs[x] += vr[x];
         cn[x] += static_cast<int>(o[x]);
+      }
+      if (y + 1 == ny || std::min((y + 1) / kPsfBand, px.nb - 1) != band) {
+        const auto q0 = static_cast<std::size_t>(band * nx);
+        for (std::size_t x = 0; x < unx; ++x) sx.finish(q0 + x, su[x], vs[x], cn[x]);
       }
     }
     if (do_y) {
@@ -399,26 +439,16 @@ std::pair<BandProfiles, BandProfiles> band_profiles(const ImageArray& data, cons
         acc_v[nb - 1] += vr[x];
         acc_n[nb - 1] += static_cast<int>(o[x]);
       }
-      for (std::size_t k = 0; k < nb; ++k) {
-        const auto q = k * static_cast<std::size_t>(ny) + static_cast<std::size_t>(y);
-        sy.sum[q] = acc_s[k];
-        sy.vsum[q] = acc_v[k];
-        sy.count[q] = acc_n[k];
-      }
+      for (std::size_t k = 0; k < nb; ++k)
+        sy.finish(k * static_cast<std::size_t>(ny) + static_cast<std::size_t>(y), acc_s[k], acc_v[k], acc_n[k]);
     }
   }
-  auto finish = [](BandProfiles& bp, const Sums& st) {
+  auto finish = [](BandProfiles& bp, const Means& st) {
     const Eigen::Index nb = bp.nb, len = bp.len;
-    std::vector<float> prof(st.sum.size()), pvar(st.sum.size());
-    std::vector<std::uint8_t> good(st.sum.size());
-    for (std::size_t q = 0; q < st.sum.size(); ++q) {
-      const int n = st.count[q];
-      good[q] = n * 4 >= 3 * kPsfBand;
-      prof[q] = n ? static_cast<float>(st.sum[q] / n) : 0.0f;
-      pvar[q] = n ? static_cast<float>(st.vsum[q] / (static_cast<double>(n) * n)) : 0.0f;
-    }
-    bp.p.resize(prof.size());
-    bp.noise.resize(prof.size());
+    const std::vector<float>&prof = st.prof, &pvar = st.pvar;
+    const std::vector<std::uint8_t>& good = st.good;
+    bp.p = large_vector<float>(prof.size());
+    bp.noise = large_vector<float>(prof.size());
     bp.good.resize(prof.size());
     constexpr int h = kPsfBandMedian / 2;
     for (Eigen::Index k = 0; k < nb; ++k) {
@@ -602,10 +632,6 @@ constexpr Eigen::Index kHalo = 8;
 // A later pass can change a verdict only this close to a pixel cleaned by the pass before.
 constexpr Eigen::Index kReach = std::max(kHalo, kColumnOffsets.back());
 
-// A pixel flagged on its own evidence seeds growth into its neighbours in later passes; one
-// flagged only for standing out beside such a hit does not, so that growth cannot creep outwards
-// pass after pass on noise.
-constexpr std::uint8_t kHitConfirmed = 1, kHitGrown = 2;
 
 /// Bad or no-data pixels (frame indices, increasing) and the variance of the values that replaced
 /// them in the working image; a few per cent of a frame at most, so kept sparse.
@@ -622,9 +648,8 @@ struct DeadPixels {
 struct PassInput {
   const ImageArray& w;            ///< working image (previous hits cleaned)
   const ImageArray& var;          ///< variance as given (non-finite and negative values allowed)
-  const std::vector<std::uint8_t>& eligible;
-  const std::vector<std::uint8_t>& cosmic;  ///< hits of earlier passes (kHitConfirmed or kHitGrown)
-  bool earlier_hits;              ///< whether `cosmic` holds any hit
+  const std::vector<std::uint8_t>& state;  ///< per pixel: kEligible, kReplaced, hits of earlier passes (kHit)
+  bool earlier_hits;              ///< whether `state` holds any hit
   const DeadPixels& dead;          ///< bad or no-data pixels and the variance of the values that replaced them
   float sigclip, sigcliplow, objlim;
   float ratio_x, ratio_y, ratio_diag;  ///< largest p(0)/mean(neighbours) a PSF allows per direction
@@ -906,12 +931,12 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
   for (Eigen::Index ly = ylo; ly < yhi; ++ly) {
     const std::uint8_t* gate = b.line_gate.data() + ly * wd;
     const std::uint8_t* tgate = b.trace_gate.data() + ly * wd;
-    const std::uint8_t* eligible = in.eligible.data() + (y0 + ly) * nx + x0;
+    const std::uint8_t* pstate = in.state.data() + (y0 + ly) * nx + x0;
     for (Eigen::Index lx = xlo; lx < xhi; ++lx) {
       const Eigen::Index li = ly * wd + lx;
       const float z2 = zp[li], s = spp[li];
       // Most pixels pass none of the tests: one cheap test for all of them.
-      if (!(gate[lx] | tgate[lx] | (z2 > sigclip2) | (s > in.sigclip)) || !eligible[lx]) continue;
+      if (!(gate[lx] | tgate[lx] | (z2 > sigclip2) | (s > in.sigclip)) || !(pstate[lx] & kEligible)) continue;
       // A hit on a line that stands out of the line-and-trace model; the only route without the
       // PSF bound (a track along a line is not sharper than the line).
       if ((gate[lx] && column_excess(li) > in.sigclip) || (tgate[lx] && trace_track(li))) {
@@ -971,14 +996,14 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
     for_neighbours(g, [&](Eigen::Index q) {
       if (st(q) != kNone || !inside(q, 1)) return;
       st(q) = kTested;
-      if (!(b.sp(q) > in.sigcliplow) || !in.eligible[frame_index(q)]) return;
+      if (!(b.sp(q) > in.sigcliplow) || !(in.state[frame_index(q)] & kEligible)) return;
       const float p = sharpness(q);
       if (p > in.sigcliplow || (p > 0.3f && contrast(q) > 1.0f)) st(q) = kGrow2;
     });
   // Output, core pixels only, each once.
   auto emit = [&](Eigen::Index li, bool own) {
     const std::size_t fi = frame_index(li);
-    if (in.cosmic[fi] || !in.eligible[fi]) return;
+    if ((in.state[fi] & kHit) || !(in.state[fi] & kEligible)) return;
     (own ? fresh : grown).push_back(fi);
   };
   for (Eigen::Index g : b.grow1) {
@@ -1001,9 +1026,9 @@ void detect_block(const PassInput& in, Eigen::Index cy0, Eigen::Index cy1, Eigen
     if (inside(g, 1)) grow_beside(g);
   if (!in.earlier_hits) return;
   for (Eigen::Index ly = std::max<Eigen::Index>(0, cly0 - 1); ly < std::min(h, cly1 + 1); ++ly) {
-    const std::uint8_t* row = in.cosmic.data() + (y0 + ly) * nx + x0;
+    const std::uint8_t* row = in.state.data() + (y0 + ly) * nx + x0;
     for (Eigen::Index lx = std::max<Eigen::Index>(0, clx0 - 1); lx < std::min(wd, clx1 + 1); ++lx)
-      if (row[lx] == kHitConfirmed) grow_beside(ly * wd + lx);
+      if ((row[lx] & kHit) == kHitConfirmed) grow_beside(ly * wd + lx);
   }
 }
 
@@ -1036,31 +1061,32 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
   const MaskPixel unusable = kMaskBad | kMaskNoData;
   const MaskPixel never = unusable | kMaskSaturated;
 
-  std::vector<std::uint8_t> cosmic(n, 0), eligible(n, 0), flagged(n, 0);
+  std::vector<std::uint8_t> state = large_vector<std::uint8_t>(n);
   DeadPixels dead;
-  ImageArray w = data;
+  ImageArray w(ny, nx);
+  advise_huge_pages(w);
+  w = data;
   {
     // Branch-free, so that it vectorises; the few dead pixels are listed by a second scan.
     const MaskPixel* m = mask.data();
     const float* wp = w.data();
     for (std::size_t i = 0; i < n; ++i) {
-      eligible[i] = !(m[i] & never);
-      flagged[i] = (m[i] & unusable) || !(std::abs(wp[i]) <= std::numeric_limits<float>::max());
+      const bool replaced = (m[i] & unusable) || !(std::abs(wp[i]) <= std::numeric_limits<float>::max());
+      state[i] = static_cast<std::uint8_t>((m[i] & never ? 0 : kEligible) | (replaced ? kReplaced : 0));
     }
     for (std::size_t i = 0; i < n; ++i)
-      if (flagged[i]) dead.index.push_back(i);
+      if (state[i] & kReplaced) dead.index.push_back(i);
   }
   if (!dead.index.empty()) {
     for (std::size_t i : dead.index) w(static_cast<Eigen::Index>(i)) = 0.0f;
     dead.var.assign(dead.index.size(), 0.0f);
-    clean_flagged(w, flagged, dead.index, &dead.var);
+    clean_flagged(w, state, dead.index, &dead.var);
   }
 
   res.psf = measure_psf_bound(data, variance, mask);
   PassInput in{w,
                      variance,
-                     eligible,
-                     cosmic,
+                     state,
                      false,
                      dead,
                      static_cast<float>(cfg.cosmic_sigclip),
@@ -1106,14 +1132,14 @@ CosmicResult detect_cosmics(const ImageArray& data, const ImageArray& variance, 
     }
     if (fresh.empty() && grown.empty()) break;
     res.npix += fresh.size() + grown.size();
-    for (std::size_t i : fresh) cosmic[i] = kHitConfirmed;
-    for (std::size_t i : grown) cosmic[i] = kHitGrown;
+    for (std::size_t i : fresh) state[i] = static_cast<std::uint8_t>((state[i] & ~kHit) | kHitConfirmed);
+    for (std::size_t i : grown) state[i] = static_cast<std::uint8_t>((state[i] & ~kHit) | kHitGrown);
     in.earlier_hits = in.earlier_hits || !fresh.empty();
     fresh.insert(fresh.end(), grown.begin(), grown.end());
     hits.insert(hits.end(), fresh.begin(), fresh.end());
-    for (std::size_t i : fresh) flagged[i] = 1;
+    for (std::size_t i : fresh) state[i] |= kReplaced;
     if (it + 1 == cfg.cosmic_niter) break;
-    clean_flagged(w, flagged, fresh);
+    clean_flagged(w, state, fresh);
     dirty.assign(static_cast<std::size_t>(nty * ntx), 0);
     for (std::size_t i : fresh) {
       const Eigen::Index y = static_cast<Eigen::Index>(i) / nx, x = static_cast<Eigen::Index>(i) % nx;

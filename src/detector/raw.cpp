@@ -21,16 +21,14 @@ bool is_integer_text(const std::string& s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
 }
 
+/// Takes the array by value, so that a caller that moves it in gets it back without a copy when
+/// the profile needs no transpose, and flipped in place otherwise.
 template <typename A>
-A orient(const A& a, const InstrumentProfile& p) {
-  A out;
-  if (p.dispersion_axis == 2)
-    out = a.transpose();
-  else
-    out = a;
-  if (p.flip_dispersion) out = out.rowwise().reverse().eval();
-  if (p.flip_spatial) out = out.colwise().reverse().eval();
-  return out;
+A orient(A a, const InstrumentProfile& p) {
+  if (p.dispersion_axis == 2) a = a.transpose().eval();
+  if (p.flip_dispersion) a.rowwise().reverseInPlace();
+  if (p.flip_spatial) a.colwise().reverseInPlace();
+  return a;
 }
 
 }  // namespace
@@ -234,6 +232,30 @@ OverscanResult measure_overscan(const ImageArray& raw, const Section& bs, const 
   return r;
 }
 
+namespace {
+
+/// One raw row of an amplifier to electrons, mask bits and amplifier index, written to dst[Step * x]
+/// (Step = -1: the amplifier reads the other way round). The overscan level is lev[0] for the row
+/// (PerRow) or lev[x] per column. Branch-free (a non-finite raw value gives NaN and BAD), so that
+/// it vectorises.
+template <int Step, bool PerRow>
+void convert_row(long n, const float* __restrict src, const float* __restrict lev, float gain, float sat,
+                 std::uint8_t ai, float* __restrict dst, MaskPixel* __restrict mdst, std::uint8_t* __restrict adst) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (long x = 0; x < n; ++x) {
+    const float v = src[x];
+    const bool finite = std::fabs(v) <= std::numeric_limits<float>::max();
+    const float level = PerRow ? lev[0] : lev[x];
+    const float e = (v - level) * gain;
+    const MaskPixel ms = v >= sat ? MaskPixel{kMaskSaturated} : MaskPixel{0};
+    dst[Step * x] = finite ? e : nan;
+    mdst[Step * x] = finite ? ms : MaskPixel{kMaskBad};
+    adst[Step * x] = ai;
+  }
+}
+
+}  // namespace
+
 DetectorFrame overscan_trim_gain(const RawFrame& raw, const InstrumentProfile& profile, const DetectorConfig& cfg) {
   DetectorFrame out;
   out.file = raw.file;
@@ -257,8 +279,12 @@ DetectorFrame overscan_trim_gain(const RawFrame& raw, const InstrumentProfile& p
   const int order = cfg.overscan_order >= 0 ? cfg.overscan_order : profile.overscan_order;
 
   ImageArray e(g.ny, g.nx);
-  MaskArray m = MaskArray::Zero(g.ny, g.nx);
+  MaskArray m(g.ny, g.nx);
   AmpIndexArray amp(g.ny, g.nx);
+  advise_huge_pages(e);
+  advise_huge_pages(m);
+  advise_huge_pages(amp);
+  m.setZero();
   for (std::size_t i = 0; i < g.amps.size(); ++i) {
     const AmplifierGeometry& a = g.amps[i];
     std::vector<double> model;
@@ -273,26 +299,25 @@ DetectorFrame overscan_trim_gain(const RawFrame& raw, const InstrumentProfile& p
     // A datasec/detsec written high-to-low means the amplifier reads the other way round.
     const bool fx = a.datasec.flip_x != a.detsec.flip_x, fy = a.datasec.flip_y != a.detsec.flip_y;
     const float gain = static_cast<float>(a.gain);
+    std::vector<float> level(model.size());
+    for (std::size_t k = 0; k < model.size(); ++k) level[k] = static_cast<float>(model[k]);
+    const long nxa = a.datasec.nx();
     for (long y = 0; y < a.datasec.ny(); ++y) {
       const long ry = a.datasec.y0 + y;
       const long dy = a.detsec.y0 + (fy ? a.datasec.ny() - 1 - y : y);
       const float* src = raw.data.data() + ry * raw.data.cols() + a.datasec.x0;
-      float* dst = e.data() + dy * g.nx;
-      MaskPixel* mdst = m.data() + dy * g.nx;
-      std::uint8_t* adst = amp.data() + dy * g.nx;
-      for (long x = 0; x < a.datasec.nx(); ++x) {
-        const long dx = a.detsec.x0 + (fx ? a.datasec.nx() - 1 - x : x);
-        const float v = src[x];
-        const float level = static_cast<float>(model[static_cast<std::size_t>(os.along_rows ? y : x)]);
-        adst[dx] = static_cast<std::uint8_t>(i);
-        if (!std::isfinite(v)) {
-          dst[dx] = std::numeric_limits<float>::quiet_NaN();
-          mdst[dx] = kMaskBad;
-          continue;
-        }
-        dst[dx] = (v - level) * gain;
-        mdst[dx] = v >= sat ? MaskPixel{kMaskSaturated} : MaskPixel{0};
-      }
+      const long dx0 = a.detsec.x0 + (fx ? nxa - 1 : 0);
+      float* dst = e.data() + dy * g.nx + dx0;
+      MaskPixel* mdst = m.data() + dy * g.nx + dx0;
+      std::uint8_t* adst = amp.data() + dy * g.nx + dx0;
+      const float* lev = level.data() + (os.along_rows ? y : 0);
+      const auto ai = static_cast<std::uint8_t>(i);
+      if (fx)
+        os.along_rows ? convert_row<-1, true>(nxa, src, lev, gain, sat, ai, dst, mdst, adst)
+                      : convert_row<-1, false>(nxa, src, lev, gain, sat, ai, dst, mdst, adst);
+      else
+        os.along_rows ? convert_row<1, true>(nxa, src, lev, gain, sat, ai, dst, mdst, adst)
+                      : convert_row<1, false>(nxa, src, lev, gain, sat, ai, dst, mdst, adst);
     }
   }
   for (long col : profile.bad_columns) {
@@ -302,9 +327,9 @@ DetectorFrame overscan_trim_gain(const RawFrame& raw, const InstrumentProfile& p
                       ErrorContext{.file = raw.file.string(), .keyword = "[detector] bad_columns"});
     for (long y = 0; y < g.ny; ++y) m(y, col - 1) |= kMaskBad;
   }
-  out.electrons = to_pipeline(e, profile);
-  out.mask = to_pipeline(m, profile);
-  out.amp = to_pipeline(amp, profile);
+  out.electrons = orient(std::move(e), profile);
+  out.mask = orient(std::move(m), profile);
+  out.amp = orient(std::move(amp), profile);
   return out;
 }
 

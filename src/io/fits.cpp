@@ -363,6 +363,7 @@ static Array read_image_as(Fits& self, fitsfile* f, const std::vector<long>& sha
   using T = typename Array::Scalar;
   Array a(shape[0], shape[1]);
   if (a.size() == 0) return a;
+  advise_huge_pages(a);
   int status = 0, anynul = 0;
   long fpixel[2] = {1, y0 + 1};
   T nulval;

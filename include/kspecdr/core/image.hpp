@@ -3,6 +3,7 @@
 // on row-major Eigen arrays (like FITS: row = y, column = x), with its unit
 // and header. Inside the pipeline the dispersion axis runs along x.
 #include <Eigen/Core>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -14,6 +15,17 @@ namespace kspecdr {
 using ImageArray = Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ImageArrayD = Eigen::Array<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MaskArray = Eigen::Array<MaskPixel, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// Asks the kernel to back the memory of a large array with huge pages, before its first touch:
+/// the first touch of a fresh 4096² float array costs 16384 page faults with 4 kB pages (about
+/// 0.2 s on a virtual machine), 32 with 2 MB pages. Only a hint (Linux transparent huge pages in
+/// "madvise" or "always" mode); a no-op elsewhere and for arrays under 4 MB. The values are not
+/// touched.
+void advise_huge_pages(void* data, std::size_t bytes);
+template <typename Array>
+void advise_huge_pages(Array& a) {
+  advise_huge_pages(a.data(), sizeof(typename Array::Scalar) * static_cast<std::size_t>(a.size()));
+}
 
 struct Image {
   ImageArray data;      ///< pixel values in `unit`
