@@ -438,7 +438,8 @@ Dims Group::dims(const std::string& name) const { return open_dataset(name).dims
 // ------------------------------------------------------------------ Group: datasets for slab I/O
 
 template <Element T>
-Dataset Group::create_dataset(const std::string& name, const Dims& dims, const Dims& maxdims, const Dims& chunk) {
+Dataset Group::create_dataset(const std::string& name, const Dims& dims, const Dims& maxdims, const Dims& chunk,
+                              bool fill) {
   const std::string object = join(path_, name);
   if (!maxdims.empty() && maxdims.size() != dims.size())
     fail("create dataset", file_, object, fmt::format("maxdims has {} entries for {} dims", maxdims.size(), dims.size()));
@@ -452,6 +453,7 @@ Dataset Group::create_dataset(const std::string& name, const Dims& dims, const D
   check(H5Pset_obj_track_times(dcpl.id(), false), "disable time tracking", file_, object);
   if (!chunk.empty())
     check(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()), "set chunking", file_, object);
+  if (!fill) check(H5Pset_fill_time(dcpl.id(), H5D_FILL_TIME_NEVER), "set fill time", file_, object);
   Handle lcpl = link_plist(file_, object);
   return Dataset(own(H5Dcreate2(id(), name.c_str(), native_type<T>(), space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT),
                      H5Dclose, "create dataset", file_, object),
@@ -561,7 +563,7 @@ std::string Dataset::attr_string(const std::string& name) const { return read_at
   template std::vector<T> Group::read<T>(const std::string&, Dims*) const;                                         \
   template Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Group::read_array<T>(const std::string&) \
       const;                                                                                                       \
-  template Dataset Group::create_dataset<T>(const std::string&, const Dims&, const Dims&, const Dims&);             \
+  template Dataset Group::create_dataset<T>(const std::string&, const Dims&, const Dims&, const Dims&, bool);             \
   template void Dataset::write_slab<T>(const T*, const Dims&, const Dims&, bool);                                  \
   template void Dataset::read_slab<T>(T*, const Dims&, const Dims&) const;
 

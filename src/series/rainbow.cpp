@@ -238,6 +238,9 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
       std::vector<h5::Dataset> flux, time;
       h5::Dataset flux_ok, time_ok;
     };
+    // Every element of the series' datasets is written below (the ranks' blocks cover all exposures), so the
+    // chunks are not filled first.
+    constexpr bool kFill = false;
     std::vector<Star> stars;
     std::vector<std::string> names;
     for (const auto& e : set.exposures) names.push_back(e.name);
@@ -262,17 +265,18 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
       wd.set_attr("medium", lay.medium);
       for (const auto& it : kFlux) {
         s.flux.push_back(s.g.create_dataset<float>(std::string("fluxlike/") + it.name, {nwave, ntime},
-                                                   {nwave, H5S_UNLIMITED}, {nwave, k}));
+                                                   {nwave, H5S_UNLIMITED}, {nwave, k}, kFill));
         s.flux.back().set_attr("units", flux_unit(it, flux_calibrated));
       }
-      s.flux_ok = s.g.create_dataset<std::uint8_t>("fluxlike/ok", {nwave, ntime}, {nwave, H5S_UNLIMITED}, {nwave, k});
+      s.flux_ok =
+          s.g.create_dataset<std::uint8_t>("fluxlike/ok", {nwave, ntime}, {nwave, H5S_UNLIMITED}, {nwave, k}, kFill);
       s.flux_ok.set_attr("units", "");
       for (std::size_t t = 0; t < kNTime; ++t) {
-        s.time.push_back(s.g.create_dataset<double>(std::string("timelike/") + kTime[t], {ntime}, {H5S_UNLIMITED}, {k}));
+        s.time.push_back(s.g.create_dataset<double>(std::string("timelike/") + kTime[t], {ntime}, {H5S_UNLIMITED}, {k}, kFill));
         s.time.back().set_attr("units", kTimeUnits[t]);
       }
       s.time.front().set_attr("scale", "BJD_TDB (Julian Date, barycentric, TDB)");
-      s.time_ok = s.g.create_dataset<std::uint8_t>("timelike/ok", {ntime}, {H5S_UNLIMITED}, {k});
+      s.time_ok = s.g.create_dataset<std::uint8_t>("timelike/ok", {ntime}, {H5S_UNLIMITED}, {k}, kFill);
       s.time_ok.set_attr("units", "");
       stars.push_back(std::move(s));
     }

@@ -117,10 +117,13 @@ class Group {
 
   // ---- datasets for parallel, extendible writing
   /// Creates a dataset (fails if the name exists); with `maxdims` entries of H5S_UNLIMITED
-  /// it can grow; `chunk` is required then.
+  /// it can grow; `chunk` is required then. `fill` false: the storage is never filled with the fill
+  /// value, for a dataset whose every element will be written (in a parallel file the chunks are
+  /// allocated at creation, and filling them writes the whole dataset once more); an element left
+  /// unwritten then reads as whatever the file held.
   template <Element T>
   Dataset create_dataset(const std::string& name, const Dims& dims, const Dims& maxdims = {},
-                         const Dims& chunk = {});
+                         const Dims& chunk = {}, bool fill = true);
   Dataset open_dataset(const std::string& name) const;
 
   // ---- attributes on this group (set_attr replaces an existing attribute;
