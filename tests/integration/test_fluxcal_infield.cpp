@@ -18,7 +18,6 @@
 // One process, one rank (MPI initialised by a test environment).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
-#include <hdf5.h>
 
 #include <Eigen/Dense>
 
@@ -31,7 +30,6 @@
 #include <iostream>
 #include <map>
 #include <memory>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -223,88 +221,13 @@ TrueCal true_cal(const Night& n, const fluxcal::ExposureCalibration& ex) {
 // ---- fluxcal_cal.h5 against its format table (fluxcal::infield_cal_format()): every item without a condition in
 // the file, every numeric dataset with the table's type and `units`, and nothing the table does not list. Items
 // with a condition are collected in `seen_conditional` (a test writing several files checks they all occur).
-struct H5Seen {
-  std::string path, name, type, unit;
-  io::FormatItem::Kind kind;
-};
-
-std::string h5_type_name(hid_t type) {
-  const auto size = H5Tget_size(type);
-  switch (H5Tget_class(type)) {
-    case H5T_FLOAT: return size == 4 ? "float32" : size == 8 ? "float64" : "float?";
-    case H5T_INTEGER:
-      if (size == 1 && H5Tget_sign(type) == H5T_SGN_NONE) return "uint8";
-      return size == 8 ? "int64" : "int" + std::to_string(8 * size);
-    case H5T_STRING: return "string";
-    default: return "?";
-  }
-}
-
-herr_t collect_attr_name(hid_t, const char* name, const H5A_info_t*, void* data) {
-  static_cast<std::vector<std::string>*>(data)->push_back(name);
-  return 0;
-}
-
-void walk_h5(hid_t file, const h5::Group& g, const std::string& prefix, std::vector<H5Seen>& out) {
-  auto attrs = [&](hid_t obj, const std::string& path) {
-    std::vector<std::string> names;
-    H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attr_name, &names);
-    for (const auto& a : names) {
-      const hid_t at = H5Aopen(obj, a.c_str(), H5P_DEFAULT);
-      const hid_t ty = H5Aget_type(at);
-      out.push_back({path, a, h5_type_name(ty), "", io::FormatItem::Kind::Attribute});
-      H5Tclose(ty);
-      H5Aclose(at);
-    }
-  };
-  for (const auto& m : g.members()) {
-    const std::string path = prefix.empty() ? m : prefix + "/" + m;
-    const hid_t o = H5Oopen(file, path.c_str(), H5P_DEFAULT);
-    ASSERT_GE(o, 0) << path;
-    attrs(o, path);
-    if (H5Iget_type(o) == H5I_DATASET) {
-      const hid_t ty = H5Dget_type(o);
-      const h5::Dataset d = g.open_dataset(m);
-      const std::string unit = d.has_attr("units") ? d.attr_string("units") : std::string("(none)");
-      out.push_back({prefix, m, h5_type_name(ty), unit, io::FormatItem::Kind::Dataset});
-      H5Tclose(ty);
-      H5Oclose(o);
-    } else {
-      H5Oclose(o);
-      walk_h5(file, g.open_group(m), path, out);
-    }
-  }
-}
-
-/// HDF5 path patterns of the format tables: <placeholder> = one or more components, '*' = one.
-bool path_matches(const std::string& pattern, const std::string& path) {
-  std::string re;
-  for (std::size_t i = 0; i < pattern.size();) {
-    if (pattern[i] == '<') {
-      i = pattern.find('>', i) + 1;
-      re += ".+";
-    } else if (pattern[i] == '*') {
-      re += "[^/]+";
-      ++i;
-    } else {
-      if (std::string(R"(\^$.|?+()[]{})").find(pattern[i]) != std::string::npos) re += '\\';
-      re += pattern[i++];
-    }
-  }
-  return std::regex_match(path, std::regex(re));
-}
-
 void check_cal_file_layout(const fs::path& file, std::set<std::string>& seen_conditional) {
   SCOPED_TRACE(file.string());
-  std::vector<H5Seen> seen;
-  {
-    const h5::File f = h5::File::open(file);
-    walk_h5(f.root().id(), f.root(), "", seen);
-  }
+  const std::vector<kspecdr::testing::H5Item> seen = kspecdr::testing::h5_items(file, /*root_attributes=*/false);
   ASSERT_FALSE(seen.empty());
   const auto& table = fluxcal::infield_cal_format();
-  auto matches = [](const io::FormatItem& it, const H5Seen& s) {
-    return it.kind == s.kind && it.name == s.name && path_matches(it.hdu, s.path);
+  auto matches = [](const io::FormatItem& it, const kspecdr::testing::H5Item& s) {
+    return it.kind == s.kind && it.name == s.name && kspecdr::testing::h5_path_matches(it.hdu, s.path);
   };
   for (const auto& it : table) {
     bool here = false;

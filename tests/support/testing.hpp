@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "kspecdr/io/format.hpp"
+
 namespace kspecdr::testing {
 
 /// A fresh folder under the system temp dir, removed with the object.
@@ -37,6 +39,19 @@ PullStats pull_stats(const std::vector<double>& pulls);
 
 /// Runs a shell command, returns its exit code; stdout+stderr go to `output` when given.
 int run_command(const std::string& cmd, std::string* output = nullptr);
+
+/// One attribute or dataset of an HDF5 file, named as the format tables name it: `path` is the group of a dataset
+/// ("" at the top) or the object an attribute sits on ("/" for the root group's), `type` the stored type
+/// (float32, float64, uint8, int32, int64, string), `unit` a dataset's `units` attribute ("(none)" without one;
+/// "" for attributes).
+struct H5Item {
+  std::string path, name, type, unit;
+  io::FormatItem::Kind kind;
+};
+/// Every attribute and dataset of an HDF5 file, the root group's attributes included when asked.
+std::vector<H5Item> h5_items(const std::filesystem::path& file, bool root_attributes);
+/// HDF5 path patterns of the format tables: <placeholder> = one or more components, '*' = one component.
+bool h5_path_matches(const std::string& pattern, const std::string& path);
 
 }  // namespace kspecdr::testing
 

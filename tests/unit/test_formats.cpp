@@ -9,7 +9,6 @@
 //       kind, name, type and unit), so neither the files nor the document can drift from the code.
 // One process, one rank: MPI is initialised by a test environment.
 #include <gtest/gtest.h>
-#include <hdf5.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -84,22 +83,6 @@ bool fits_name_matches(const std::string& pattern, const std::string& name) {
   return std::regex_match(name, std::regex(re));
 }
 
-/// HDF5 paths: <placeholder> = one or more components, '*' = one component.
-bool h5_path_matches(const std::string& pattern, const std::string& path) {
-  std::string re;
-  for (std::size_t i = 0; i < pattern.size();) {
-    if (pattern[i] == '<') {
-      i = pattern.find('>', i) + 1;
-      re += ".+";
-    } else if (pattern[i] == '*') {
-      re += "[^/]+";
-      ++i;
-    } else {
-      re += regex_escape(pattern[i++]);
-    }
-  }
-  return std::regex_match(path, std::regex(re));
-}
 
 std::string item_id(const Product& p, const FormatItem& it) { return p.key + " " + it.hdu + " " + it.name; }
 
@@ -148,65 +131,10 @@ std::vector<Seen> read_fits(const fs::path& path) {
   return out;
 }
 
-std::string h5_type(hid_t type) {
-  const auto size = H5Tget_size(type);
-  switch (H5Tget_class(type)) {
-    case H5T_FLOAT: return size == 4 ? "float32" : size == 8 ? "float64" : "float?";
-    case H5T_INTEGER:
-      if (size == 1 && H5Tget_sign(type) == H5T_SGN_NONE) return "uint8";
-      return size == 8 ? "int64" : "int" + std::to_string(8 * size);
-    case H5T_STRING: return "string";
-    default: return "?";
-  }
-}
-
-herr_t collect_attr(hid_t, const char* name, const H5A_info_t*, void* data) {
-  static_cast<std::vector<std::string>*>(data)->push_back(name);
-  return 0;
-}
-
-void walk_h5(hid_t file, const h5::Group& g, const std::string& prefix, std::vector<Seen>& out) {
-  auto attrs = [&](hid_t obj, const std::string& path) {
-    std::vector<std::string> names;
-    H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attr, &names);
-    for (const auto& a : names) {
-      const hid_t at = H5Aopen(obj, a.c_str(), H5P_DEFAULT);
-      const hid_t ty = H5Aget_type(at);
-      out.push_back({path, a, h5_type(ty), "", K::Attribute});
-      H5Tclose(ty);
-      H5Aclose(at);
-    }
-  };
-  if (prefix.empty()) {
-    const hid_t root = H5Oopen(file, ".", H5P_DEFAULT);
-    attrs(root, "/");
-    H5Oclose(root);
-  }
-  for (const auto& m : g.members()) {
-    const std::string path = prefix.empty() ? m : prefix + "/" + m;
-    const hid_t o = H5Oopen(file, path.c_str(), H5P_DEFAULT);
-    ASSERT_GE(o, 0) << path;
-    attrs(o, path);
-    if (H5Iget_type(o) == H5I_DATASET) {
-      const hid_t ty = H5Dget_type(o);
-      const h5::Dataset d = g.open_dataset(m);
-      const std::string unit = d.has_attr("units") ? d.attr_string("units") : std::string("(none)");
-      const auto slash = path.rfind('/');
-      out.push_back({slash == std::string::npos ? "" : path.substr(0, slash), m, h5_type(ty), unit, K::Dataset});
-      H5Tclose(ty);
-      H5Oclose(o);
-    } else {
-      H5Oclose(o);
-      walk_h5(file, g.open_group(m), path, out);
-    }
-  }
-}
-
 std::vector<Seen> read_h5(const fs::path& path) {
   std::vector<Seen> out;
-  const h5::File f = h5::File::open(path);
-  const h5::Group& root = f.root();
-  walk_h5(root.id(), root, "", out);
+  for (auto& it : kspecdr::testing::h5_items(path, /*root_attributes=*/true))
+    out.push_back({std::move(it.path), std::move(it.name), std::move(it.type), std::move(it.unit), it.kind});
   return out;
 }
 
@@ -229,7 +157,7 @@ std::vector<Seen> read_ecsv(const fs::path& path) {
 bool matches(const Product& p, const FormatItem& it, const Seen& s) {
   if (it.kind != s.kind) return false;
   if (p.kind == FileKind::Hdf5) {
-    return h5_path_matches(it.hdu, s.hdu) && it.name == s.name;
+    return kspecdr::testing::h5_path_matches(it.hdu, s.hdu) && it.name == s.name;
   }
   return it.hdu == s.hdu && (it.kind == K::Image || fits_name_matches(it.name, s.name));
 }
