@@ -10,7 +10,8 @@ airmass 0; docs/formats.md, infield_cal_format()) and <run>.fcal.fits. One expos
 the first). Writes:
   <prefix>cal.png        Cal(λ) of every star and the combined vector (and h c / (λ A_eff G) from the truth,
                          G the geometric mean of the true fiber throughputs of the stars used)
-  <prefix>stars.png      each star's fractional residual from the combined curve, Cal_s / (a_s Cal) − 1,
+  <prefix>stars.png      each star's fractional residual from the combined curve, Cal_s / (a_s Cal) − 1, with
+                         ± the rms scatter across the used stars per pixel that fluxcal writes (rms_frac),
                          a_s the star's grey factor of the combination (attribute `factor`)
   <prefix>fit.png        each star's template fit over its data: the written `model` (the fitted model × scale,
                          convolved, RV-shifted and resampled on the RED pixels, above the atmosphere: the F_model
@@ -49,6 +50,7 @@ def read_exposure(path, run):
         ex = read_vec(g)
         for a in ("run", "exposure_airmass", "exptime_s", "rms"):
             ex[a] = g.attrs[a]
+        ex["rms_frac"] = g["rms_frac"][:] if "rms_frac" in g else None
         ex["run"] = ex["run"].decode() if isinstance(ex["run"], bytes) else str(ex["run"])
         stars = []
         for k in sorted(g.get("stars", {})):
@@ -139,6 +141,9 @@ def main():
         ax.plot(s["lam"], r, lw=0.3, alpha=0.7,
                 label=f"{label[s['fiber']]}: median |r| {100 * np.nanmedian(np.abs(r)):.2f} %")
     ax.axhline(0, color="k", lw=0.5)
+    if ex["rms_frac"] is not None:  # the QC the combination wrote: the stars' rms scatter per pixel
+        ax.plot(lam, ex["rms_frac"], "k", lw=0.6, label="± rms across the used stars (rms_frac)")
+        ax.plot(lam, -ex["rms_frac"], "k", lw=0.6)
     ax.set_ylim(-0.05, 0.05)
     ax.set_ylabel("Cal$_s$ / (a$_s$ Cal) − 1")
     ax.set_title(f"{run}: each star against the combined curve (FCALRMS {100 * ex['rms']:.2f} %)", fontsize=9)

@@ -388,8 +388,8 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
 
   // ---- 5. The root gates and combines; the result is broadcast.
   std::string error;
-  std::vector<double> combined;  // cal, variance, good (nw each), rms, n_stars, level_rel_var, then per star: factor,
-                                 // log_level, rejected
+  std::vector<double> combined;  // cal, variance, good, rms_frac (nw each), rms, n_stars, level_rel_var, then per
+                                 // star: factor, log_level, rejected
   std::string qc_reasons;        // per star, '\n'-separated
   if (comm.is_root()) {
     try {
@@ -407,6 +407,7 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
       combined = cc.cal;
       combined.insert(combined.end(), cc.variance.begin(), cc.variance.end());
       for (auto g : cc.good) combined.push_back(g);
+      combined.insert(combined.end(), cc.rms_frac.begin(), cc.rms_frac.end());
       combined.push_back(cc.rms_median);
       combined.push_back(cc.n_stars);
       combined.push_back(cc.level_rel_var);
@@ -427,7 +428,7 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
     reason_lines.push_back(qc_reasons.substr(pos, nl - pos));
     pos = nl + 1;
   }
-  const std::size_t off = error.empty() ? 3 * nw + 3 : 0;
+  const std::size_t off = error.empty() ? 4 * nw + 3 : 0;
   if (combined.size() == off + 3 * star_cals.size() && reason_lines.size() == star_cals.size()) {
     for (std::size_t c = 0; c < star_cals.size(); ++c) {
       StarResult& s = ex.stars[star_of_cal[c]];
@@ -450,9 +451,11 @@ ExposureCalibration calibrate_exposure(const wavecal::RedSpectra& red, const std
   for (std::size_t j = 0; j < nw; ++j) ex.cal.good[j] = combined[2 * nw + j] != 0.0 ? 1 : 0;
   ex.cal.airmass = 0.0;
   ex.cal.source = run + " in-field";
-  ex.rms = combined[3 * nw];
-  ex.n_used = static_cast<int>(combined[3 * nw + 1]);
-  ex.level_rel_err = std::sqrt(combined[3 * nw + 2]);
+  ex.rms_frac.assign(combined.begin() + static_cast<std::ptrdiff_t>(3 * nw),
+                     combined.begin() + static_cast<std::ptrdiff_t>(4 * nw));
+  ex.rms = combined[4 * nw];
+  ex.n_used = static_cast<int>(combined[4 * nw + 1]);
+  ex.level_rel_err = std::sqrt(combined[4 * nw + 2]);
   return ex;
 }
 
@@ -552,6 +555,7 @@ void write_infield_cal_file(const fs::path& path, const InFieldResult& r, bool o
         std::vector<double> fwhm;
         for (double l : e.cal.wavelength_angstrom) fwhm.push_back(e.resolution.fwhm(l));
         write_with_unit(g, "fwhm", fwhm, "Angstrom");
+        if (e.rms_frac.size() == e.cal.size()) write_with_unit(g, "rms_frac", e.rms_frac, "");
       }
       g.set_attr("applied", e.applied);
       g.set_attr("error", e.error);
@@ -603,6 +607,10 @@ const std::vector<io::FormatItem>& infield_cal_format() {
     ea("error", "string", "why no vector was formed ('' when one was)");
     v.push_back({ex, K::Dataset, "fwhm", "float64", "Angstrom", "instrument FWHM the template fit used, per pixel",
                  cal_when});
+    v.push_back({ex, K::Dataset, "rms_frac", "float64", "",
+                 "QC: rms fractional scatter of the used stars about the combined vector per pixel, "
+                 "Cal_s / (a_s Cal) - 1 (NaN with fewer than two stars)",
+                 "when a vector was formed from the exposure's own stars"});
     const std::string st = "exposures/*/stars/*";
     const std::string sw = "per star that gave a vector (used or rejected by the gates)";
     vec(st, "");

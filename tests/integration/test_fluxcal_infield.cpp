@@ -526,6 +526,50 @@ TEST_F(InField, WrittenDiagnosticsAgreeWithTheFitAndTheTruth) {
     const auto& ex = result.exposures[i];
     const h5::Group eg = f.root().open_group(fmt::format("exposures/{:03d}", i));
     EXPECT_EQ(eg.attr_string("run"), ex.run);
+    {
+      // QC rms_frac(λ): the used stars' fractional scatter about the combined vector, recomputed from the file's
+      // own vectors and grey factors. It agrees wherever no star was clipped at the pixel (the file does not say
+      // where that happened), and its median is the exposure's FCALRMS.
+      const auto cal = eg.read<double>("cal"), rms = eg.read<double>("rms_frac");
+      const auto good = eg.read<std::uint8_t>("good");
+      ASSERT_EQ(rms.size(), cal.size());
+      std::vector<std::vector<double>> star_cal;
+      std::vector<std::vector<std::uint8_t>> star_good;
+      std::vector<double> factor;
+      for (std::size_t k = 0; k < ex.stars.size(); ++k) {
+        const std::string gname = fmt::format("stars/{:03d}", k);
+        if (!eg.exists(gname) || eg.open_group(gname).attr_double("used") != 1.0) continue;
+        const h5::Group sg = eg.open_group(gname);
+        star_cal.push_back(sg.read<double>("cal"));
+        star_good.push_back(sg.read<std::uint8_t>("good"));
+        factor.push_back(sg.attr_double("factor"));
+      }
+      std::size_t finite = 0, agree = 0;
+      std::vector<double> finite_rms;
+      for (std::size_t j = 0; j < cal.size(); ++j) {
+        if (!std::isfinite(rms[j])) continue;
+        ++finite;
+        finite_rms.push_back(rms[j]);
+        EXPECT_TRUE(good[j]) << "rms_frac at a masked pixel " << j;
+        double ss = 0;
+        int k = 0;
+        for (std::size_t q = 0; q < star_cal.size(); ++q)
+          if (star_good[q][j]) {
+            const double d = star_cal[q][j] / factor[q] / cal[j] - 1.0;
+            ss += d * d;
+            ++k;
+          }
+        if (k >= 2 && std::abs(std::sqrt(ss / k) - rms[j]) <= 1e-9 * rms[j]) ++agree;
+      }
+      ASSERT_GT(finite, cal.size() / 2) << ex.run;
+      EXPECT_GE(static_cast<double>(agree), 0.9 * static_cast<double>(finite)) << ex.run;
+      std::sort(finite_rms.begin(), finite_rms.end());
+      const std::size_t m = finite_rms.size();
+      const double median = m % 2 ? finite_rms[m / 2] : 0.5 * (finite_rms[m / 2 - 1] + finite_rms[m / 2]);
+      EXPECT_NEAR(median, eg.attr_double("rms"), 1e-12) << ex.run;
+      std::cout << ex.run << ": rms_frac recomputed at " << agree << " of " << finite << " pixels, median "
+                << median << "\n";
+    }
     const auto red = wavecal::read_red_file(ex.input);
     for (std::size_t k = 0; k < ex.stars.size(); ++k) {
       const auto& s = ex.stars[k];

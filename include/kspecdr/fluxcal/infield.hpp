@@ -102,6 +102,9 @@ struct ExposureCalibration {
   std::vector<StarResult> stars;
   CalVector cal;                  ///< combined, airmass 0 (empty when none could be formed)
   double rms = CalVector::kNaN;   ///< median fractional rms of the stars about it
+  /// Per pixel the rms fractional scatter of the used stars about the combined vector, cal_s / (a_s cal) − 1
+  /// over the stars kept at that pixel (NaN where fewer than two; empty when no vector was formed).
+  std::vector<double> rms_frac;
   /// Fractional σ of the vector's overall level, fully correlated across λ (part of `cal.variance`): the
   /// photometric scales of the stars used.
   double level_rel_err = CalVector::kNaN;
