@@ -17,6 +17,7 @@
 #include "kspecdr/detector/stats.hpp"
 #include "kspecdr/io/atomic.hpp"
 #include "kspecdr/io/fits.hpp"
+#include "kspecdr/parallel/bands.hpp"
 
 namespace kspecdr::detector {
 namespace fs = std::filesystem;
@@ -129,22 +130,8 @@ LoadedStack load_stack_all(const std::vector<fs::path>& files, const InstrumentP
   return s;
 }
 
-/// Rows [begin, end) of this rank's band (all rows without `comm`).
-std::pair<Eigen::Index, Eigen::Index> my_band(Eigen::Index ny, const mpi::Comm* comm) {
-  if (!comm) return {0, ny};
-  return {static_cast<Eigen::Index>(comm->band_begin(ny, comm->rank())),
-          static_cast<Eigen::Index>(comm->band_begin(ny, comm->rank() + 1))};
-}
-
-/// Copies a band (rows [y0, y0 + band.rows())) into a whole-frame array and gathers the other ranks' bands.
-template <typename A>
-A gather_band(const A& band, Eigen::Index y0, Eigen::Index ny, const mpi::Comm* comm) {
-  if (!comm) return band;
-  A full(ny, band.cols());
-  if (band.rows() > 0) full.middleRows(y0, band.rows()) = band;
-  comm->allgather_row_bands(full.data(), ny, static_cast<long long>(band.cols() * sizeof(typename A::Scalar)));
-  return full;
-}
+using mpi::gather_band;
+using mpi::my_band;
 
 double median_of(std::vector<double>& v, const mpi::Comm* comm) {
   return comm ? comm->median(v) : median_inplace(v);

@@ -593,9 +593,11 @@ const std::vector<io::FormatItem>& infield_cal_format() {
     };
     const std::string ex = "exposures/*";
     vec(ex, cal_when);
-    auto ea = [&](const char* name, const char* type, const char* what) {
-      v.push_back({ex, K::Attribute, name, type, "", what, ""});
+    // An attribute of the groups `g` that is always there.
+    auto attr = [&](const std::string& g, const char* name, const char* type, const char* what) {
+      v.push_back({g, K::Attribute, name, type, "", what, ""});
     };
+    auto ea = [&](const char* name, const char* type, const char* what) { attr(ex, name, type, what); };
     ea("run", "string", "exposure name");
     ea("exposure_airmass", "float64", "airmass of the exposure");
     ea("exptime_s", "float64", "exposure time in s");
@@ -612,11 +614,8 @@ const std::vector<io::FormatItem>& infield_cal_format() {
                  "Cal_s / (a_s Cal) - 1 (NaN with fewer than two stars)",
                  "when a vector was formed from the exposure's own stars"});
     const std::string st = "exposures/*/stars/*";
-    const std::string sw = "per star that gave a vector (used or rejected by the gates)";
     vec(st, "");
-    auto sa = [&](const char* name, const char* type, const char* what) {
-      v.push_back({st, K::Attribute, name, type, "", what, ""});
-    };
+    auto sa = [&](const char* name, const char* type, const char* what) { attr(st, name, type, what); };
     sa("fiber", "string", "fiber (aperture) name");
     sa("name", "string", "catalog name of the star");
     sa("used", "float64", "1 = used in the combination, 0 = rejected");
@@ -653,9 +652,7 @@ const std::vector<io::FormatItem>& infield_cal_format() {
     pd("residual_mag", "float64", "mag", "mag_ab_synth - mag_ab (NaN for a band not used)");
     pd("used", "uint8", "", "1 = the band set the scale");
     pd("note", "string", "", "why a band was not used ('' when used)");
-    auto pa = [&](const char* name, const char* type, const char* what) {
-      v.push_back({ph, K::Attribute, name, type, "", what, ""});
-    };
+    auto pa = [&](const char* name, const char* type, const char* what) { attr(ph, name, type, what); };
     pa("offset_mag", "float64", "weighted mean of mag_ab - synthetic(unscaled) in mag: scale = 10^(-0.4 offset_mag)");
     pa("offset_err_mag", "float64", "its uncertainty in mag");
     pa("chi2", "float64", "chi2 of the used bands' residuals");

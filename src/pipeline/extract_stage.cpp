@@ -5,6 +5,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <tuple>
 
 #include "kspecdr/core/error.hpp"
 #include "kspecdr/core/section.hpp"
@@ -14,6 +15,7 @@
 #include "kspecdr/extract/sky.hpp"
 #include "kspecdr/io/apertures.hpp"
 #include "kspecdr/io/fits.hpp"
+#include "kspecdr/parallel/bands.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 #include "kspecdr/trace/trace.hpp"
 
@@ -110,7 +112,7 @@ Image mean_science_image(const std::vector<Image>& science) {
 Image mean_science_image(const std::vector<fs::path>& files, const mpi::Comm* comm) {
   if (files.empty()) throw DataError("slit mode needs at least one science frame to find the stars");
   std::vector<long> shape0;
-  long y0 = 0, y1 = 0;
+  Eigen::Index y0 = 0, y1 = 0;
   GoodMean m;
   auto read_all = [&] {
     for (const auto& f : files) {
@@ -121,8 +123,7 @@ Image mean_science_image(const std::vector<fs::path>& files, const mpi::Comm* co
           h.move_to(h.first_image_hdu());
           shape0 = h.image_shape();
           if (shape0.size() != 2) throw DataError("the science IM holds no 2-dimensional image");
-          y0 = comm ? static_cast<long>(comm->band_begin(shape0[0], comm->rank())) : 0;
-          y1 = comm ? static_cast<long>(comm->band_begin(shape0[0], comm->rank() + 1)) : shape0[0];
+          std::tie(y0, y1) = mpi::my_band(shape0[0], comm);
         }
         Image band = fits::read_image_rows(f, y0, y1, &shape);
         if (shape != shape0) throw shape_mismatch(shape.at(0), shape.at(1), shape0[0], shape0[1]);
@@ -137,16 +138,10 @@ Image mean_science_image(const std::vector<fs::path>& files, const mpi::Comm* co
   else read_all();
   if (m.weight.size() == 0) m.add(Image(y1 - y0, shape0[1]));  // an empty band: nothing good
   m.finish();
-  if (!comm) return std::move(m.sum);
-  Image mean(shape0[0], shape0[1]);
-  auto gather = [&](auto& full, const auto& band) {
-    using Scalar = typename std::remove_reference_t<decltype(full)>::Scalar;
-    if (band.rows() > 0) full.middleRows(y0, band.rows()) = band;
-    comm->allgather_row_bands(full.data(), shape0[0], static_cast<long long>(shape0[1] * sizeof(Scalar)));
-  };
-  gather(mean.data, m.sum.data);
-  gather(mean.variance, m.sum.variance);
-  gather(mean.mask, m.sum.mask);
+  Image mean;
+  mean.data = mpi::gather_band(m.sum.data, y0, shape0[0], comm);
+  mean.variance = mpi::gather_band(m.sum.variance, y0, shape0[0], comm);
+  mean.mask = mpi::gather_band(m.sum.mask, y0, shape0[0], comm);
   return mean;
 }
 
