@@ -681,6 +681,15 @@ Image read_image_hdus(const fs::path& path, const std::pair<long, long>* rows, s
   if (shape) *shape = f.image_shape();
   auto floats = [&] { return rows ? f.read_rows_float(rows->first, rows->second) : f.read_image_float(); };
   im.data = floats();
+  // A file cut at an HDU boundary opens cleanly: the writer's NEXTEND tells that extensions are missing.
+  if (const auto next = primary.get_int("NEXTEND"); next && f.num_hdus() < *next + 1 &&
+                                                    (!f.has_hdu("VARIANCE") || !f.has_hdu("MASK")))
+    throw DataError(fmt::format("{}: NEXTEND = {} in the primary header but the file has {} extension(s) and lacks "
+                                "its {}: the file is truncated; re-create it (e.g. re-run the stage with "
+                                "--overwrite)",
+                                path.string(), *next, f.num_hdus() - 1,
+                                f.has_hdu("VARIANCE") ? "MASK" : "VARIANCE"),
+                    ErrorContext{.file = path.string()});
   if (f.has_hdu("VARIANCE")) {
     f.move_to("VARIANCE");
     im.variance = floats();
@@ -721,9 +730,10 @@ Header mask_header() {
   return hm;
 }
 
-void write_image_hdus(Fits& f, const Image& im) {
+void write_image_hdus(Fits& f, const Image& im, int n_extra) {
   Header h = im.header;
   if (!im.unit.empty()) h.set("BUNIT", im.unit, "unit of the data");
+  h.set("NEXTEND", 2 + n_extra, "number of extensions (VARIANCE, MASK, then any others)");
   f.write_image(im.data, h, "");
   f.write_checksum();
   Header hv;
@@ -740,7 +750,7 @@ void write_image_file(const fs::path& path, const Image& im, bool overwrite,
   io::AtomicOutput out(path, overwrite);
   {
     Fits f = Fits::create(out.temp_path());
-    write_image_hdus(f, im);
+    write_image_hdus(f, im, static_cast<int>(extra.size()));
     for (const auto& [name, arr] : extra) {
       f.write_image(*arr, Header{}, name);
       f.write_checksum();

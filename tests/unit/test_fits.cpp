@@ -141,6 +141,23 @@ TEST(Fits, MissingTruncatedAndCorruptFilesGiveClearErrors) {
     std::ofstream out(dir / "cut.fits", std::ios::binary);
     out.write(bytes.data(), 2880 + 4000);  // header + part of the data
   }
+  // Cut at an HDU boundary (VARIANCE and MASK gone): opens cleanly, but is refused by name, not read
+  // as an image without variance.
+  const std::size_t variance_at = bytes.find("XTENSION=");
+  const std::size_t mask_at = bytes.rfind("XTENSION=", bytes.find("EXTNAME = 'MASK"));
+  for (const std::size_t cut_at : {variance_at, mask_at}) {
+    ASSERT_NE(cut_at, std::string::npos);
+    ASSERT_EQ(cut_at % 2880, 0u);
+    { std::ofstream(dir / "hdu_cut.fits", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(cut_at)); }
+    try {
+      (void)fits::read_image_file(dir / "hdu_cut.fits");
+      ADD_FAILURE() << "a file cut at byte " << cut_at << " (an HDU boundary) was read";
+    } catch (const DataError& e) {
+      EXPECT_EQ(e.context().file, (dir / "hdu_cut.fits").string());
+      EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(cut_at == variance_at ? "VARIANCE" : "MASK"), std::string::npos) << e.what();
+    }
+  }
   fits::Fits cut = fits::Fits::open(dir / "cut.fits");
   EXPECT_THROW(cut.check_last_pixel(), FitsError);
   EXPECT_THROW(cut.read_image_float(), FitsError);

@@ -128,15 +128,17 @@ class Fits {
 };
 
 /// Reads an IM-style file: primary (or first image HDU) data, and VARIANCE and MASK when present.
-/// The header is the primary header merged with the image HDU's.
+/// The header is the primary header merged with the image HDU's. A file whose primary NEXTEND promises
+/// more extensions than it has, and that lacks VARIANCE or MASK, is refused as truncated (DataError).
 Image read_image_file(const std::filesystem::path& path);
 /// Rows [y0, y1) of an IM-style file, as read_image_file reads all of it (data, VARIANCE and MASK, the same
 /// merged header); `shape` receives the whole image's {ny, nx}.
 Image read_image_rows(const std::filesystem::path& path, long y0, long y1, std::vector<long>* shape = nullptr);
 /// Header of a MASK HDU: the name of every mask bit as MASKBn keywords.
 Header mask_header();
-/// Appends data (primary, with BUNIT), VARIANCE and MASK HDUs of `im` to an open file, each with CHECKSUM.
-void write_image_hdus(Fits& f, const Image& im);
+/// Appends data (primary, with BUNIT and NEXTEND = 2 + n_extra), VARIANCE and MASK HDUs of `im` to an open file,
+/// each with CHECKSUM; `n_extra` further HDUs are to follow.
+void write_image_hdus(Fits& f, const Image& im, int n_extra = 0);
 /// Writes data (FLOAT), VARIANCE (FLOAT) and MASK (uint16, with MASKBn names) atomically, then any
 /// `extra` float images as further named HDUs.
 void write_image_file(const std::filesystem::path& path, const Image& im, bool overwrite,
