@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/core/stats.hpp"
 #include "kspecdr/core/mask.hpp"
 #include "kspecdr/fluxcal/standard.hpp"
 #include "kspecdr/io/hdf5.hpp"
@@ -25,14 +26,6 @@ bool is_wave_ctype(const std::optional<std::string>& s) {
   std::string t = *s;
   while (!t.empty() && t.back() == ' ') t.pop_back();
   return t == "WAVE" || t == "WAVE-LOG";
-}
-
-double median_of(std::vector<double> v) {
-  if (v.empty()) return CalVector::kNaN;
-  const auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  if (v.size() % 2) return *mid;
-  return 0.5 * (*mid + *std::max_element(v.begin(), mid));
 }
 
 double require_positive(const Header& h, const std::string& key, const std::string& file, bool allow_zero) {
@@ -211,7 +204,7 @@ CalVector combine_mean(const std::vector<CalVector>& vectors, double clip_sigma,
     out.variance[i] = var;
     out.good[i] = 1;
   }
-  if (rms) *rms = k > 1 ? median_of(frac_rms) : CalVector::kNaN;
+  if (rms) *rms = k > 1 ? median_inplace(frac_rms) : CalVector::kNaN;
   return out;
 }
 

@@ -9,18 +9,12 @@
 #include <numeric>
 
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/core/stats.hpp"
 
 namespace kspecdr::fluxcal {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-double median_of(std::vector<double> v) {
-  if (v.empty()) return kNaN;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 bool usable(const StarCal& s, std::size_t j) {
   return s.good[j] && std::isfinite(s.cal[j]) && s.cal[j] > 0 && std::isfinite(s.variance[j]) && s.variance[j] > 0;
@@ -35,7 +29,7 @@ std::vector<double> pixel_median(const std::vector<StarCal>& stars, const std::v
     v.clear();
     for (std::size_t s : which)
       if (usable(stars[s], j)) v.push_back(stars[s].cal[j] / factor[s]);
-    out[j] = median_of(v);
+    out[j] = median_inplace(v);
   }
   return out;
 }
@@ -45,7 +39,7 @@ double log_level(const StarCal& s, const std::vector<double>& ref) {
   std::vector<double> r;
   for (std::size_t j = 0; j < ref.size(); ++j)
     if (usable(s, j) && ref[j] > 0) r.push_back(std::log(s.cal[j] / ref[j]));
-  return median_of(r);
+  return median_inplace(r);
 }
 
 }  // namespace
@@ -83,10 +77,10 @@ std::vector<StarQC> quality_gates(const std::vector<StarCal>& stars, const Combi
       fail(cfg.min_snr / std::max(q.snr, 1e-6), fmt::format("S/N {:.1f} < {:.1f}", q.snr, cfg.min_snr));
   }
   if (levels.size() >= 3) {
-    const double med = median_of(levels);
+    const double med = median_inplace(levels);
     std::vector<double> dev;
     for (double l : levels) dev.push_back(std::abs(l - med));
-    const double mad_sigma = 1.4826 * median_of(dev);
+    const double mad_sigma = 1.4826 * median_inplace(dev);
     for (std::size_t s = 0; s < n; ++s) {
       qc[s].log_level -= med;
       const double sigma = std::max({mad_sigma, cfg.scale_floor, stars[s].scale_rel_err});
@@ -211,7 +205,7 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
         // The first clipping is about the median, so that one wild value cannot drag the others out.
         std::vector<double> v0;
         for (std::size_t s : in) v0.push_back(stars[s].cal[j] / factor[s]);
-        const double med = median_of(v0);
+        const double med = median_inplace(v0);
         for (std::size_t k = 0; k < in.size(); ++k) {
           const auto s = in[k];
           on[k] = std::abs(stars[s].cal[j] / factor[s] - med) / (std::sqrt(vind(s, j)) / factor[s]) <= cfg.clip_sigma;
@@ -231,7 +225,7 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
         }
         if (vals.empty()) break;
         if (cfg.method == "median") {
-          mean = median_of(vals);
+          mean = median_inplace(vals);
           var = (vals.size() > 2 ? 0.5 * 3.141592653589793 : 1.0) / sw;  // efficiency of the median for Gaussians
         } else {
           mean = swv / sw;
@@ -303,7 +297,7 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
       std::vector<double> w;
       for (std::size_t j = 0; j < n; ++j)
         if (usable(stars[s], j)) w.push_back(stars[s].cal[j] * stars[s].cal[j] / stars[s].variance[j]);
-      const double wm = median_of(w);
+      const double wm = median_inplace(w);
       if (!std::isfinite(wm)) continue;
       sw += wm;
       swwc += wm * wm * std::max(0.0, stars[s].correlated_rel_var);
@@ -331,7 +325,7 @@ CombinedCal combine_calibrations(const std::vector<StarCal>& stars, const Combin
       rms_good.push_back(out.rms_frac[j]);
     }
   }
-  out.rms_median = use.size() >= 2 && !rms_good.empty() ? median_of(rms_good) : kNaN;
+  out.rms_median = use.size() >= 2 && !rms_good.empty() ? median_inplace(rms_good) : kNaN;
   for (std::size_t j = 0; j < n; ++j)
     if (!out.good[j]) out.cal[j] = out.variance[j] = kNaN;
   return out;

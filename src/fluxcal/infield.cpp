@@ -482,7 +482,7 @@ void write_vector(h5::Group& g, const CalVector& v) {
 }
 
 void write_star(h5::Group& sg, const StarResult& s) {
-  write_vector(sg, s.cal);
+  if (s.cal.size() > 0) write_vector(sg, s.cal);
   sg.set_attr("fiber", s.fiber);
   sg.set_attr("name", s.name);
   sg.set_attr("used", s.used ? 1.0 : 0.0);
@@ -561,7 +561,6 @@ void write_infield_cal_file(const fs::path& path, const InFieldResult& r, bool o
       g.set_attr("error", e.error);
       for (std::size_t k = 0; k < e.stars.size(); ++k) {
         const auto& s = e.stars[k];
-        if (s.cal.size() == 0) continue;
         auto sg = root.create_group(fmt::format("exposures/{:03d}/stars/{:03d}", i, k));
         write_star(sg, s);
       }
@@ -613,8 +612,9 @@ const std::vector<io::FormatItem>& infield_cal_format() {
                  "QC: rms fractional scatter of the used stars about the combined vector per pixel, "
                  "Cal_s / (a_s Cal) - 1 (NaN with fewer than two stars)",
                  "when a vector was formed from the exposure's own stars"});
+    // Every standard fiber of the exposure has a group, with the reason when it gave no vector.
     const std::string st = "exposures/*/stars/*";
-    vec(st, "");
+    vec(st, "when the star gave a vector");
     auto sa = [&](const char* name, const char* type, const char* what) { attr(st, name, type, what); };
     sa("fiber", "string", "fiber (aperture) name");
     sa("name", "string", "catalog name of the star");
@@ -638,10 +638,11 @@ const std::vector<io::FormatItem>& infield_cal_format() {
     v.push_back({st, K::Dataset, "model", "float64", kFluxUnit,
                  "fitted model * scale on the pixels, above the atmosphere (convolved, RV-shifted, resampled): the "
                  "F_model of Cal_star = F_model * exptime * dlambda / counts; NaN where undefined",
-                 ""});
+                 "when the star was fitted and scaled"});
     const std::string ph = st + "/photometry";
+    const std::string scaled = "when the star was scaled";
     auto pd = [&](const char* name, const char* type, const char* unit, const char* what) {
-      v.push_back({ph, K::Dataset, name, type, unit, what, ""});
+      v.push_back({ph, K::Dataset, name, type, unit, what, scaled});
     };
     pd("band", "string", "", "catalog band (one row per band of the catalog, in its order)");
     pd("mag_catalog", "float64", "mag", "the catalog's magnitude as given (NaN when missing)");
@@ -652,7 +653,9 @@ const std::vector<io::FormatItem>& infield_cal_format() {
     pd("residual_mag", "float64", "mag", "mag_ab_synth - mag_ab (NaN for a band not used)");
     pd("used", "uint8", "", "1 = the band set the scale");
     pd("note", "string", "", "why a band was not used ('' when used)");
-    auto pa = [&](const char* name, const char* type, const char* what) { attr(ph, name, type, what); };
+    auto pa = [&](const char* name, const char* type, const char* what) {
+      v.push_back({ph, K::Attribute, name, type, "", what, scaled});
+    };
     pa("offset_mag", "float64", "weighted mean of mag_ab - synthetic(unscaled) in mag: scale = 10^(-0.4 offset_mag)");
     pa("offset_err_mag", "float64", "its uncertainty in mag");
     pa("chi2", "float64", "chi2 of the used bands' residuals");
