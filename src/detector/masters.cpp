@@ -9,7 +9,11 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <limits>
+#include <map>
+#include <tuple>
 #include <vector>
 
 #include "kspecdr/core/error.hpp"
@@ -85,49 +89,191 @@ bool calibration_is_current(const fs::path& path, const std::string& expected) {
 
 namespace {
 
-struct LoadedStack {
-  std::vector<ImageArray> frames;  ///< electrons, pipeline orientation, NaN where masked
-  std::vector<DetectorFrame> meta; ///< the rest of each frame (electrons moved out)
-  AmpIndexArray amp;
-  std::vector<std::string> names;
+/// What the masters need of the amplifiers (the first frame's geometry): name, gain applied, nominal read noise.
+struct AmpFacts {
+  std::string name;
+  double gain = 1.0, read_noise = 0.0;
 };
 
-LoadedStack load_stack(const std::vector<fs::path>& files, const InstrumentProfile& profile,
-                       const DetectorConfig& cfg, const char* what) {
-  if (files.empty()) throw DataError(fmt::format("no {} frames to combine", what));
-  LoadedStack s;
-  for (const auto& f : files) {
+/// A stack of calibration frames split over the ranks of `comm` (nullptr: one process does all). Frame k is read
+/// and prepared — overscan, trim, gain, bad and saturated pixels set to NaN — by rank owner(k) alone, which holds it
+/// whole in `local`; `to_bands` then leaves every rank its band of rows of every frame, the pixels a per-pixel
+/// combination needs. Numbers of a whole frame (levels, normalisations, pair read noise) are measured by the owner
+/// and shared with `per_frame`, so every result is the same whatever the number of ranks.
+struct FrameStack {
+  const mpi::Comm* comm = nullptr;
+  bool pairs = false;  ///< frames (2p, 2p+1) on one rank, for pair differences
+  std::vector<fs::path> files;
+  std::vector<std::string> names;
+  Eigen::Index ny = 0, nx = 0;  ///< frame shape after trimming and orientation
+  std::vector<AmpFacts> amps;
+  std::map<std::size_t, DetectorFrame> local;  ///< the frames this rank read, whole (until to_bands)
+  // After to_bands:
+  Eigen::Index y0 = 0, y1 = 0;  ///< this rank's rows
+  std::vector<ImageArray> bands;  ///< rows [y0, y1) of every frame: electrons, NaN where masked
+  AmpIndexArray amp;            ///< rows [y0, y1): amplifier of each pixel
+
+  int nranks() const { return comm ? comm->size() : 1; }
+  int rank() const { return comm ? comm->rank() : 0; }
+  int owner(std::size_t k) const { return static_cast<int>((pairs ? k / 2 : k) % static_cast<std::size_t>(nranks())); }
+  std::size_t size() const { return files.size(); }
+};
+
+/// Every rank throws the error of the earliest frame, in file order, that failed on any rank (`k` < 0: none here),
+/// as the same type, so the message does not depend on the number of ranks. Collective with `comm`.
+void throw_first_failure(const mpi::Comm* comm, long long k, const std::exception_ptr& error) {
+  if (!comm || comm->size() == 1) {
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+  std::string mine;
+  if (error) {
+    char type = 'E';
+    std::string what;
     try {
-      DetectorFrame d = overscan_trim_gain(load_raw(f, profile), profile, cfg);
-      // Saturated and bad pixels are left out of the combination.
-      for (Eigen::Index i = 0; i < d.electrons.size(); ++i)
-        if (d.mask(i) & (kMaskBad | kMaskSaturated)) d.electrons(i) = std::numeric_limits<float>::quiet_NaN();
-      if (!s.frames.empty() && (d.electrons.rows() != s.frames.front().rows() ||
-                                d.electrons.cols() != s.frames.front().cols()))
-        throw DataError(fmt::format("{} frame is {}x{} after trimming, the first {} frame {}x{}", what,
-                                    d.electrons.rows(), d.electrons.cols(), what, s.frames.front().rows(),
-                                    s.frames.front().cols()));
-      if (s.frames.empty()) s.amp = d.amp;
-      s.frames.push_back(std::move(d.electrons));
-      d.electrons = ImageArray();
-      s.meta.push_back(std::move(d));
-      s.names.push_back(f.filename().string());
-    } catch (Error& e) {
-      e.add_context(ErrorContext{.file = f.string(), .exposure = f.stem().string()});
-      throw;
+      std::rethrow_exception(error);
+    } catch (const ConfigError& e) {
+      type = 'C', what = e.what();
+    } catch (const DataError& e) {
+      type = 'D', what = e.what();
+    } catch (const std::exception& e) {
+      what = e.what();
     }
+    mine = fmt::format("{:012d}{}{}", k, type, what);
+  }
+  std::string first;
+  for (auto& e : comm->allgather(mine))
+    if (!e.empty() && (first.empty() || e.compare(0, 12, first, 0, 12) < 0)) first = std::move(e);
+  if (first.empty()) return;
+  const std::string what = first.substr(13);
+  if (first[12] == 'C') throw ConfigError(what);
+  if (first[12] == 'D') throw DataError(what);
+  throw Error(what);
+}
+
+/// Runs `work(k, frame)` on the owner of every frame this rank holds, in file order; its failure on any rank is
+/// the failure of every rank (the earliest frame's). Collective with `comm`.
+void for_local_frames(FrameStack& s, const std::function<void(std::size_t, DetectorFrame&)>& work) {
+  long long failed = -1;
+  std::exception_ptr error;
+  for (auto& [k, d] : s.local) {
+    try {
+      work(k, d);
+    } catch (Error& e) {
+      e.add_context(ErrorContext{.file = s.files[k].string(), .exposure = s.files[k].stem().string()});
+      failed = static_cast<long long>(k), error = std::current_exception();
+      break;
+    } catch (const std::exception&) {
+      failed = static_cast<long long>(k), error = std::current_exception();
+      break;
+    }
+  }
+  throw_first_failure(s.comm, failed, error);
+}
+
+/// Per frame the numbers `measure` returns for it on its owner (any length), on every rank. Collective.
+std::vector<std::vector<double>> per_frame(FrameStack& s,
+                                           const std::function<std::vector<double>(std::size_t, DetectorFrame&)>& measure) {
+  std::vector<std::vector<double>> out(s.size());
+  std::vector<double> packed;  // k, n, n values; ...
+  for_local_frames(s, [&](std::size_t k, DetectorFrame& d) {
+    out[k] = measure(k, d);
+    packed.push_back(static_cast<double>(k));
+    packed.push_back(static_cast<double>(out[k].size()));
+    packed.insert(packed.end(), out[k].begin(), out[k].end());
+  });
+  if (!s.comm || s.comm->size() == 1) return out;
+  const std::vector<double> all = s.comm->allgatherv(packed);
+  for (std::size_t i = 0; i < all.size();) {
+    const auto k = static_cast<std::size_t>(all[i]), n = static_cast<std::size_t>(all[i + 1]);
+    out[k].assign(all.begin() + static_cast<std::ptrdiff_t>(i + 2), all.begin() + static_cast<std::ptrdiff_t>(i + 2 + n));
+    i += 2 + n;
+  }
+  return out;
+}
+
+/// Reads and prepares the frames, each on its owner (see FrameStack), and checks that they all have the first
+/// frame's shape. A frame that cannot be read fails every rank with that frame's message. Collective with `comm`.
+FrameStack read_stack(const std::vector<fs::path>& files, const InstrumentProfile& profile, const DetectorConfig& cfg,
+                      const char* what, const mpi::Comm* comm, bool pairs) {
+  if (files.empty()) throw DataError(fmt::format("no {} frames to combine", what));
+  FrameStack s;
+  s.comm = comm;
+  s.pairs = pairs;
+  s.files = files;
+  for (const auto& f : files) s.names.push_back(f.filename().string());
+  {
+    long long failed = -1;
+    std::exception_ptr error;
+    for (std::size_t k = 0; k < files.size() && failed < 0; ++k) {
+      if (s.owner(k) != s.rank()) continue;
+      try {
+        DetectorFrame d = overscan_trim_gain(load_raw(files[k], profile), profile, cfg);
+        // Saturated and bad pixels are left out of the combination.
+        for (Eigen::Index i = 0; i < d.electrons.size(); ++i)
+          if (d.mask(i) & (kMaskBad | kMaskSaturated)) d.electrons(i) = std::numeric_limits<float>::quiet_NaN();
+        d.mask = MaskArray();
+        s.local.emplace(k, std::move(d));
+      } catch (Error& e) {
+        e.add_context(ErrorContext{.file = files[k].string(), .exposure = files[k].stem().string()});
+        failed = static_cast<long long>(k), error = std::current_exception();
+      } catch (const std::exception&) {
+        failed = static_cast<long long>(k), error = std::current_exception();
+      }
+    }
+    throw_first_failure(comm, failed, error);
+  }
+  // Shapes, checked in file order against the first frame.
+  const auto shapes = per_frame(s, [](std::size_t, DetectorFrame& d) {
+    return std::vector<double>{static_cast<double>(d.electrons.rows()), static_cast<double>(d.electrons.cols())};
+  });
+  s.ny = static_cast<Eigen::Index>(shapes[0][0]);
+  s.nx = static_cast<Eigen::Index>(shapes[0][1]);
+  for (std::size_t k = 1; k < files.size(); ++k)
+    if (shapes[k][0] != shapes[0][0] || shapes[k][1] != shapes[0][1])
+      throw DataError(fmt::format("{} frame is {}x{} after trimming, the first {} frame {}x{}", what, shapes[k][0],
+                                  shapes[k][1], what, s.ny, s.nx),
+                      ErrorContext{.file = files[k].string(), .exposure = files[k].stem().string()});
+  // The amplifiers, from the first frame (read by rank 0).
+  std::string names;
+  std::vector<double> numbers;
+  if (s.rank() == 0)
+    for (const auto& a : s.local.at(0).geometry.amps) {
+      names += a.name + '\n';
+      numbers.push_back(a.gain);
+      numbers.push_back(a.read_noise);
+    }
+  if (comm) {
+    comm->bcast(names);
+    comm->bcast(numbers);
+  }
+  std::size_t pos = 0;
+  for (std::size_t a = 0; a < numbers.size() / 2; ++a) {
+    const auto nl = names.find('\n', pos);
+    s.amps.push_back({names.substr(pos, nl - pos), numbers[2 * a], numbers[2 * a + 1]});
+    pos = nl + 1;
   }
   return s;
 }
 
-/// load_stack on every rank of `comm` (each reads every frame): a frame one rank cannot read fails the
-/// build on every rank with the same message, before any collective that rank would miss.
-LoadedStack load_stack_all(const std::vector<fs::path>& files, const InstrumentProfile& profile,
-                           const DetectorConfig& cfg, const char* what, const mpi::Comm* comm) {
-  if (!comm) return load_stack(files, profile, cfg, what);
-  LoadedStack s;
-  mpi::all_or_throw(*comm, [&] { s = load_stack(files, profile, cfg, what); });
-  return s;
+/// Every rank's band of rows of every frame (and of the amplifier map) from the frames' owners; the whole frames
+/// are let go. Collective with `comm`.
+void to_bands(FrameStack& s) {
+  std::tie(s.y0, s.y1) = mpi::my_band(s.ny, s.comm);
+  s.bands.clear();
+  for (std::size_t k = 0; k < s.size(); ++k) {
+    const int o = s.owner(k);
+    const auto it = s.local.find(k);
+    if (!s.comm) {
+      s.bands.push_back(std::move(it->second.electrons));
+    } else {
+      s.bands.push_back(mpi::scatter_band(o == s.rank() ? &it->second.electrons : nullptr, s.ny, s.nx, o, s.comm));
+      if (it != s.local.end()) it->second.electrons = ImageArray();
+    }
+  }
+  const DetectorFrame* first = s.rank() == 0 ? &s.local.at(0) : nullptr;
+  s.amp = s.comm ? mpi::scatter_band(first ? &first->amp : nullptr, s.ny, s.nx, 0, s.comm) : std::move(s.local.at(0).amp);
+  s.local.clear();
 }
 
 using mpi::gather_band;
@@ -212,30 +358,40 @@ double illuminated_median(const ImageArray& a, double fraction) {
 
 // ------------------------------------------------------------------ bias
 
-std::vector<std::pair<double, double>> read_noise_from_pairs(const std::vector<const ImageArray*>& frames,
-                                                             const AmpIndexArray& amp, std::size_t namps) {
+namespace {
+/// One pair of bias frames: per amplifier the clipped standard deviation of the difference over its pixels
+/// divided by sqrt(2), and the number of pixels it used (fewer than 2: no value).
+std::vector<std::pair<double, std::size_t>> pair_read_noise(const ImageArray& f0, const ImageArray& f1,
+                                                            const AmpIndexArray& amp, std::size_t namps) {
+  std::vector<std::pair<double, std::size_t>> out(namps, {0.0, 0});
+  for (std::size_t a = 0; a < namps; ++a) {
+    std::vector<double> d;
+    d.reserve(static_cast<std::size_t>(f0.size() / static_cast<Eigen::Index>(namps) + 1));
+    for (Eigen::Index i = 0; i < f0.size(); ++i) {
+      if (amp(i) != a) continue;
+      const double v = static_cast<double>(f0(i)) - f1(i);
+      if (std::isfinite(v)) d.push_back(v);
+    }
+    // A clipped standard deviation rather than 1.4826 MAD: on integer DN the MAD is
+    // quantised to half-integers, a bias of several percent at a few DN of noise.
+    const ClippedStats st = clipped_stats(std::move(d), 4.0);
+    out[a] = {st.stddev / std::sqrt(2.0), st.n_used};
+  }
+  return out;
+}
+
+/// The read noise per amplifier from the pairs' values (in pair order): their mean, with the standard error of a
+/// Gaussian sigma from all the pixels used; NaN where no pair gave a value.
+std::vector<std::pair<double, double>> combine_pairs(const std::vector<std::vector<std::pair<double, std::size_t>>>& pairs,
+                                                     std::size_t namps) {
   std::vector<std::pair<double, double>> out(namps, {std::numeric_limits<double>::quiet_NaN(), 0.0});
-  const std::size_t npairs = frames.size() / 2;
-  if (npairs == 0) return out;
   for (std::size_t a = 0; a < namps; ++a) {
     double sum_rn = 0;
     std::size_t n_total = 0, used_pairs = 0;
-    for (std::size_t p = 0; p < npairs; ++p) {
-      const ImageArray& f0 = *frames[2 * p];
-      const ImageArray& f1 = *frames[2 * p + 1];
-      std::vector<double> d;
-      d.reserve(static_cast<std::size_t>(f0.size() / static_cast<Eigen::Index>(namps) + 1));
-      for (Eigen::Index i = 0; i < f0.size(); ++i) {
-        if (amp(i) != a) continue;
-        const double v = static_cast<double>(f0(i)) - f1(i);
-        if (std::isfinite(v)) d.push_back(v);
-      }
-      // A clipped standard deviation rather than 1.4826 MAD: on integer DN the MAD is
-      // quantised to half-integers, a bias of several percent at a few DN of noise.
-      ClippedStats s = clipped_stats(std::move(d), 4.0);
-      if (s.n_used < 2) continue;
-      sum_rn += s.stddev / std::sqrt(2.0);
-      n_total += s.n_used;
+    for (const auto& p : pairs) {
+      if (p[a].second < 2) continue;
+      sum_rn += p[a].first;
+      n_total += p[a].second;
       ++used_pairs;
     }
     if (used_pairs == 0) continue;
@@ -245,39 +401,71 @@ std::vector<std::pair<double, double>> read_noise_from_pairs(const std::vector<c
   }
   return out;
 }
+}  // namespace
+
+std::vector<std::pair<double, double>> read_noise_from_pairs(const std::vector<const ImageArray*>& frames,
+                                                             const AmpIndexArray& amp, std::size_t namps) {
+  std::vector<std::vector<std::pair<double, std::size_t>>> pairs;
+  for (std::size_t p = 0; p < frames.size() / 2; ++p)
+    pairs.push_back(pair_read_noise(*frames[2 * p], *frames[2 * p + 1], amp, namps));
+  return combine_pairs(pairs, namps);
+}
 
 MasterBias build_master_bias(const std::vector<fs::path>& bias_files, const InstrumentProfile& profile,
                              const DetectorConfig& cfg, const mpi::Comm* comm) {
-  LoadedStack s = load_stack_all(bias_files, profile, cfg, "bias", comm);
-  const auto& geo = s.meta.front().geometry;
-  const std::size_t namps = geo.amps.size();
+  // Frames in pairs on their ranks: each pair's difference is measured where it was read.
+  FrameStack s = read_stack(bias_files, profile, cfg, "bias", comm, /*pairs=*/true);
+  const std::size_t namps = s.amps.size(), nf = s.size();
   MasterBias mb;
   mb.method = cfg.bias_combine;
-  mb.nframes = static_cast<int>(s.frames.size());
+  mb.nframes = static_cast<int>(nf);
   mb.inputs = s.names;
   mb.calhash = calibration_hash(bias_files, bias_config_text(profile, cfg));
 
-  auto ptrs = pointers(s.frames);
-  auto rn = read_noise_from_pairs(ptrs, s.amp, namps);
+  // Per frame: the overscan level and error of every amplifier; on the second frame of a pair, the pair's read
+  // noise per amplifier (value, pixels used).
+  const auto numbers = per_frame(s, [&](std::size_t k, DetectorFrame& d) {
+    if (d.overscan.size() != namps)
+      throw DataError(fmt::format("bias frame has {} amplifiers, the first bias frame {}", d.overscan.size(), namps));
+    std::vector<double> v;
+    for (std::size_t a = 0; a < namps; ++a) {
+      v.push_back(d.overscan[a].level);
+      v.push_back(d.overscan[a].error);
+    }
+    if (k % 2 == 1)
+      for (const auto& [rn, n] : pair_read_noise(s.local.at(k - 1).electrons, d.electrons, d.amp, namps)) {
+        v.push_back(rn);
+        v.push_back(static_cast<double>(n));
+      }
+    return v;
+  });
+  std::vector<std::vector<std::pair<double, std::size_t>>> pairs(nf / 2);
+  for (std::size_t p = 0; p < nf / 2; ++p)
+    for (std::size_t a = 0; a < namps; ++a) {
+      const auto& v = numbers[2 * p + 1];
+      pairs[p].emplace_back(v[2 * namps + 2 * a], static_cast<std::size_t>(v[2 * namps + 2 * a + 1]));
+    }
+  const auto rn = combine_pairs(pairs, namps);
   for (std::size_t a = 0; a < namps; ++a) {
     AmplifierBias ab;
-    ab.name = geo.amps[a].name;
-    ab.gain = geo.amps[a].gain;
+    ab.name = s.amps[a].name;
+    ab.gain = s.amps[a].gain;
     double sl = 0, se2 = 0;
-    for (const auto& m : s.meta) {
-      sl += m.overscan[a].level;
-      se2 += m.overscan[a].error * m.overscan[a].error;
+    for (const auto& v : numbers) {
+      sl += v[2 * a];
+      se2 += v[2 * a + 1] * v[2 * a + 1];
     }
-    ab.bias_level_dn = sl / static_cast<double>(s.meta.size());
-    ab.bias_level_err_dn = std::sqrt(se2) / static_cast<double>(s.meta.size());
+    ab.bias_level_dn = sl / static_cast<double>(nf);
+    ab.bias_level_err_dn = std::sqrt(se2) / static_cast<double>(nf);
     if (std::isfinite(rn[a].first)) {
       ab.read_noise_e = rn[a].first;
       ab.read_noise_err_e = rn[a].second;
     } else {
-      ab.read_noise_e = geo.amps[a].read_noise;
-      spdlog::warn("master bias: {} bias frame(s) give no pair difference for amplifier {}; using the nominal read "
-                   "noise {} e-{}",
-                   s.frames.size(), ab.name, ab.read_noise_e, ab.read_noise_e > 0 ? "" : " (unknown: variance lacks it)");
+      ab.read_noise_e = s.amps[a].read_noise;
+      if (!comm || comm->is_root())
+        spdlog::warn("master bias: {} bias frame(s) give no pair difference for amplifier {}; using the nominal read "
+                     "noise {} e-{}",
+                     nf, ab.name, ab.read_noise_e, ab.read_noise_e > 0 ? "" : " (unknown: variance lacks it)");
     }
     if (!comm || comm->is_root())
       spdlog::info("master bias: amplifier {}: overscan level {:.3f} +- {:.3f} DN, read noise {:.3f} +- {:.3f} e-",
@@ -285,12 +473,12 @@ MasterBias build_master_bias(const std::vector<fs::path>& bias_files, const Inst
     mb.amps.push_back(ab);
   }
 
-  const Eigen::Index ny = s.frames.front().rows(), nx = s.frames.front().cols();
-  const auto [y0, y1] = my_band(ny, comm);
-  CombinedBand c = combine_rows(ptrs, y0, y1, CombineOptions{cfg.bias_combine, cfg.combine_clip_sigma});
+  to_bands(s);
+  const Eigen::Index ny = s.ny, nx = s.nx, y0 = s.y0, y1 = s.y1;
+  CombinedBand c = combine_rows(pointers(s.bands), 0, y1 - y0, CombineOptions{cfg.bias_combine, cfg.combine_clip_sigma});
   ImageArray value = std::move(c.value), variance(y1 - y0, nx);
   MaskArray mask = MaskArray::Zero(y1 - y0, nx);
-  std::vector<float> ratio(s.frames.size() + 1);
+  std::vector<float> ratio(nf + 1);
   for (std::size_t n = 0; n < ratio.size(); ++n)
     ratio[n] = n ? static_cast<float>(combined_variance_ratio(cfg.bias_combine, static_cast<int>(n))) : 0.0f;
   for (Eigen::Index i = 0; i < value.size(); ++i) {
@@ -301,7 +489,7 @@ MasterBias build_master_bias(const std::vector<fs::path>& bias_files, const Inst
       mask(i) = kMaskBad;
       continue;
     }
-    const double r = mb.amps[s.amp(y0 * nx + i)].read_noise_e;
+    const double r = mb.amps[s.amp(i)].read_noise_e;
     variance(i) = static_cast<float>(r * r) * ratio[u];
   }
   Image& im = mb.image;
@@ -437,26 +625,28 @@ double exposure_time(const DetectorFrame& d, const InstrumentProfile& profile) {
 
 MasterDark build_master_dark(const std::vector<fs::path>& dark_files, const InstrumentProfile& profile,
                              const MasterBias* bias, const DetectorConfig& cfg) {
-  LoadedStack s = load_stack(dark_files, profile, cfg, "dark");
+  FrameStack s = read_stack(dark_files, profile, cfg, "dark", nullptr, false);
   const bool sub_bias = bias && cfg.use_bias;
+  const std::size_t nf = s.size();
   double tsum = 0;
-  for (std::size_t k = 0; k < s.frames.size(); ++k) {
-    const double t = exposure_time(s.meta[k], profile);
+  for_local_frames(s, [&](std::size_t, DetectorFrame& d) {
+    const double t = exposure_time(d, profile);
     if (!(t > 0))
       throw DataError(fmt::format("dark frame has exposure time {} s", t),
-                      ErrorContext{.file = s.meta[k].file.string(), .keyword = profile.keyword("exptime")});
+                      ErrorContext{.file = d.file.string(), .keyword = profile.keyword("exptime")});
     if (sub_bias) {
-      if (bias->image.data.rows() != s.frames[k].rows() || bias->image.data.cols() != s.frames[k].cols())
-        throw DataError("master bias and dark frames differ in shape", ErrorContext{.file = s.meta[k].file.string()});
-      s.frames[k] -= bias->image.data;
+      if (bias->image.data.rows() != d.electrons.rows() || bias->image.data.cols() != d.electrons.cols())
+        throw DataError("master bias and dark frames differ in shape", ErrorContext{.file = d.file.string()});
+      d.electrons -= bias->image.data;
     }
-    s.frames[k] /= static_cast<float>(t);
+    d.electrons /= static_cast<float>(t);
     tsum += t;
-  }
-  const double tmean = tsum / static_cast<double>(s.frames.size());
-  CombinedBand c = combine(pointers(s.frames), CombineOptions{cfg.dark_combine, cfg.combine_clip_sigma});
+  });
+  to_bands(s);
+  const double tmean = tsum / static_cast<double>(nf);
+  CombinedBand c = combine(pointers(s.bands), CombineOptions{cfg.dark_combine, cfg.combine_clip_sigma});
   MasterDark md;
-  md.nframes = static_cast<int>(s.frames.size());
+  md.nframes = static_cast<int>(nf);
   md.inputs = s.names;
   md.calhash = calibration_hash(dark_files, bias_config_text(profile, cfg) + ";dark;" + to_string(cfg.dark_combine) +
                                                 (sub_bias ? bias->calhash : std::string("none")));
@@ -474,7 +664,7 @@ MasterDark build_master_dark(const std::vector<fs::path>& dark_files, const Inst
     const std::uint8_t a = s.amp(i);
     double rn = 0;
     if (sub_bias && a < bias->amps.size()) rn = bias->amps[a].read_noise_e;
-    else if (a < s.meta.front().geometry.amps.size()) rn = s.meta.front().geometry.amps[a].read_noise;
+    else if (a < s.amps.size()) rn = s.amps[a].read_noise;
     const double var_e = rn * rn + std::max(0.0, static_cast<double>(im.data(i)) * tmean) +
                          (sub_bias ? bias->image.variance(i) : 0.0f);
     im.variance(i) = static_cast<float>(var_e / (tmean * tmean) * combined_variance_ratio(cfg.dark_combine, c.used(i)));
@@ -703,41 +893,45 @@ FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& v
 MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const InstrumentProfile& profile,
                              const MasterBias* bias, const MasterDark* dark, const DetectorConfig& cfg,
                              const mpi::Comm* comm) {
-  LoadedStack s = load_stack_all(flat_files, profile, cfg, "flat", comm);
+  FrameStack s = read_stack(flat_files, profile, cfg, "flat", comm, /*pairs=*/false);
   const bool sub_bias = bias && cfg.use_bias, sub_dark = dark && cfg.use_dark;
-  const std::size_t nf = s.frames.size();
-  std::vector<double> norm(nf), texp(nf, 0.0);
-  for (std::size_t k = 0; k < nf; ++k) {
-    ImageArray& f = s.frames[k];
-    const std::string file = s.meta[k].file.string();
+  const std::size_t nf = s.size();
+  // Each frame prepared where it was read: master bias and dark subtracted, normalised by its illuminated level.
+  const auto numbers = per_frame(s, [&](std::size_t, DetectorFrame& d) {
+    ImageArray& f = d.electrons;
+    const std::string file = d.file.string();
+    double t = 0.0;
     if (sub_bias) {
       if (bias->image.data.rows() != f.rows() || bias->image.data.cols() != f.cols())
         throw DataError("master bias and flat frame differ in shape", ErrorContext{.file = file});
       f -= bias->image.data;
     }
     if (sub_dark) {
-      texp[k] = exposure_time(s.meta[k], profile);
-      f -= dark->rate.data * static_cast<float>(texp[k]);
+      t = exposure_time(d, profile);
+      f -= dark->rate.data * static_cast<float>(t);
     }
-    norm[k] = illuminated_median(f, cfg.illumination_threshold);
-    if (!(norm[k] > 0))
-      throw DataError(fmt::format("flat frame has no illuminated pixels (median level {})", norm[k]),
-                      ErrorContext{.file = file, .exposure = s.meta[k].file.stem().string()});
-    f /= static_cast<float>(norm[k]);
-  }
+    const double level = illuminated_median(f, cfg.illumination_threshold);
+    if (!(level > 0))
+      throw DataError(fmt::format("flat frame has no illuminated pixels (median level {})", level),
+                      ErrorContext{.file = file});
+    f /= static_cast<float>(level);
+    return std::vector<double>{level, t};
+  });
+  std::vector<double> norm(nf), texp(nf);
+  for (std::size_t k = 0; k < nf; ++k) norm[k] = numbers[k][0], texp[k] = numbers[k][1];
   // Everything per pixel below is done on this rank's band of rows [y0, y1) (the whole frame without comm);
   // only the illumination model is needed whole (its local maximum looks at neighbouring rows).
-  const Eigen::Index ny = s.frames.front().rows(), nx = s.frames.front().cols();
-  const auto [y0, y1] = my_band(ny, comm);
+  to_bands(s);
+  const Eigen::Index ny = s.ny, nx = s.nx, y0 = s.y0, y1 = s.y1;
   const Eigen::Index off = y0 * nx;  // index of the band's first pixel in the whole frame
-  CombinedBand c = combine_rows(pointers(s.frames), y0, y1, CombineOptions{cfg.flat_combine, cfg.combine_clip_sigma});
+  CombinedBand c = combine_rows(pointers(s.bands), 0, y1 - y0, CombineOptions{cfg.flat_combine, cfg.combine_clip_sigma});
   const ImageArray& comb = c.value;
 
   // Per-pixel variance of the combined normalised flat: each frame's electrons variance
   // (Poisson of the combined level scaled back, read noise, master bias/dark) over norm^2.
-  std::vector<double> rn(s.meta.front().geometry.amps.size());
+  std::vector<double> rn(s.amps.size());
   for (std::size_t a = 0; a < rn.size(); ++a)
-    rn[a] = sub_bias && a < bias->amps.size() ? bias->amps[a].read_noise_e : s.meta.front().geometry.amps[a].read_noise;
+    rn[a] = sub_bias && a < bias->amps.size() ? bias->amps[a].read_noise_e : s.amps[a].read_noise;
   ImageArray var_comb(comb.rows(), nx);
   for (Eigen::Index i = 0; i < comb.size(); ++i) {
     const double cv = comb(i);
@@ -746,7 +940,7 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
       continue;
     }
     const Eigen::Index j = off + i;  // whole-frame index
-    const double extra = (sub_bias ? bias->image.variance(j) : 0.0) + rn[s.amp(j)] * rn[s.amp(j)];
+    const double extra = (sub_bias ? bias->image.variance(j) : 0.0) + rn[s.amp(i)] * rn[s.amp(i)];
     double sum = 0;
     for (std::size_t k = 0; k < nf; ++k) {
       double v = std::max(0.0, cv * norm[k]) + extra;

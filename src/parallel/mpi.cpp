@@ -171,20 +171,39 @@ long long Comm::band_begin(long long nrows, int r) const {
   return nrows * static_cast<long long>(r) / static_cast<long long>(size());
 }
 
-void Comm::allgather_row_bands(void* buf, long long nrows, long long row_bytes) const {
-  const int n = size();
-  if (n == 1 || nrows == 0) return;
-  MPI_Datatype row;
-  check(MPI_Type_contiguous(static_cast<int>(row_bytes), MPI_BYTE, &row), "MPI_Type_contiguous(row)");
-  check(MPI_Type_commit(&row), "MPI_Type_commit(row)");
-  std::vector<int> counts(static_cast<std::size_t>(n)), displs(static_cast<std::size_t>(n));
-  for (int r = 0; r < n; ++r) {
-    displs[static_cast<std::size_t>(r)] = static_cast<int>(band_begin(nrows, r));
-    counts[static_cast<std::size_t>(r)] = static_cast<int>(band_begin(nrows, r + 1) - band_begin(nrows, r));
+namespace {
+/// A datatype of one row of `row_bytes` bytes and the bands' counts and displacements in rows.
+struct RowBands {
+  MPI_Datatype row = MPI_DATATYPE_NULL;
+  std::vector<int> counts, displs;
+  RowBands(const Comm& comm, long long nrows, long long row_bytes) {
+    const int n = comm.size();
+    check(MPI_Type_contiguous(static_cast<int>(row_bytes), MPI_BYTE, &row), "MPI_Type_contiguous(row)");
+    check(MPI_Type_commit(&row), "MPI_Type_commit(row)");
+    for (int r = 0; r < n; ++r) {
+      displs.push_back(static_cast<int>(comm.band_begin(nrows, r)));
+      counts.push_back(static_cast<int>(comm.band_begin(nrows, r + 1) - comm.band_begin(nrows, r)));
+    }
   }
-  const int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts.data(), displs.data(), row, c_);
-  MPI_Type_free(&row);
-  check(rc, "MPI_Allgatherv(row bands)");
+  ~RowBands() { MPI_Type_free(&row); }
+  RowBands(const RowBands&) = delete;
+  RowBands& operator=(const RowBands&) = delete;
+};
+}  // namespace
+
+void Comm::allgather_row_bands(void* buf, long long nrows, long long row_bytes) const {
+  if (size() == 1 || nrows == 0) return;
+  RowBands b(*this, nrows, row_bytes);
+  check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, b.counts.data(), b.displs.data(), b.row, c_),
+        "MPI_Allgatherv(row bands)");
+}
+
+void Comm::scatter_row_bands(const void* full, void* band, long long nrows, long long row_bytes, int root) const {
+  if (nrows == 0) return;
+  RowBands b(*this, nrows, row_bytes);
+  const auto me = static_cast<std::size_t>(rank());
+  check(MPI_Scatterv(full, b.counts.data(), b.displs.data(), b.row, band, b.counts[me], b.row, root, c_),
+        "MPI_Scatterv(row bands)");
 }
 
 namespace {

@@ -27,4 +27,16 @@ A gather_band(const A& band, Eigen::Index y0, Eigen::Index ny, const Comm* comm)
   return full;
 }
 
+/// This rank's band of an `ny`-row frame held whole by rank `root` (`full`, read on `root` only); without `comm` the
+/// frame itself.
+template <typename A>
+A scatter_band(const A* full, Eigen::Index ny, Eigen::Index cols, int root, const Comm* comm) {
+  if (!comm) return *full;
+  const auto [y0, y1] = my_band(ny, comm);
+  A band(y1 - y0, cols);
+  comm->scatter_row_bands(comm->rank() == root ? full->data() : nullptr, band.data(), ny,
+                          static_cast<long long>(cols * sizeof(typename A::Scalar)), root);
+  return band;
+}
+
 }  // namespace kspecdr::mpi

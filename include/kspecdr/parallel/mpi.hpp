@@ -60,6 +60,9 @@ class Comm {
   /// In-place gather of row bands: `buf` holds `nrows` rows of `row_bytes` bytes on every rank; rank r has
   /// filled rows [band_begin(r), band_begin(r + 1)) and receives every other rank's band.
   void allgather_row_bands(void* buf, long long nrows, long long row_bytes) const;
+  /// The inverse: `root` holds all `nrows` rows in `full` (ignored elsewhere); every rank receives its band, rows
+  /// [band_begin(rank), band_begin(rank + 1)), in `band`.
+  void scatter_row_bands(const void* full, void* band, long long nrows, long long row_bytes, int root) const;
   /// First row of rank r's band when `nrows` rows are split into size() contiguous bands (r = size(): nrows).
   long long band_begin(long long nrows, int r) const;
   /// The k-th smallest (0-based) of the values of all ranks together, exact and the same on every rank whatever
