@@ -200,6 +200,35 @@ void write_ex_file(const std::filesystem::path& path, const SpectrumSet& sp, boo
   out.commit();
 }
 
+namespace {
+/// FIBRES and DIAGNOSTICS into `sp`, which has `expected` spectra (< 0: as many as FIBRES has rows).
+void read_tables(fits::Fits& f, const std::string& path, SpectrumSet& sp, long long expected) {
+  f.move_to("FIBRES");
+  const fits::Table ft = f.read_table();
+  const std::size_t naper = expected < 0 ? ft.nrows() : static_cast<std::size_t>(expected);
+  if (ft.nrows() != naper)
+    throw DataError(fmt::format("FIBRES has {} rows for {} spectra", ft.nrows(), naper),
+                    ErrorContext{.file = path, .hdu = "FIBRES"});
+  sp.apertures.resize(naper);
+  for (std::size_t a = 0; a < naper; ++a) {
+    sp.apertures[a] = io::aperture_from_row(ft, a);
+  }
+  f.move_to("DIAGNOSTICS");
+  const fits::Table dt = f.read_table();
+  if (dt.nrows() != naper)
+    throw DataError(fmt::format("DIAGNOSTICS has {} rows for {} spectra", dt.nrows(), naper),
+                    ErrorContext{.file = path, .hdu = "DIAGNOSTICS"});
+  sp.diagnostics.resize(naper);
+  for (std::size_t a = 0; a < naper; ++a) {
+    auto& d = sp.diagnostics[a];
+    for (const auto& c : kDiagDoubles) d.*(c.member) = dt.column(c.name).number(a);
+    d.rejected = static_cast<long>(dt.column("REJECTED").number(a));
+    d.bad_columns = static_cast<long>(dt.column("BAD_COLS").number(a));
+    d.status = dt.column("STATUS").strings[a];
+  }
+}
+}  // namespace
+
 SpectrumSet read_spectrum_hdus(fits::Fits& f, const std::string& path, const std::vector<std::string>& skip) {
   SpectrumSet sp;
   for (const auto& im : kImages) {
@@ -224,30 +253,7 @@ SpectrumSet read_spectrum_hdus(fits::Fits& f, const std::string& path, const std
     for (Eigen::Index i = 0; i < v->size(); ++i)
       if (std::isnan(v->data()[i]) && (sp.mask.data()[i] & kMaskNoData)) v->data()[i] = inf;
   }
-  const auto naper = static_cast<std::size_t>(sp.flux.rows());
-
-  f.move_to("FIBRES");
-  const fits::Table ft = f.read_table();
-  if (ft.nrows() != naper)
-    throw DataError(fmt::format("FIBRES has {} rows for {} spectra", ft.nrows(), naper),
-                    ErrorContext{.file = path, .hdu = "FIBRES"});
-  sp.apertures.resize(naper);
-  for (std::size_t a = 0; a < naper; ++a) {
-    sp.apertures[a] = io::aperture_from_row(ft, a);
-  }
-  f.move_to("DIAGNOSTICS");
-  const fits::Table dt = f.read_table();
-  if (dt.nrows() != naper)
-    throw DataError(fmt::format("DIAGNOSTICS has {} rows for {} spectra", dt.nrows(), naper),
-                    ErrorContext{.file = path, .hdu = "DIAGNOSTICS"});
-  sp.diagnostics.resize(naper);
-  for (std::size_t a = 0; a < naper; ++a) {
-    auto& d = sp.diagnostics[a];
-    for (const auto& c : kDiagDoubles) d.*(c.member) = dt.column(c.name).number(a);
-    d.rejected = static_cast<long>(dt.column("REJECTED").number(a));
-    d.bad_columns = static_cast<long>(dt.column("BAD_COLS").number(a));
-    d.status = dt.column("STATUS").strings[a];
-  }
+  read_tables(f, path, sp, static_cast<long long>(sp.flux.rows()));
   // Every image HDU after the tables is an optional extra image.
   const int nhdu = f.num_hdus();
   for (int i = f.current_hdu() + 1; i < nhdu; ++i) {
@@ -266,9 +272,22 @@ SpectrumSet read_spectrum_hdus(fits::Fits& f, const std::string& path, const std
   return sp;
 }
 
+SpectrumSet read_spectrum_tables(fits::Fits& f, const std::string& path) {
+  SpectrumSet sp;
+  f.move_to(0);
+  sp.header = f.read_header();
+  read_tables(f, path, sp, -1);
+  return sp;
+}
+
 SpectrumSet read_ex_file(const std::filesystem::path& path) {
   auto f = fits::Fits::open(path);
   return read_spectrum_hdus(f, path.string(), {});
+}
+
+SpectrumSet read_ex_tables(const std::filesystem::path& path) {
+  auto f = fits::Fits::open(path);
+  return read_spectrum_tables(f, path.string());
 }
 
 

@@ -148,7 +148,7 @@ void write_night_diagnostics(const fs::path& path, const fs::path& out_dir,
       const fs::path exf = out_dir / "ex" / (e.name + ".ex.fits"), redf = out_dir / "red" / (e.name + ".red.fits");
       try {
         if (fs::exists(redf)) {
-          const auto red = wavecal::read_red_file(redf);
+          const auto red = wavecal::read_red_tables(redf);
           h5::Group a = g.create_group("apertures");
           write_apertures(a, red.spectra);
           std::vector<double> rms;
@@ -163,7 +163,7 @@ void write_night_diagnostics(const fs::path& path, const fs::path& out_dir,
           g.set_attr("flexure_err_px", red.spectra.header.get_double("FLEXERR").value_or(NAN));
           g.set_attr("flexure_method", red.spectra.header.get_string("FLEXMETH").value_or(""));
         } else if (fs::exists(exf)) {
-          const SpectrumSet s = extract::read_ex_file(exf);
+          const SpectrumSet s = extract::read_ex_tables(exf);
           h5::Group a = g.create_group("apertures");
           write_apertures(a, s);
         }

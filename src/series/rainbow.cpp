@@ -90,7 +90,8 @@ SetLayout layout_of(const SeriesSet& set) {
   for (const auto& e : set.exposures) {
     if (!fs::exists(e.red)) continue;
     try {
-      const wavecal::RedSpectra red = wavecal::read_red_file(e.red);
+      // The grid from the WCS and the apertures from FIBRES: the pixels are not needed here.
+      const wavecal::RedSpectra red = wavecal::read_red_tables(e.red);
       l.wavelength = red.grid.centres;
       l.apertures = red.spectra.apertures;
       l.medium = red.spectra.header.get_string("WAVEMED").value_or("air");
@@ -316,6 +317,16 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
         }
         if (!reds[q]) ++summary.failed_exposures;
       }
+      // The observer of each exposure, shared by its apertures (a failure is reported per aperture below).
+      std::vector<std::optional<BarycentricObserver>> observers(cnt);
+      std::vector<std::string> observer_errors(cnt);
+      for (std::size_t q = 0; q < cnt; ++q) {
+        try {
+          observers[q] = barycentric_observer(set.exposures[b0 + q].mjd_mid_utc, site);
+        } catch (const std::exception& ex) {
+          observer_errors[q] = ex.what();
+        }
+      }
       const hsize_t t0 = cnt ? static_cast<hsize_t>(b0) : 0, hc = static_cast<hsize_t>(cnt);
       std::vector<float> buf(nwave * cnt);
       std::vector<std::uint8_t> okbuf(nwave * cnt);
@@ -355,7 +366,8 @@ RainbowSummary write_rainbow_file(const fs::path& path, const std::vector<Series
           // A time that cannot be computed (no position, no date) is NaN: a throw here would leave the other
           // ranks in the collective writes below.
           try {
-            tv[0][q] = bjd_tdb(e.mjd_mid_utc, own ? ap.ra_deg : e.ra_deg, own ? ap.dec_deg : e.dec_deg, site);
+            if (!observers[q]) throw DataError(observer_errors[q]);
+            tv[0][q] = bjd_tdb(*observers[q], own ? ap.ra_deg : e.ra_deg, own ? ap.dec_deg : e.dec_deg);
           } catch (const std::exception& ex) {
             spdlog::warn("{}: no BJD_TDB for {}: {}", e.name, ap.name, ex.what());
           }

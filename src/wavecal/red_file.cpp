@@ -169,6 +169,25 @@ const std::vector<io::FormatItem>& red_format() {
   return f;
 }
 
+namespace {
+/// The WAVECAL table into `red.wave` (`naper` rows expected).
+void read_wavecal(fits::Fits& f, const std::string& file, RedSpectra& red, std::size_t naper) {
+  f.move_to("WAVECAL");
+  const fits::Table t = f.read_table();
+  if (t.nrows() != naper)
+    throw DataError(fmt::format("WAVECAL has {} rows for {} spectra", t.nrows(), naper),
+                    ErrorContext{.file = file, .hdu = "WAVECAL"});
+  red.wave.resize(naper);
+  for (std::size_t a = 0; a < naper; ++a) {
+    auto& w = red.wave[a];
+    w.status = t.column("STATUS").strings[a];
+    w.n_lines = static_cast<int>(t.column("N_LINES").number(a));
+    w.flexure_lines = static_cast<int>(t.column("FLEX_LINES").number(a));
+    for (const auto& c : kWaveDoubles) w.*(c.member) = t.column(c.name).number(a);
+  }
+}
+}  // namespace
+
 RedSpectra read_red_file(const std::filesystem::path& path) {
   const std::string file = path.string();
   auto f = fits::Fits::open(path);
@@ -179,21 +198,26 @@ RedSpectra read_red_file(const std::filesystem::path& path) {
   red.wavela = f.read_image_double();
   f.move_to("COVAR");
   red.covariance_next = f.read_image_float();
-  f.move_to("WAVECAL");
-  const fits::Table t = f.read_table();
   const auto naper = static_cast<std::size_t>(red.spectra.naper());
-  if (t.nrows() != naper || static_cast<std::size_t>(red.wavela.rows()) != naper)
-    throw DataError(fmt::format("WAVECAL has {} rows and WAVELA {} for {} spectra", t.nrows(), red.wavela.rows(),
-                                naper),
-                    ErrorContext{.file = file, .hdu = "WAVECAL"});
-  red.wave.resize(naper);
-  for (std::size_t a = 0; a < naper; ++a) {
-    auto& w = red.wave[a];
-    w.status = t.column("STATUS").strings[a];
-    w.n_lines = static_cast<int>(t.column("N_LINES").number(a));
-    w.flexure_lines = static_cast<int>(t.column("FLEX_LINES").number(a));
-    for (const auto& c : kWaveDoubles) w.*(c.member) = t.column(c.name).number(a);
-  }
+  if (static_cast<std::size_t>(red.wavela.rows()) != naper)
+    throw DataError(fmt::format("WAVELA has {} rows for {} spectra", red.wavela.rows(), naper),
+                    ErrorContext{.file = file, .hdu = "WAVELA"});
+  read_wavecal(f, file, red, naper);
+  return red;
+}
+
+RedSpectra read_red_tables(const std::filesystem::path& path) {
+  const std::string file = path.string();
+  auto f = fits::Fits::open(path);
+  RedSpectra red;
+  red.spectra = extract::read_spectrum_tables(f, file);
+  f.move_to(0);
+  const std::vector<long> shape = f.image_shape();  // {naper, nwave}
+  if (shape.size() != 2)
+    throw DataError(fmt::format("the primary image has {} axes, not 2 (NAPER x NWAVE)", shape.size()),
+                    ErrorContext{.file = file, .hdu = "PRIMARY"});
+  red.grid = grid_from_wcs(red.spectra.header, shape[1], file);
+  read_wavecal(f, file, red, red.spectra.apertures.size());
   return red;
 }
 

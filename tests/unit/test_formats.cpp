@@ -434,6 +434,61 @@ TEST(FormatsLog, TheCsvHeaderIsTheTable) {
   }
 }
 
+// The readers of a file's header and tables alone (the night's diagnostics and the cubes' layout use them)
+// give exactly what the whole-file readers give, for every EX and RED file of the nights.
+namespace {
+/// NaN-aware equality of two doubles.
+bool same(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
+
+void expect_same_tables(const SpectrumSet& full, const SpectrumSet& tables, const fs::path& file) {
+  SCOPED_TRACE(file.string());
+  ASSERT_EQ(full.header.cards().size(), tables.header.cards().size());
+  for (std::size_t i = 0; i < full.header.cards().size(); ++i) {
+    EXPECT_EQ(full.header.cards()[i].key, tables.header.cards()[i].key);
+    EXPECT_EQ(full.header.cards()[i].value, tables.header.cards()[i].value);
+  }
+  EXPECT_EQ(full.header.history(), tables.header.history());
+  ASSERT_EQ(full.apertures.size(), tables.apertures.size());
+  ASSERT_EQ(full.diagnostics.size(), tables.diagnostics.size());
+  for (std::size_t a = 0; a < full.apertures.size(); ++a) {
+    EXPECT_EQ(full.apertures[a].name, tables.apertures[a].name);
+    EXPECT_EQ(full.apertures[a].type, tables.apertures[a].type);
+    EXPECT_TRUE(same(full.apertures[a].ra_deg, tables.apertures[a].ra_deg));
+    const auto &x = full.diagnostics[a], &y = tables.diagnostics[a];
+    EXPECT_EQ(x.status, y.status);
+    EXPECT_EQ(x.rejected, y.rejected);
+    EXPECT_EQ(x.bad_columns, y.bad_columns);
+    for (auto m : {&ApertureDiagnostics::trace_offset_px, &ApertureDiagnostics::shift_px,
+                   &ApertureDiagnostics::width_px, &ApertureDiagnostics::snr_median, &ApertureDiagnostics::sky_median_e})
+      EXPECT_TRUE(same(x.*m, y.*m)) << a;
+  }
+  EXPECT_EQ(tables.flux.size(), 0) << "no pixels are read";
+}
+}  // namespace
+
+TEST(FormatsReaders, HeaderAndTablesAloneAreWhatTheWholeFileHolds) {
+  std::size_t n = 0;
+  for (const auto& file : product("ex_format").files) {
+    expect_same_tables(extract::read_ex_file(file), extract::read_ex_tables(file), file);
+    ++n;
+  }
+  for (const auto& file : product("red_format").files) {
+    const auto full = wavecal::read_red_file(file), tables = wavecal::read_red_tables(file);
+    expect_same_tables(full.spectra, tables.spectra, file);
+    EXPECT_EQ(full.grid.centres, tables.grid.centres) << file;
+    EXPECT_EQ(full.grid.edges, tables.grid.edges) << file;
+    ASSERT_EQ(full.wave.size(), tables.wave.size());
+    for (std::size_t a = 0; a < full.wave.size(); ++a) {
+      EXPECT_EQ(full.wave[a].status, tables.wave[a].status);
+      EXPECT_EQ(full.wave[a].n_lines, tables.wave[a].n_lines);
+      EXPECT_TRUE(same(full.wave[a].rms_px, tables.wave[a].rms_px));
+      EXPECT_TRUE(same(full.wave[a].flexure_px, tables.wave[a].flexure_px));
+    }
+    ++n;
+  }
+  EXPECT_GE(n, 16u) << "the two nights' EX (science, arcs, master flat) and RED files";
+}
+
 // Every table item is well formed: a known type, a description, no duplicate.
 TEST(FormatsTables, ItemsAreWellFormed) {
   // KSPECDR_FORMATS_DUMP=<file> writes every table as the rows docs/formats.md expects.

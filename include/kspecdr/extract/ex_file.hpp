@@ -44,6 +44,9 @@ void write_ex_file(const std::filesystem::path& path, const SpectrumSet& spectra
 
 /// Reads an EX file written by write_ex_file. Throws FitsError/DataError naming the file and HDU.
 SpectrumSet read_ex_file(const std::filesystem::path& path);
+/// The primary header, apertures (FIBRES) and per-aperture diagnostics of an EX file, without its pixels (the
+/// images, MASK and extra images stay empty): what a summary of many files needs, read quickly.
+SpectrumSet read_ex_tables(const std::filesystem::path& path);
 
 // ---- shared with the RED file, which is an EX layout on a wavelength grid plus HDUs of its own
 
@@ -53,6 +56,8 @@ void write_spectrum_hdus(fits::Fits& f, const SpectrumSet& spectra);
 /// Reads what write_spectrum_hdus wrote; image HDUs after the tables become extra images except those
 /// named in `skip` (HDUs the caller reads itself). `path` names the file in messages.
 SpectrumSet read_spectrum_hdus(fits::Fits& f, const std::string& path, const std::vector<std::string>& skip);
+/// The primary header, FIBRES and DIAGNOSTICS of that layout, no pixels.
+SpectrumSet read_spectrum_tables(fits::Fits& f, const std::string& path);
 /// Throws DataError when an extra image name is empty, repeated, or one of the layout's own HDUs or `reserved`.
 void check_extra_names(const SpectrumSet& spectra, const std::string& path, const std::vector<std::string>& reserved);
 

@@ -22,4 +22,16 @@ struct Site {
 /// Throws DataError when the date is outside ERFA's leap-second table range or not finite.
 double bjd_tdb(double mjd_utc, double ra_deg, double dec_deg, const Site& site);
 
+/// What bjd_tdb needs of the time and the site, whatever the target: many targets observed at one time
+/// (the apertures of an exposure) share it, and only the projection on each target's direction differs.
+struct BarycentricObserver {
+  double jd_tt = 0.0;            ///< JD_TT + (TDB − TT) in days (two parts summed: tt1 + tt2)
+  double tdb_minus_tt_s = 0.0;   ///< TDB − TT at the site (s)
+  double position_m[3] = {0, 0, 0};  ///< barycentric position of the site (m), ICRS axes
+};
+/// The observer of bjd_tdb at UTC `mjd_utc` (MJD) at `site`; throws as bjd_tdb does.
+BarycentricObserver barycentric_observer(double mjd_utc, const Site& site);
+/// bjd_tdb for a target at ICRS (ra_deg, dec_deg) seen by `observer` (the same number bjd_tdb gives).
+double bjd_tdb(const BarycentricObserver& observer, double ra_deg, double dec_deg);
+
 }  // namespace kspecdr::series

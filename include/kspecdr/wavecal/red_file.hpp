@@ -52,5 +52,8 @@ const std::vector<io::FormatItem>& red_format();
 void write_red_file(const std::filesystem::path& path, const RedSpectra& red, bool overwrite);
 /// Reads a RED file. Throws FitsError/DataError naming the file and HDU.
 RedSpectra read_red_file(const std::filesystem::path& path);
+/// The primary header, wavelength grid, apertures, per-aperture diagnostics and WAVECAL table of a RED file,
+/// without its pixels (the images, WAVELA and COVAR stay empty).
+RedSpectra read_red_tables(const std::filesystem::path& path);
 
 }  // namespace kspecdr::wavecal
