@@ -5,6 +5,7 @@
 # (reported as such: that measures overhead, not scaling). With SCALING=weak the night grows with the ranks
 # (N_SCIENCE exposures per rank, a new night per rank count) and the efficiency t(1) / t(n) is shown instead.
 # Rank 0's wall time of each phase of the last run is printed at the end.
+# The wall time includes mpirun's start-up; "rank 0 in-process" is the total of rank 0's phases, without it.
 # Extra simulator options go in SIM_ARGS (e.g. SIM_ARGS="--science-exptime-s 120" for a long weak-scaling
 # night that must fit between the field's rising and setting).
 #   scripts/bench_night.sh [MODE=fiber] [N_SCIENCE=12] [RANKS="1 2"] [SCALING=strong|weak]
@@ -17,6 +18,11 @@ SCALING=${4:-strong}
 BIN=${KSPECDR_BIN:-build/kspecdr}
 WORK=${KSPECDR_BENCH_DIR:-/tmp/kspecdr-bench-night}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# One node: the ob1 messaging layer over shared memory, which is what a single node uses anyway. Open MPI's default
+# first probes the network transports (UCX, OFI, PSM), 0.2 s more start-up on every run here; set OMPI_MCA_pml to
+# override (e.g. OMPI_MCA_pml= for Open MPI's own choice).
+export OMPI_MCA_pml=${OMPI_MCA_pml-ob1}
+[ -z "$OMPI_MCA_pml" ] && unset OMPI_MCA_pml
 rm -rf "$WORK" && mkdir -p "$WORK"
 simulate() {  # $1: science exposures
   rm -rf "$WORK/night"
@@ -26,13 +32,14 @@ simulate() {  # $1: science exposures
 cores=$(nproc)
 if [ "$SCALING" = strong ]; then
   echo "night: $MODE, $(ls "$WORK/night/raw" | wc -l) raw frames ($NSCI science), $cores cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "| ranks | wall (s) | science exposures / min | speed-up | peak RSS per rank |"
+  echo "| ranks | wall (s) | rank 0 in-process (s) | science exposures / min | speed-up | peak RSS per rank |"
 else
   echo "weak scaling: $MODE nights of $NSCI science exposures per rank, $cores cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "| ranks | wall (s) | science exposures / min | efficiency t(1)/t(n) | peak RSS per rank |"
 fi
-echo "|---:|---:|---:|---:|---|"
+if [ "$SCALING" = strong ]; then echo "|---:|---:|---:|---:|---:|---|"; else echo "|---:|---:|---:|---:|---|"; fi
 t1=""
+runs=""  # "np wall" per run, for the summary of repeated rank counts
 for np in $RANKS; do
   n=$NSCI
   if [ "$SCALING" = weak ]; then
@@ -48,7 +55,37 @@ for np in $RANKS; do
   [ -z "$t1" ] && t1=$wall
   rss=$(grep -o "peak resident memory per rank: .*" "$WORK/reduce-np$np.log" | sed 's/peak resident memory per rank: //')
   note=""; [ "$np" -gt "$cores" ] && note=" (oversubscribed)"
-  awk -v np="$np" -v note="$note" -v w="$wall" -v n="$n" -v t1="$t1" -v rss="$rss" \
-    'BEGIN{printf "| %s%s | %.1f | %.1f | %.2f | %s |\n", np, note, w, n*60/w, t1/w, rss}'
+  inproc=$(grep -o "wall time by phase.*(total [0-9.]* s)" "$WORK/reduce-np$np.log" | grep -o "total [0-9.]*" | cut -d' ' -f2 || true)
+  runs="$runs$np $wall
+"
+  if [ "$SCALING" = strong ]; then
+    awk -v np="$np" -v note="$note" -v w="$wall" -v ip="${inproc:-nan}" -v n="$n" -v t1="$t1" -v rss="$rss" \
+      'BEGIN{printf "| %s%s | %.1f | %.2f | %.1f | %.2f | %s |\n", np, note, w, ip, n*60/w, t1/w, rss}'
+  else
+    awk -v np="$np" -v note="$note" -v w="$wall" -v n="$n" -v t1="$t1" -v rss="$rss" \
+      'BEGIN{printf "| %s%s | %.1f | %.1f | %.2f | %s |\n", np, note, w, n*60/w, t1/w, rss}'
+  fi
 done
-for np in $RANKS; do grep -o "wall time by phase.*" "$WORK/reduce-np$np.log" | sed "s/^/$np ranks: /" || true; done
+# Repeated rank counts (e.g. RANKS="1 2 1 2 1 2"): per rank count the median and the fastest wall time, and the
+# speed-up over one rank of each. On a machine whose speed drifts, runs that alternate the rank counts and
+# their medians say more than any single pair.
+if [ "$SCALING" = strong ] && [ "$(printf '%s' "$runs" | awk '{print $1}' | sort | uniq -d | wc -l)" -gt 0 ]; then
+  echo
+  echo "| ranks | runs | median wall (s) | fastest (s) | speed-up of medians | speed-up of fastest |"
+  echo "|---:|---:|---:|---:|---:|---:|"
+  printf '%s' "$runs" | awk '
+    { w[$1] = w[$1] " " $2; n[$1]++ }
+    END {
+      for (np in n) {
+        k = split(substr(w[np], 2), v, " ")
+        for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
+        med[np] = (k % 2) ? v[(k + 1) / 2] : 0.5 * (v[k / 2] + v[k / 2 + 1]); best[np] = v[1]
+      }
+      for (np = 1; np <= 64; np++) if (np in n)
+        printf "| %d | %d | %.2f | %.2f | %s | %s |\n", np, n[np], med[np], best[np],
+               (1 in n) ? sprintf("%.2f", med[1] / med[np]) : "-", (1 in n) ? sprintf("%.2f", best[1] / best[np]) : "-"
+    }'
+fi
+for np in $(printf '%s\n' $RANKS | sort -nu); do
+  grep -o "wall time by phase.*" "$WORK/reduce-np$np.log" | sed "s/^/$np ranks (last run): /" || true
+done
