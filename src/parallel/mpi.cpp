@@ -1,5 +1,7 @@
 #include "kspecdr/parallel/mpi.hpp"
 
+#include <atomic>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -248,38 +250,77 @@ double Comm::median(const std::vector<double>& local) const {
   return 0.5 * (kth_smallest(local, h - 1) + upper);
 }
 
-void RoundSums::add(long long done, long long failed) {
-  auto r = std::make_unique<Round>();
-  r->in[0] = done;
-  r->in[1] = failed;
-  check(MPI_Iallreduce(r->in, r->out, 2, MPI_LONG_LONG, MPI_SUM, comm_.get(), &r->request), "MPI_Iallreduce(SUM)");
-  rounds_.push_back(std::move(r));
+WorkQueue::WorkQueue(const Comm& comm, long long n) : comm_(comm), n_(n), next_static_(comm.rank()) {
+  if (comm.size() == 1) return;  // one rank takes every item in order
+  // Every rank on one node? Then a shared window holds the counters.
+  MPI_Comm node = MPI_COMM_NULL;
+  check(MPI_Comm_split_type(comm.get(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  int node_size = 0;
+  MPI_Comm_size(node, &node_size);
+  MPI_Comm_free(&node);
+  if (node_size != comm.size()) return;
+  void* base = nullptr;
+  const MPI_Aint bytes = comm.is_root() ? static_cast<MPI_Aint>(3 * sizeof(long long)) : 0;
+  check(MPI_Win_allocate_shared(bytes, sizeof(long long), MPI_INFO_NULL, comm.get(), &base, &win_),
+        "MPI_Win_allocate_shared");
+  MPI_Aint size = 0;
+  int disp = 0;
+  check(MPI_Win_shared_query(win_, 0, &size, &disp, &base), "MPI_Win_shared_query");
+  counters_ = static_cast<long long*>(base);
+  if (comm.is_root())
+    for (int i = 0; i < 3; ++i) std::atomic_ref<long long>(counters_[i]).store(0);
+  comm.barrier();  // the counters are zero before any rank takes an item
 }
 
-std::pair<long long, long long> RoundSums::totals() {
-  while (completed_ < rounds_.size()) {
-    int flag = 0;
-    check(MPI_Test(&rounds_[completed_]->request, &flag, MPI_STATUS_IGNORE), "MPI_Test");
-    if (!flag) break;
-    done_ += rounds_[completed_]->out[0];
-    failed_ += rounds_[completed_]->out[1];
-    ++completed_;
+WorkQueue::~WorkQueue() {
+  if (win_ != MPI_WIN_NULL) MPI_Win_free(&win_);
+}
+
+long long WorkQueue::next() {
+  long long i = 0;
+  if (counters_) {
+    i = std::atomic_ref<long long>(counters_[0]).fetch_add(1);
+  } else {
+    i = next_static_;
+    next_static_ += comm_.size();
   }
+  return i < n_ ? i : -1;
+}
+
+void WorkQueue::add(long long done, long long failed) {
+  if (counters_) {
+    std::atomic_ref<long long>(counters_[1]).fetch_add(done);
+    std::atomic_ref<long long>(counters_[2]).fetch_add(failed);
+  } else {
+    done_ += done;
+    failed_ += failed;
+  }
+}
+
+std::pair<long long, long long> WorkQueue::totals() const {
+  if (counters_)
+    return {std::atomic_ref<long long>(counters_[1]).load(), std::atomic_ref<long long>(counters_[2]).load()};
   return {done_, failed_};
 }
 
-std::pair<long long, long long> RoundSums::finish() {
-  for (; completed_ < rounds_.size(); ++completed_) {
-    check(MPI_Wait(&rounds_[completed_]->request, MPI_STATUS_IGNORE), "MPI_Wait");
-    done_ += rounds_[completed_]->out[0];
-    failed_ += rounds_[completed_]->out[1];
+std::pair<long long, long long> WorkQueue::finish() {
+  if (counters_) {
+    comm_.barrier();  // every rank has added its counts
+    const auto t = totals();
+    comm_.barrier();  // and every rank has read them before the window goes
+    MPI_Win_free(&win_);
+    win_ = MPI_WIN_NULL;
+    counters_ = nullptr;
+    finished_ = true;
+    done_ = t.first, failed_ = t.second;
+    return t;
+  }
+  if (!finished_) {
+    done_ = comm_.sum(done_);
+    failed_ = comm_.sum(failed_);
+    finished_ = true;
   }
   return {done_, failed_};
-}
-
-RoundSums::~RoundSums() {
-  // A round left outstanding by an exception: complete it, so that no request outlives its buffers.
-  for (; completed_ < rounds_.size(); ++completed_) MPI_Wait(&rounds_[completed_]->request, MPI_STATUS_IGNORE);
 }
 
 void all_or_throw(const Comm& comm, const std::function<void()>& work) {

@@ -239,24 +239,24 @@ std::vector<double> file_weights(const std::vector<fs::path>& files, const mpi::
   return w;
 }
 
-/// Deals the items of a step to the ranks. While at least as many items remain as there are ranks, a round gives
-/// one item to each rank (item round · n + rank); the last items, fewer than the ranks, go each to a group of ranks
-/// (mpi::group_sizes by `weights`: every rank works, and the larger items get the larger groups) that share it
-/// through a communicator of their own (MPI_Comm_split). `work(item, group)` runs on every rank of the item's group
-/// (a group of one rank in the full rounds) and returns the (done, failed) counts it adds: the group's root counts
-/// the item, the other ranks nothing. After each round the counts are summed without waiting (mpi::RoundSums) for
-/// the progress shown on rank 0.
+/// Deals the items of a step to the ranks. All but the last (size mod n) items go one at a time to whichever rank
+/// is free (mpi::WorkQueue: a rank takes the next item when it has finished its last, so a faster rank takes more);
+/// the last items, fewer than the ranks, go each to a group of ranks (mpi::group_sizes by `weights`: every rank
+/// works, and the larger items get the larger groups) that share it through a communicator of their own
+/// (MPI_Comm_split). `work(item, group)` runs on every rank of the item's group (a group of one rank before the
+/// last items) and returns the (done, failed) counts it adds: the group's root counts the item, the other ranks
+/// nothing. The counts are kept without holding the ranks in step, for the progress shown on rank 0.
 void deal_items(const mpi::Comm& comm, const std::vector<double>& weights, Progress& progress, const std::string& what,
                 const std::function<std::pair<long long, long long>(std::size_t, const mpi::Comm&)>& work) {
   const auto n = static_cast<std::size_t>(comm.size()), me = static_cast<std::size_t>(comm.rank());
   const std::size_t full = weights.size() / n;
-  mpi::RoundSums sums(comm);
+  mpi::WorkQueue queue(comm, static_cast<long long>(full * n));
   auto count = [&](std::pair<long long, long long> c) {
-    sums.add(c.first, c.second);
-    const auto [d, f] = sums.totals();
+    queue.add(c.first, c.second);
+    const auto [d, f] = queue.totals();
     progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
   };
-  for (std::size_t round = 0; round < full; ++round) count(work(round * n + me, mpi::self()));
+  for (long long i; (i = queue.next()) >= 0;) count(work(static_cast<std::size_t>(i), mpi::self()));
   if (full * n < weights.size()) {
     const std::vector<double> rest(weights.begin() + static_cast<std::ptrdiff_t>(full * n), weights.end());
     const std::vector<int> sizes = mpi::group_sizes(rest, comm.size());
@@ -268,7 +268,7 @@ void deal_items(const mpi::Comm& comm, const std::vector<double>& weights, Progr
     const mpi::Comm group = comm.split(static_cast<int>(item), comm.rank());
     count(work(full * n + item, group));
   }
-  const auto [d, f] = sums.finish();
+  const auto [d, f] = queue.finish();
   progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
 }
 
@@ -761,49 +761,42 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
                                p.frame_class == FrameClass::Imaging))
         work.push_back(&p);
     summary.exposures += work.size();
-    // Rounds of one exposure per rank: after each round the ranks add up what is done without waiting for
-    // each other (mpi::RoundSums), so rank 0 can show the progress of the whole setup while no rank is held
-    // in step with the others.
-    const std::size_t nranks = static_cast<std::size_t>(comm.size());
-    const std::size_t rounds = (work.size() + nranks - 1) / nranks;
+    // One exposure at a time to whichever rank is free (mpi::WorkQueue); the counts of what is done are kept
+    // without holding the ranks in step, so rank 0 can show the progress of the whole setup.
     Progress progress(fmt::format("IM frames of setup '{}'", setup), work.size(), comm.is_root());
-    mpi::RoundSums sums(comm);
-    for (std::size_t round = 0; round < rounds; ++round) {
-      const std::size_t i = round * nranks + static_cast<std::size_t>(comm.rank());
-      long long did = 0, failed = 0;
-      if (i < work.size()) {
-        const PlannedFrame& p = *work[i];
-        const fs::path out = imdir / (p.name + ".im.fits");
-        did = 1;
-        if (keep_existing(cfg, out, config_hash, p.name)) {
-          spdlog::info("{}: {} exists and is current; kept (pass --overwrite to redo it)", p.name, out.string());
-          ++summary.skipped;
-        } else {
-          try {
-            Image im = detector::calibrate_frame(p.file, profile, bias ? &*bias : nullptr, flat ? &*flat : nullptr,
-                                                 cfg.detector);
-            im.header.set("EXPNAME", p.name, "exposure name");
-            im.header.set("FRAMECLS", to_string(p.frame_class), "frame class from the instrument profile");
-            im.header.set("INSTPROF", profile.name, "kspecdr instrument profile");
-            im.header.set("SETUP", setup, "setup key");
-            im.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
-            im.header.set("DATE", utc_now(), "UTC time this file was written");
-            detector::write_im(out, im, true);
-            ++summary.done;
-            spdlog::debug("{} -> {}", p.name, out.string());
-          } catch (const std::exception& e) {
-            spdlog::error("{} failed: {}", p.name, e.what());
-            summary.failures.push_back({p.name, p.file, e.what()});
-            failed = 1;
-          }
+    mpi::WorkQueue queue(comm, static_cast<long long>(work.size()));
+    for (long long next; (next = queue.next()) >= 0;) {
+      const PlannedFrame& p = *work[static_cast<std::size_t>(next)];
+      const fs::path out = imdir / (p.name + ".im.fits");
+      long long failed = 0;
+      if (keep_existing(cfg, out, config_hash, p.name)) {
+        spdlog::info("{}: {} exists and is current; kept (pass --overwrite to redo it)", p.name, out.string());
+        ++summary.skipped;
+      } else {
+        try {
+          Image im = detector::calibrate_frame(p.file, profile, bias ? &*bias : nullptr, flat ? &*flat : nullptr,
+                                               cfg.detector);
+          im.header.set("EXPNAME", p.name, "exposure name");
+          im.header.set("FRAMECLS", to_string(p.frame_class), "frame class from the instrument profile");
+          im.header.set("INSTPROF", profile.name, "kspecdr instrument profile");
+          im.header.set("SETUP", setup, "setup key");
+          im.header.set("CFGHASH", config_hash, "hash of the resolved configuration (config-used.ini)");
+          im.header.set("DATE", utc_now(), "UTC time this file was written");
+          detector::write_im(out, im, true);
+          ++summary.done;
+          spdlog::debug("{} -> {}", p.name, out.string());
+        } catch (const std::exception& e) {
+          spdlog::error("{} failed: {}", p.name, e.what());
+          summary.failures.push_back({p.name, p.file, e.what()});
+          failed = 1;
         }
       }
-      sums.add(did, failed);
-      const auto [d, f] = sums.totals();
+      queue.add(1, failed);
+      const auto [d, f] = queue.totals();
       progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
     }
     {
-      const auto [d, f] = sums.finish();
+      const auto [d, f] = queue.finish();
       progress.set(static_cast<std::size_t>(d), static_cast<std::size_t>(f));
     }
     clock.mark("IM");
@@ -950,6 +943,15 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       all.push_back({line.substr(0, a), line.substr(a + 1, b - a - 1), line.substr(b + 1)});
     }
   }
+  // In the night's order (which rank met a failure depends on how the work was dealt), the others after.
+  auto plan_index = [&](const std::string& name) {
+    for (std::size_t i = 0; i < plan.size(); ++i)
+      if (plan[i].name == name) return i;
+    return plan.size();
+  };
+  std::stable_sort(all.begin(), all.end(), [&](const ExposureFailure& a, const ExposureFailure& b) {
+    return plan_index(a.exposure) < plan_index(b.exposure);
+  });
   summary.failures = all;
   // Peak resident memory of every rank (getrusage: kilobytes on Linux), gathered for the summary.
   std::string rss_report;

@@ -77,31 +77,36 @@ class Comm {
   bool owned_;
 };
 
-/// Sums of (done, failed) counts per round of work, reduced without waiting: each rank adds its round's counts
-/// with add() (an MPI_Iallreduce; every rank calls add() once per round, in the same order), goes on with its
-/// next item, and reads the totals of the rounds completed so far with totals(). finish() waits for the rest.
-/// So ranks are never held in step by the progress count, only by the work itself.
-class RoundSums {
+/// Work items 0 … n−1 dealt to the ranks of `comm` as they become free (dynamic dealing): each rank takes the next
+/// item with next() when it has finished the last one, so a faster rank (a less loaded core, a cheaper item) takes
+/// more, and the ranks finish together. On one node the next item and the (done, failed) counts are counters in
+/// memory shared by the ranks (MPI_Win_allocate_shared), changed atomically. Across nodes, where there is no
+/// shared memory, rank r takes items r, r + R, r + 2R … (static dealing). Which rank does which item may change
+/// from run to run; nothing else does. Construction and finish() are collective; next(), add() and totals() are not.
+class WorkQueue {
  public:
-  explicit RoundSums(const Comm& comm) : comm_(comm) {}
-  ~RoundSums();
-  RoundSums(const RoundSums&) = delete;
-  RoundSums& operator=(const RoundSums&) = delete;
+  WorkQueue(const Comm& comm, long long n);
+  ~WorkQueue();
+  WorkQueue(const WorkQueue&) = delete;
+  WorkQueue& operator=(const WorkQueue&) = delete;
+  /// The next item for this rank, or -1 when none is left.
+  long long next();
+  /// Counts an item this rank finished (done items, of which failed).
   void add(long long done, long long failed);
-  /// Totals of the rounds whose reductions have completed (tests the outstanding ones, in order).
-  std::pair<long long, long long> totals();
-  /// Waits for every round; the totals of all rounds.
+  /// The (done, failed) counts of all ranks so far (on one node; elsewhere this rank's own).
+  std::pair<long long, long long> totals() const;
+  /// Waits for every rank; the (done, failed) totals of all ranks. Collective.
   std::pair<long long, long long> finish();
+  /// True when the items are dealt dynamically (every rank on one node).
+  bool dynamic() const { return counters_ != nullptr; }
 
  private:
-  struct Round {
-    long long in[2] = {0, 0}, out[2] = {0, 0};
-    MPI_Request request = MPI_REQUEST_NULL;
-  };
   const Comm& comm_;
-  std::vector<std::unique_ptr<Round>> rounds_;  // stable addresses for MPI
-  std::size_t completed_ = 0;
-  long long done_ = 0, failed_ = 0;
+  long long n_;
+  MPI_Win win_ = MPI_WIN_NULL;
+  long long* counters_ = nullptr;  ///< shared: next item, done, failed
+  long long next_static_ = 0, done_ = 0, failed_ = 0;
+  bool finished_ = false;
 };
 
 /// Runs `work` on every rank of `comm` (it may call collectives) and makes any rank's failure the failure of all:
