@@ -119,56 +119,33 @@ struct FrameStack {
   std::size_t size() const { return files.size(); }
 };
 
-/// Every rank throws the error of the earliest frame, in file order, that failed on any rank (`k` < 0: none here),
-/// as the same type, so the message does not depend on the number of ranks. Collective with `comm`.
-void throw_first_failure(const mpi::Comm* comm, long long k, const std::exception_ptr& error) {
-  if (!comm || comm->size() == 1) {
-    if (error) std::rethrow_exception(error);
-    return;
-  }
-  std::string mine;
-  if (error) {
-    char type = 'E';
-    std::string what;
-    try {
-      std::rethrow_exception(error);
-    } catch (const ConfigError& e) {
-      type = 'C', what = e.what();
-    } catch (const DataError& e) {
-      type = 'D', what = e.what();
-    } catch (const std::exception& e) {
-      what = e.what();
-    }
-    mine = fmt::format("{:012d}{}{}", k, type, what);
-  }
-  std::string first;
-  for (auto& e : comm->allgather(mine))
-    if (!e.empty() && (first.empty() || e.compare(0, 12, first, 0, 12) < 0)) first = std::move(e);
-  if (first.empty()) return;
-  const std::string what = first.substr(13);
-  if (first[12] == 'C') throw ConfigError(what);
-  if (first[12] == 'D') throw DataError(what);
-  throw Error(what);
-}
-
-/// Runs `work(k, frame)` on the owner of every frame this rank holds, in file order; its failure on any rank is
-/// the failure of every rank (the earliest frame's). Collective with `comm`.
-void for_local_frames(FrameStack& s, const std::function<void(std::size_t, DetectorFrame&)>& work) {
+/// Runs `work(k)` for every frame k this rank owns, in file order, until one fails; the failure of the earliest
+/// frame that failed on any rank is thrown on every rank (mpi::throw_earliest), with the frame's file as context,
+/// so the message does not depend on the number of ranks. Collective with `comm`.
+void each_owned(FrameStack& s, const std::function<void(std::size_t)>& work) {
   long long failed = -1;
   std::exception_ptr error;
-  for (auto& [k, d] : s.local) {
+  for (std::size_t k = 0; k < s.size() && failed < 0; ++k) {
+    if (s.owner(k) != s.rank()) continue;
     try {
-      work(k, d);
+      work(k);
     } catch (Error& e) {
       e.add_context(ErrorContext{.file = s.files[k].string(), .exposure = s.files[k].stem().string()});
       failed = static_cast<long long>(k), error = std::current_exception();
-      break;
     } catch (const std::exception&) {
       failed = static_cast<long long>(k), error = std::current_exception();
-      break;
     }
   }
-  throw_first_failure(s.comm, failed, error);
+  if (!s.comm) {
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+  mpi::throw_earliest(*s.comm, failed < 0 ? 0 : failed, error);
+}
+
+/// Runs `work(k, frame)` on every frame this rank read (see each_owned). Collective with `comm`.
+void for_local_frames(FrameStack& s, const std::function<void(std::size_t, DetectorFrame&)>& work) {
+  each_owned(s, [&](std::size_t k) { work(k, s.local.at(k)); });
 }
 
 /// Per frame the numbers `measure` returns for it on its owner (any length), on every rank. Collective.
@@ -202,27 +179,14 @@ FrameStack read_stack(const std::vector<fs::path>& files, const InstrumentProfil
   s.pairs = pairs;
   s.files = files;
   for (const auto& f : files) s.names.push_back(f.filename().string());
-  {
-    long long failed = -1;
-    std::exception_ptr error;
-    for (std::size_t k = 0; k < files.size() && failed < 0; ++k) {
-      if (s.owner(k) != s.rank()) continue;
-      try {
-        DetectorFrame d = overscan_trim_gain(load_raw(files[k], profile), profile, cfg);
-        // Saturated and bad pixels are left out of the combination.
-        for (Eigen::Index i = 0; i < d.electrons.size(); ++i)
-          if (d.mask(i) & (kMaskBad | kMaskSaturated)) d.electrons(i) = std::numeric_limits<float>::quiet_NaN();
-        d.mask = MaskArray();
-        s.local.emplace(k, std::move(d));
-      } catch (Error& e) {
-        e.add_context(ErrorContext{.file = files[k].string(), .exposure = files[k].stem().string()});
-        failed = static_cast<long long>(k), error = std::current_exception();
-      } catch (const std::exception&) {
-        failed = static_cast<long long>(k), error = std::current_exception();
-      }
-    }
-    throw_first_failure(comm, failed, error);
-  }
+  each_owned(s, [&](std::size_t k) {
+    DetectorFrame d = overscan_trim_gain(load_raw(files[k], profile), profile, cfg);
+    // Saturated and bad pixels are left out of the combination.
+    for (Eigen::Index i = 0; i < d.electrons.size(); ++i)
+      if (d.mask(i) & (kMaskBad | kMaskSaturated)) d.electrons(i) = std::numeric_limits<float>::quiet_NaN();
+    d.mask = MaskArray();
+    s.local.emplace(k, std::move(d));
+  });
   // Shapes, checked in file order against the first frame.
   const auto shapes = per_frame(s, [](std::size_t, DetectorFrame& d) {
     return std::vector<double>{static_cast<double>(d.electrons.rows()), static_cast<double>(d.electrons.cols())};

@@ -592,10 +592,9 @@ const std::vector<io::FormatItem>& infield_cal_format() {
     };
     const std::string ex = "exposures/*";
     vec(ex, cal_when);
-    // An attribute of the groups `g` that is always there.
-    auto attr = [&](const std::string& g, const char* name, const char* type, const char* what) {
-      v.push_back({g, K::Attribute, name, type, "", what, ""});
-    };
+    // An attribute of the groups `g` (always there, or `when`).
+    auto attr = [&](const std::string& g, const char* name, const char* type, const char* what,
+                    const std::string& when = "") { v.push_back({g, K::Attribute, name, type, "", what, when}); };
     auto ea = [&](const char* name, const char* type, const char* what) { attr(ex, name, type, what); };
     ea("run", "string", "exposure name");
     ea("exposure_airmass", "float64", "airmass of the exposure");
@@ -653,9 +652,7 @@ const std::vector<io::FormatItem>& infield_cal_format() {
     pd("residual_mag", "float64", "mag", "mag_ab_synth - mag_ab (NaN for a band not used)");
     pd("used", "uint8", "", "1 = the band set the scale");
     pd("note", "string", "", "why a band was not used ('' when used)");
-    auto pa = [&](const char* name, const char* type, const char* what) {
-      v.push_back({ph, K::Attribute, name, type, "", what, scaled});
-    };
+    auto pa = [&](const char* name, const char* type, const char* what) { attr(ph, name, type, what, scaled); };
     pa("offset_mag", "float64", "weighted mean of mag_ab - synthetic(unscaled) in mag: scale = 10^(-0.4 offset_mag)");
     pa("offset_err_mag", "float64", "its uncertainty in mag");
     pa("chi2", "float64", "chi2 of the used bands' residuals");

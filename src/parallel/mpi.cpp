@@ -1,6 +1,7 @@
 #include "kspecdr/parallel/mpi.hpp"
 
 #include <atomic>
+#include <exception>
 
 #include <cmath>
 #include <cstdint>
@@ -323,27 +324,48 @@ std::pair<long long, long long> WorkQueue::finish() {
   return {done_, failed_};
 }
 
+void throw_earliest(const Comm& comm, long long key, const std::exception_ptr& error) {
+  if (comm.size() == 1) {
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+  std::string mine;  // 20-digit key, type letter, message
+  if (error) {
+    char type = 'E';
+    std::string what;
+    try {
+      std::rethrow_exception(error);
+    } catch (const ConfigError& e) {
+      type = 'C', what = e.what();
+    } catch (const DataError& e) {
+      type = 'D', what = e.what();
+    } catch (const std::exception& e) {
+      what = e.what();
+    }
+    mine = fmt::format("{:020d}{}{}", key, type, what);
+  }
+  std::string first;
+  for (auto& e : comm.allgather(mine))
+    if (!e.empty() && (first.empty() || e.compare(0, 20, first, 0, 20) < 0)) first = std::move(e);
+  if (first.empty()) return;
+  const std::string what = first.substr(21);
+  if (first[20] == 'C') throw ConfigError(what);
+  if (first[20] == 'D') throw DataError(what);
+  throw Error(what);
+}
+
 void all_or_throw(const Comm& comm, const std::function<void()>& work) {
   if (comm.size() == 1) {
     work();
     return;
   }
-  std::string error;
+  std::exception_ptr error;
   try {
     work();
-  } catch (const ConfigError& e) {
-    error = std::string("C") + e.what();
-  } catch (const DataError& e) {
-    error = std::string("D") + e.what();
-  } catch (const std::exception& e) {
-    error = std::string("E") + e.what();
+  } catch (const std::exception&) {
+    error = std::current_exception();
   }
-  for (const auto& e : comm.allgather(error)) {
-    if (e.empty()) continue;
-    if (e[0] == 'C') throw ConfigError(e.substr(1));
-    if (e[0] == 'D') throw DataError(e.substr(1));
-    throw Error(e.substr(1));
-  }
+  throw_earliest(comm, comm.rank(), error);
 }
 
 std::vector<int> group_sizes(const std::vector<double>& weights, int nranks) {

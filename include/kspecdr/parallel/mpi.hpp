@@ -3,6 +3,7 @@
 // returning codes (in the spirit of heffte::mpi). Nothing here knows astronomy.
 #include <mpi.h>
 
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -114,6 +115,12 @@ class WorkQueue {
 /// DataError or Error), so that no rank waits in a later collective that another has left. Collective. On a
 /// communicator of one rank `work` simply runs: its exception leaves unchanged.
 void all_or_throw(const Comm& comm, const std::function<void()>& work);
+
+/// Every rank of `comm` throws the error with the smallest `key` among those the ranks hold (`error` null: none
+/// here; keys ≥ 0), as the same type (ConfigError, DataError or Error), or returns on every rank when none holds
+/// one. all_or_throw keys by rank; a step whose items are dealt to ranks keys by item, so the error named does not
+/// depend on the number of ranks. Collective. On one rank `error` is rethrown unchanged.
+void throw_earliest(const Comm& comm, long long key, const std::exception_ptr& error);
 
 /// How many ranks each item of a round gets when the items are fewer than the ranks: item i gets sizes[i] >= 1
 /// ranks, the sizes add up to `nranks`, and the largest load per rank, weights[i] / sizes[i], is as small as whole
