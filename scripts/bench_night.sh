@@ -47,6 +47,10 @@ for np in $RANKS; do
     simulate "$n"
   fi
   rm -rf "$WORK/out"  # every run from scratch: masters, traces and arc solutions included
+  # Every run starts with nothing left to write back: the kernel writes dirty pages 30 s after they were
+  # written (vm.dirty_expire_centisecs), so without this the previous run's outputs (and the deletion above)
+  # would be written back on the same cores during this run, whatever its rank count.
+  [ "${BENCH_SYNC:-1}" = 1 ] && sync
   start=$(date +%s.%N)
   mpirun -np "$np" --oversubscribe "$BIN" reduce --raw "$WORK/night/raw" --instrument "$WORK/night/instrument.ini" \
     --out "$WORK/out" --stage red --overwrite > "$WORK/reduce-np$np.log" 2>&1
