@@ -219,20 +219,18 @@ ArcCalibration calibrate_arcs(const std::vector<SpectrumSet>& arcs, const std::v
       throw DataError(fmt::format("no fiber could be wavelength-calibrated: {}", e.what()));
     }
   } else {
-    // Aperture a is solved by rank a mod n and shared.
-    const Eigen::Index nranks = comm ? comm->size() : 1, me = comm ? comm->rank() : 0;
+    // The apertures dealt to the ranks one at a time (wavecal::solve_shared).
     arc.solutions.resize(static_cast<std::size_t>(naper));
-    for (Eigen::Index a = me; a < naper; a += nranks) {
-      const auto& ap = arc.apertures[static_cast<std::size_t>(a)];
-      auto& sol = arc.solutions[static_cast<std::size_t>(a)];
+    wavecal::solve_shared(arc.solutions, comm, [&](std::size_t a) {
+      auto& sol = arc.solutions[a];
       try {
-        sol = wavecal::calibrate_arc(wavecal::spectrum_row(combined, a), lines, hint, cfg.wavecal);
+        sol = wavecal::calibrate_arc(wavecal::spectrum_row(combined, static_cast<Eigen::Index>(a)), lines, hint,
+                                     cfg.wavecal);
       } catch (const Error& e) {
         sol = failed_solution(static_cast<long>(npix), e.what());
-        spdlog::warn("arc solution for aperture {} failed: {}", ap.name, e.what());
+        spdlog::warn("arc solution for aperture {} failed: {}", arc.apertures[a].name, e.what());
       }
-    }
-    if (comm) wavecal::share_solutions(arc.solutions, *comm);
+    });
   }
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   arc.header.set("ARCTMS", ms / static_cast<double>(std::max<Eigen::Index>(1, naper)),

@@ -155,30 +155,24 @@ FiberCalibration calibrate_fibers(const std::vector<std::vector<ArcPeak>>& peaks
   FiberCalibration out;
   out.solutions.resize(nf);
   std::vector<char> own_ok(nf, 0);
-  const std::size_t nranks = comm ? static_cast<std::size_t>(comm->size()) : 1,
-                    me = comm ? static_cast<std::size_t>(comm->rank()) : 0;
-  for (std::size_t i = me; i < nf; i += nranks) {
+  solve_shared(out.solutions, comm, [&](std::size_t i) {
     auto& s = out.solutions[i];
     s.npix = npix;
     s.medium = cfg.output_medium;
     if (peaks[i].empty()) {
       s.message = "no arc lines (fiber skipped or dark)";
-      continue;
+      return;
     }
     try {
       s = identify(peaks[i], npix, list, hint, cfg);
-      own_ok[i] = 1;
     } catch (const Error& e) {
       s.status = SolutionStatus::Failed;
       s.npix = npix;
       s.message = e.message();
     }
-  }
-  if (comm && nranks > 1) {
-    // Fiber i was solved by rank i mod n; an own identification is what left it Ok.
-    share_solutions(out.solutions, *comm);
-    for (std::size_t i = 0; i < nf; ++i) own_ok[i] = out.solutions[i].status == SolutionStatus::Ok;
-  }
+  });
+  // An own identification is what left a fiber Ok.
+  for (std::size_t i = 0; i < nf; ++i) own_ok[i] = out.solutions[i].status == SolutionStatus::Ok;
   // Smooth each coefficient across the well-measured fibers, rejecting fibers whose own solution
   // departs from the smooth model (a wrong identification, a bad fiber).
   const int ncoef = cfg.order + 1;

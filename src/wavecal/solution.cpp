@@ -710,6 +710,7 @@ struct Unpacker {
     pos += sizeof v;
     return v;
   }
+  bool done() const { return pos >= in.size(); }
   std::string get_string() {
     const auto n = static_cast<std::size_t>(get<std::uint64_t>());
     if (pos + n > in.size()) throw Error("wavelength solution bytes cut short");
@@ -746,15 +747,29 @@ std::string pack(const WavelengthSolution& s) {
   return std::move(p.out);
 }
 
-void share_solutions(std::vector<WavelengthSolution>& solutions, const mpi::Comm& comm) {
-  const std::size_t n = static_cast<std::size_t>(comm.size()), me = static_cast<std::size_t>(comm.rank());
-  if (n == 1) return;
-  Packer mine;
-  for (std::size_t i = me; i < solutions.size(); i += n) mine.put(pack(solutions[i]));
-  const auto all = comm.allgather(mine.out);
-  for (std::size_t r = 0; r < n; ++r) {
-    Unpacker u{all[r]};
-    for (std::size_t i = r; i < solutions.size(); i += n) solutions[i] = unpack_solution(u.get_string());
+void solve_shared(std::vector<WavelengthSolution>& solutions, const mpi::Comm* comm,
+                  const std::function<void(std::size_t)>& solve) {
+  if (!comm || comm->size() == 1) {
+    for (std::size_t i = 0; i < solutions.size(); ++i) solve(i);
+    return;
+  }
+  Packer mine;  // (index, solution) of every aperture this rank solved
+  {
+    mpi::WorkQueue queue(*comm, static_cast<long long>(solutions.size()));
+    for (long long i; (i = queue.next()) >= 0;) {
+      const auto k = static_cast<std::size_t>(i);
+      solve(k);
+      mine.put(static_cast<std::uint64_t>(k));
+      mine.put(pack(solutions[k]));
+    }
+  }  // collective: the queue's window is freed by every rank
+  for (const auto& bytes : comm->allgather(mine.out)) {
+    Unpacker u{bytes};
+    while (!u.done()) {
+      const auto k = static_cast<std::size_t>(u.get<std::uint64_t>());
+      if (k >= solutions.size()) throw Error(fmt::format("solve_shared: aperture {} of {} received", k, solutions.size()));
+      solutions[k] = unpack_solution(u.get_string());
+    }
   }
 }
 

@@ -6,6 +6,7 @@
 // a wrong solution with a small rms.
 #include "kspecdr/parallel/mpi.hpp"
 #include <limits>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -84,9 +85,12 @@ struct WavelengthSolution {
 /// apertures share their solutions.
 std::string pack(const WavelengthSolution& s);
 WavelengthSolution unpack_solution(const std::string& bytes);
-/// Collective: solutions[i] was computed by rank i mod n (n = comm.size()); afterwards every rank holds
-/// every rank's solutions, bit for bit.
-void share_solutions(std::vector<WavelengthSolution>& solutions, const mpi::Comm& comm);
+/// Runs `solve(i)`, which sets solutions[i], for every i over the ranks of `comm` (nullptr: this process does
+/// all): one aperture at a time to whichever rank is free (mpi::WorkQueue), so that apertures whose
+/// identification takes longer do not hold the other ranks. Afterwards every rank holds every solution, bit
+/// for bit as the rank that solved it. `solve` must not throw. Collective.
+void solve_shared(std::vector<WavelengthSolution>& solutions, const mpi::Comm* comm,
+                  const std::function<void(std::size_t)>& solve);
 
 /// Identifies the lines of `peaks` in `list` and fits λ(x). Throws DataError when the input cannot
 /// give a solution (too few lines, no line of the list in range) and NumericalError when no candidate
