@@ -6,6 +6,12 @@
 # (N_SCIENCE exposures per rank, a new night per rank count) and the efficiency t(1) / t(n) is shown instead.
 # Rank 0's wall time of each phase of the last run is printed at the end.
 # The wall time includes mpirun's start-up; "rank 0 in-process" is the total of rank 0's phases, without it.
+# A rank count written KxC (strong scaling only), e.g. 2x1, runs K independent reductions of C ranks at once, each
+# into its own folder: the night's work done K times over on the same cores with no communication at all. Its
+# "speed-up" column is the throughput K t(1) / t(KxC), what the machine itself gives for K copies of this very
+# workload: the ceiling that no division of one night over K ranks can pass. Alternate it with 1 and 2
+# (RANKS="1 2 2x1 1 2 2x1 ...") to tell the pipeline's parallel losses from the machine's. Each copy is held to
+# cores of its own (mpirun --cpu-set): Open MPI would bind rank 0 of every mpirun to core 0.
 # Extra simulator options go in SIM_ARGS (e.g. SIM_ARGS="--science-exptime-s 120" for a long weak-scaling
 # night that must fit between the field's rising and setting).
 #   scripts/bench_night.sh [MODE=fiber] [N_SCIENCE=12] [RANKS="1 2"] [SCALING=strong|weak]
@@ -43,28 +49,44 @@ runs=""  # "np wall" per run, for the summary of repeated rank counts
 for np in $RANKS; do
   n=$NSCI
   if [ "$SCALING" = weak ]; then
+    case "$np" in *x*) echo "bench_night.sh: $np: KxC runs are for strong scaling only" >&2; exit 2 ;; esac
     n=$((NSCI * np))
     simulate "$n"
   fi
+  copies=1; ranks=$np
+  case "$np" in *x*) copies=${np%x*}; ranks=${np#*x} ;; esac
+  for c in $(seq 2 "$copies"); do rm -rf "$WORK/out$c"; done
   rm -rf "$WORK/out"  # every run from scratch: masters, traces and arc solutions included
   # Every run starts with nothing left to write back: the kernel writes dirty pages 30 s after they were
   # written (vm.dirty_expire_centisecs), so without this the previous run's outputs (and the deletion above)
   # would be written back on the same cores during this run, whatever its rank count.
   [ "${BENCH_SYNC:-1}" = 1 ] && sync
   start=$(date +%s.%N)
-  mpirun -np "$np" --oversubscribe "$BIN" reduce --raw "$WORK/night/raw" --instrument "$WORK/night/instrument.ini" \
+  # Open MPI binds rank 0 of every mpirun to core 0: the copies get cores of their own (copy c: cores
+  # (c - 1) C ... c C - 1), or they would share one.
+  cpuset() { [ "$copies" -gt 1 ] && echo "--cpu-set $((($1 - 1) * ranks))-$(($1 * ranks - 1))"; true; }
+  for c in $(seq 2 "$copies"); do
+    # shellcheck disable=SC2046
+    mpirun -np "$ranks" $(cpuset "$c") --oversubscribe "$BIN" reduce --raw "$WORK/night/raw" --instrument "$WORK/night/instrument.ini" \
+      --out "$WORK/out$c" --stage red --overwrite > "$WORK/reduce-np$np-copy$c.log" 2>&1 &
+  done
+  # shellcheck disable=SC2046
+  mpirun -np "$ranks" $(cpuset 1) --oversubscribe "$BIN" reduce --raw "$WORK/night/raw" --instrument "$WORK/night/instrument.ini" \
     --out "$WORK/out" --stage red --overwrite > "$WORK/reduce-np$np.log" 2>&1
+  wait
   end=$(date +%s.%N)
   wall=$(awk -v a="$start" -v b="$end" 'BEGIN{print b-a}')
-  [ -z "$t1" ] && t1=$wall
+  if [ "$copies" = 1 ] && { [ -z "$t1" ] || [ "$t1" = nan ]; }; then t1=$wall; fi
+  [ -z "$t1" ] && t1=nan
   rss=$(grep -o "peak resident memory per rank: .*" "$WORK/reduce-np$np.log" | sed 's/peak resident memory per rank: //')
-  note=""; [ "$np" -gt "$cores" ] && note=" (oversubscribed)"
+  note=""; [ $((copies * ranks)) -gt "$cores" ] && note=" (oversubscribed)"
+  [ "$copies" -gt 1 ] && note="$note ($copies independent runs at once)"
   inproc=$(grep -o "wall time by phase.*(total [0-9.]* s)" "$WORK/reduce-np$np.log" | grep -o "total [0-9.]*" | cut -d' ' -f2 || true)
   runs="$runs$np $wall
 "
   if [ "$SCALING" = strong ]; then
     awk -v np="$np" -v note="$note" -v w="$wall" -v ip="${inproc:-nan}" -v n="$n" -v t1="$t1" -v rss="$rss" \
-      'BEGIN{printf "| %s%s | %.1f | %.2f | %.1f | %.2f | %s |\n", np, note, w, ip, n*60/w, t1/w, rss}'
+      -v k="$copies" 'BEGIN{printf "| %s%s | %.1f | %.2f | %.1f | %.2f | %s |\n", np, note, w, ip, k*n*60/w, k*t1/w, rss}'
   else
     awk -v np="$np" -v note="$note" -v w="$wall" -v n="$n" -v t1="$t1" -v rss="$rss" \
       'BEGIN{printf "| %s%s | %.1f | %.1f | %.2f | %s |\n", np, note, w, n*60/w, t1/w, rss}'
@@ -85,9 +107,15 @@ if [ "$SCALING" = strong ] && [ "$(printf '%s' "$runs" | awk '{print $1}' | sort
         for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
         med[np] = (k % 2) ? v[(k + 1) / 2] : 0.5 * (v[k / 2] + v[k / 2 + 1]); best[np] = v[1]
       }
-      for (np = 1; np <= 64; np++) if (np in n)
-        printf "| %d | %d | %.2f | %.2f | %s | %s |\n", np, n[np], med[np], best[np],
-               (1 in n) ? sprintf("%.2f", med[1] / med[np]) : "-", (1 in n) ? sprintf("%.2f", best[1] / best[np]) : "-"
+      # Plain rank counts in order, then the KxC runs (their speed-up is the throughput K t(1) / t(KxC)).
+      m = 0
+      for (np = 1; np <= 64; np++) if (np in n) key[++m] = np
+      for (np in n) if (np ~ /x/) key[++m] = np
+      for (i = 1; i <= m; i++) {
+        np = key[i]; k = (np ~ /x/) ? substr(np, 1, index(np, "x") - 1) : 1
+        printf "| %s | %d | %.2f | %.2f | %s | %s |\n", np, n[np], med[np], best[np],
+               (1 in n) ? sprintf("%.2f", k * med[1] / med[np]) : "-", (1 in n) ? sprintf("%.2f", k * best[1] / best[np]) : "-"
+      }
     }'
 fi
 for np in $(printf '%s\n' $RANKS | sort -nu); do
