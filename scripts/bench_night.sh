@@ -46,6 +46,9 @@ fi
 if [ "$SCALING" = strong ]; then echo "|---:|---:|---:|---:|---:|---|"; else echo "|---:|---:|---:|---:|---|"; fi
 t1=""
 runs=""  # "np wall" per run, for the summary of repeated rank counts
+# Open MPI binds rank 0 of every mpirun to core 0: with several copies at once (KxC) copy c gets cores of its own,
+# (c - 1) C ... c C - 1, or they would share one.
+cpuset() { [ "$copies" -gt 1 ] && echo "--cpu-set $((($1 - 1) * ranks))-$(($1 * ranks - 1))"; true; }
 for np in $RANKS; do
   n=$NSCI
   if [ "$SCALING" = weak ]; then
@@ -62,9 +65,6 @@ for np in $RANKS; do
   # would be written back on the same cores during this run, whatever its rank count.
   [ "${BENCH_SYNC:-1}" = 1 ] && sync
   start=$(date +%s.%N)
-  # Open MPI binds rank 0 of every mpirun to core 0: the copies get cores of their own (copy c: cores
-  # (c - 1) C ... c C - 1), or they would share one.
-  cpuset() { [ "$copies" -gt 1 ] && echo "--cpu-set $((($1 - 1) * ranks))-$(($1 * ranks - 1))"; true; }
   for c in $(seq 2 "$copies"); do
     # shellcheck disable=SC2046
     mpirun -np "$ranks" $(cpuset "$c") --oversubscribe "$BIN" reduce --raw "$WORK/night/raw" --instrument "$WORK/night/instrument.ini" \
