@@ -40,6 +40,8 @@ int run_reduce(int argc, char** argv) {
       "scale (px along dispersion) of the flat's large-scale model")(
       "detector.illumination-threshold", po::value<double>()->default_value(d.illumination_threshold),
       "illuminated where the flat model exceeds this fraction of its local maximum")(
+      "detector.illumination-min-snr", po::value<double>()->default_value(d.illumination_min_snr),
+      "... and this many times its own noise")(
       "detector.cosmics", po::value<bool>()->default_value(d.cosmic_enable), "flag cosmic rays (L.A.Cosmic)")(
       "detector.cr-sigclip", po::value<double>()->default_value(d.cosmic_sigclip), "L.A.Cosmic detection threshold")(
       "detector.cr-objlim", po::value<double>()->default_value(d.cosmic_objlim), "L.A.Cosmic contrast limit")(
@@ -126,6 +128,7 @@ int run_reduce(int argc, char** argv) {
   cfg.detector.overscan_order = vm["detector.overscan-order"].as<int>();
   cfg.detector.flat_smooth_px = vm["detector.flat-smooth-px"].as<double>();
   cfg.detector.illumination_threshold = vm["detector.illumination-threshold"].as<double>();
+  cfg.detector.illumination_min_snr = vm["detector.illumination-min-snr"].as<double>();
   cfg.detector.cosmic_enable = vm["detector.cosmics"].as<bool>();
   cfg.detector.cosmic_sigclip = vm["detector.cr-sigclip"].as<double>();
   cfg.detector.cosmic_objlim = vm["detector.cr-objlim"].as<double>();

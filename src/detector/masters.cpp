@@ -67,9 +67,9 @@ std::string bias_config_text(const InstrumentProfile& p, const DetectorConfig& c
 
 std::string flat_config_text(const InstrumentProfile& p, const DetectorConfig& c, const MasterBias* bias,
                              const MasterDark* dark) {
-  return bias_config_text(p, c) + fmt::format(";flatcombine={};smooth={};illum={},{};low={};high={};bias={};dark={}",
+  return bias_config_text(p, c) + fmt::format(";flatcombine={};smooth={};illum={},{},{};low={};high={};bias={};dark={}",
                                               to_string(c.flat_combine), c.flat_smooth_px, c.illumination_threshold,
-                                              c.illumination_halfwindow, c.low_flat_threshold, c.high_flat_threshold,
+                                              c.illumination_halfwindow, c.illumination_min_snr, c.low_flat_threshold, c.high_flat_threshold,
                                               bias && c.use_bias ? bias->calhash : "none",
                                               dark && c.use_dark ? dark->calhash : "none");
 }
@@ -532,6 +532,7 @@ const std::vector<io::FormatItem>& master_flat_format() {
     kw("FLATRESP", "float64", "", "pixel-to-pixel response rms from the flat");
     kw("ILLUMTHR", "float64", "", "illuminated: model above this fraction of the local maximum");
     kw("LOWFLAT", "float64", "", "pixel flat below this: LOWFLAT mask bit");
+    kw("NFLATFNT", "int64", "", "illuminated pixels too faint for the flat to measure: pixel flat 1, variance FLATRESP^2");
     kw("BIASCORR", "string", "", "bias used for the flats: MASTER | OVERSCAN");
     kw("BIASHASH", "string", "", "CALHASH of the master bias used", "BIASCORR = MASTER");
     kw("FLTNRMnn", "float64", "electron", "normalisation of input flat nn");
@@ -857,6 +858,10 @@ FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& v
 MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const InstrumentProfile& profile,
                              const MasterBias* bias, const MasterDark* dark, const DetectorConfig& cfg,
                              const mpi::Comm* comm) {
+  if (!(cfg.low_flat_threshold >= 0.0 && cfg.low_flat_threshold < 1.0))
+    throw ConfigError(fmt::format("master flat: low_flat_threshold {} must lie in [0, 1)", cfg.low_flat_threshold));
+  if (!(cfg.illumination_min_snr >= 0.0))
+    throw ConfigError(fmt::format("master flat: illumination-min-snr {} must be >= 0", cfg.illumination_min_snr));
   FrameStack s = read_stack(flat_files, profile, cfg, "flat", comm, /*pairs=*/false);
   const bool sub_bias = bias && cfg.use_bias, sub_dark = dark && cfg.use_dark;
   const std::size_t nf = s.size();
@@ -930,10 +935,13 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
   pf.data.resize(comb.rows(), nx);
   pf.variance.resize(comb.rows(), nx);
   pf.mask = MaskArray::Zero(comb.rows(), nx);
-  long long nlit = 0, nlow = 0, nhigh = 0;
+  long long nlit = 0, nlow = 0, nhigh = 0, nfaint = 0;
   for (Eigen::Index i = 0; i < comb.size(); ++i) {
     const double mdl = fm.model(i);
-    const bool lit = std::isfinite(mdl) && mdl > 0 && mdl > cfg.illumination_threshold * local_max(off + i);
+    // Illuminated: above a fraction of the local maximum across the rows, and detected above the model's noise.
+    const double snr_min = cfg.illumination_min_snr;
+    const bool lit = std::isfinite(mdl) && mdl > 0 && mdl > cfg.illumination_threshold * local_max(off + i) &&
+                     mdl * mdl > snr_min * snr_min * static_cast<double>(fm.noise_variance(i));
     if (!lit) {
       pf.data(i) = 1.0f;
       pf.variance(i) = 0.0f;
@@ -959,7 +967,18 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
                          p * p * fm.response_variance * fm.weight_sq(i);
     pf.data(i) = static_cast<float>(p);
     pf.variance(i) = static_cast<float>(var_p);
-    if (p < cfg.low_flat_threshold) {
+    // Where the lamp is faint (a filter's cut-on, the far wings of a fiber) the pixel flat may be too noisy to
+    // tell a normal pixel (1) from a low one: a normal pixel's flat noise must be below a third of the distance
+    // from 1 to the low threshold. Where it is not, the flat does not measure the pixel: it is taken as the
+    // detector's typical pixel, 1 with the response scatter s^2 as variance (the light there is kept, not masked).
+    const double var_normal = ((1.0 - w0) * (1.0 - w0) * v0 + others) / (mdl * mdl) +
+                              fm.response_variance * fm.weight_sq(i);
+    const double resolvable = (1.0 - cfg.low_flat_threshold) / 3.0;
+    if (!(var_normal < resolvable * resolvable)) {
+      pf.data(i) = 1.0f;
+      pf.variance(i) = static_cast<float>(fm.response_variance);
+      ++nfaint;
+    } else if (p < cfg.low_flat_threshold) {
       pf.mask(i) |= kMaskLowFlat;
       ++nlow;
     } else if (p > cfg.high_flat_threshold) {
@@ -974,11 +993,12 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
     nlit = comm->sum(nlit);
     nlow = comm->sum(nlow);
     nhigh = comm->sum(nhigh);
+    nfaint = comm->sum(nfaint);
   }
   if (!comm || comm->is_root())
-    spdlog::info("master flat: {} frames, {:.1f} % of pixels illuminated, {} low and {} high pixel-flat values, "
-                 "response rms {:.4f}",
-                 nf, 100.0 * static_cast<double>(nlit) / static_cast<double>(ny * nx), nlow, nhigh,
+    spdlog::info("master flat: {} frames, {:.1f} % of pixels illuminated, {} low and {} high pixel-flat values, {} "
+                 "illuminated too faintly to measure (pixel flat 1 +- response rms), response rms {:.4f}",
+                 nf, 100.0 * static_cast<double>(nlit) / static_cast<double>(ny * nx), nlow, nhigh, nfaint,
                  std::sqrt(fm.response_variance));
   pf.unit = "";
   provenance(pf.header, "FLAT", mf.calhash, mf.nframes, mf.inputs);
@@ -987,6 +1007,7 @@ MasterFlat build_master_flat(const std::vector<fs::path>& flat_files, const Inst
   pf.header.set("FLATRESP", std::sqrt(fm.response_variance), "pixel-to-pixel response rms from the flat");
   pf.header.set("ILLUMTHR", cfg.illumination_threshold, "illuminated: model above this fraction of local max");
   pf.header.set("LOWFLAT", cfg.low_flat_threshold, "pixel flat below this: LOWFLAT mask bit");
+  pf.header.set("NFLATFNT", nfaint, "lit pixels too faint to measure: flat 1 +- FLATRESP");
   pf.header.set("BIASCORR", sub_bias ? std::string("MASTER") : std::string("OVERSCAN"), "bias used for the flats");
   if (sub_bias) pf.header.set("BIASHASH", bias->calhash, "CALHASH of the master bias used");
   for (std::size_t k = 0; k < nf && k < 999; ++k)

@@ -480,6 +480,73 @@ TEST(DetectorMasters, PixelFlatRecoveredWithinItsNoiseAndIlluminationMasked) {
   EXPECT_NEAR(st.stddev, 1.0, 0.05);
 }
 
+// An order-blocking filter's cut-on inside the detector: the lamp gives no light at all over the first columns and
+// rises over tens more. Where there is no light the model is noise, and its local maximum too: the pixels must come
+// out unilluminated (pixel flat 1), not half of them "illuminated" with a random pixel flat flagged low or high.
+// Where the light is too faint to tell a normal pixel from a low one the pixel is not measured: flat 1 with the
+// response scatter as variance, not masked. Nothing bright is flagged (every true response here is 1 +- 0.01), and
+// every unmasked pixel flat, measured or not, is within its stated noise of the truth.
+TEST(DetectorMasters, FilterCutOnInsideTheDetectorIsUnilluminatedWhereDarkAndUnmeasuredWhereFaint) {
+  kt::TempDir dir("kspecdr-cuton");
+  std::ofstream(dir / "testspec.ini") << kProfile;
+  const InstrumentProfile profile = load_instrument((dir / "testspec.ini").string());
+  SynthCcd ccd;
+  ccd.rng.seed(99);
+  std::vector<fs::path> biases, flats;
+  for (int k = 0; k < 6; ++k) {
+    biases.push_back(dir / fmt::format("bias{}.fits", k));
+    ccd.write(biases.back(), ccd.raw_dn(nullptr, false), "bias");
+  }
+  // A smooth edge (erf, 10 to 90 % over 72 columns, half light at column 130): below 5e-5 at columns < 20.
+  auto transmission = [](long x) { return 0.5 * std::erfc((130.0 - static_cast<double>(x)) / 40.0); };
+  ImageArray lamp = flat_expectation(4000.0);  // electrons per flat before the pixel response
+  for (long y = 0; y < kNy; ++y)
+    for (long x = 0; x < 2 * kAmpNx; ++x) lamp(y, x) *= static_cast<float>(transmission(x));
+  const ImageArray fe = lamp * ccd.pixflat;
+  for (int k = 0; k < 5; ++k) {
+    flats.push_back(dir / fmt::format("flat{}.fits", k));
+    ccd.write(flats.back(), ccd.raw_dn(&fe, true), "flat");
+  }
+  DetectorConfig cfg;
+  const MasterBias mb = build_master_bias(biases, profile, cfg);
+  const MasterFlat mf = build_master_flat(flats, profile, &mb, nullptr, cfg);
+  const Image& pf = mf.pixel_flat;
+  const float s2 = static_cast<float>(std::pow(*pf.header.get_double("FLATRESP"), 2));
+  long dark_lit = 0, flagged_bright = 0, flagged_faint = 0, faint_lit = 0, unmeasured = 0;
+  std::vector<double> pulls;
+  for (long y = 0; y < kNy; ++y)
+    for (long x = 0; x < 2 * kAmpNx; ++x) {
+      const MaskPixel m = pf.mask(y, x);
+      if (x < 20 && !(m & kMaskUnilluminated)) ++dark_lit;  // the model's window reaches 4 columns into the light
+      // Bright: a normal pixel's flat noise below 0.03, a low one (< 0.5) more than 15 sigma away. Faint: noise up
+      // to the 1/6 at which the flat stops measuring, where a normal pixel falls below 0.5 at 3 sigma, 0.13 %.
+      const bool bright = lamp(y, x) > 400.0f;
+      if (!(m & kMaskUnilluminated) && !bright) ++faint_lit;
+      if (m & ~kMaskUnilluminated) ++(bright ? flagged_bright : flagged_faint);
+      if (m) continue;
+      if (pf.data(y, x) == 1.0f && std::abs(pf.variance(y, x) - s2) <= 1e-6f * s2) {
+        ++unmeasured;
+        // A normal pixel's flat noise is about 1 / sqrt(electrons of the five flats): not measured below ~36 e-.
+        EXPECT_LT(lamp(y, x), 50.0f) << "a pixel of " << lamp(y, x) << " e- per flat left unmeasured at " << y << ","
+                                     << x;
+      }
+      pulls.push_back((pf.data(y, x) - ccd.pixflat(y, x)) / std::sqrt(pf.variance(y, x)));
+    }
+  const auto st = kt::pull_stats(pulls);
+  std::cout << "filter cut-on: " << dark_lit << " dark pixels called illuminated, " << flagged_bright << " bright and " << flagged_faint
+            << " of " << faint_lit << " faint pixels flagged, "
+            << unmeasured << " lit too faintly to measure (NFLATFNT " << *pf.header.get_int("NFLATFNT")
+            << "); pixel-flat pulls mean " << st.mean << " width " << st.stddev << " over " << st.n << "\n";
+  EXPECT_EQ(dark_lit, 0);
+  EXPECT_EQ(flagged_bright, 0);
+  EXPECT_LE(static_cast<double>(flagged_faint), 0.0013 * faint_lit + 3.0 * std::sqrt(0.0013 * faint_lit) + 1.0);
+  EXPECT_GT(unmeasured, 0) << "the cut-on's faintest lit columns should be too faint to measure";
+  EXPECT_EQ(unmeasured, *pf.header.get_int("NFLATFNT"));
+  ASSERT_GT(pulls.size(), 20000u);
+  EXPECT_LT(std::abs(st.mean), 0.05);
+  EXPECT_NEAR(st.stddev, 1.0, 0.05);
+}
+
 // Narrow fiber profiles (sigma 1.3 px) on traces that drift by 12 px across 1024 columns, with a
 // curvature: along a detector row the light rises and falls over ~100 columns. The model must
 // follow that within its own stated noise (Poisson of the window plus the response averaged by

@@ -47,6 +47,10 @@ struct DetectorConfig {
   /// A pixel is illuminated when the large-scale model exceeds this fraction of the local
   /// maximum of the model along the spatial axis (fiber gaps and outside-slit pixels are not).
   double illumination_threshold = 0.1;
+  /// ... and where the model is detected: above this many times its own noise. Where the lamp gives no
+  /// light at all (an order-blocking filter's cut-off inside the detector, a vignetted corner) the local
+  /// maximum is noise too, and the fraction alone would call half the noise illuminated.
+  double illumination_min_snr = 5.0;
   /// Half-height (rows) of the window in which the local maximum of the model is taken.
   int illumination_halfwindow = 20;
   /// Pixel-flat values below this are flagged kMaskLowFlat (dead or dusty pixels).
