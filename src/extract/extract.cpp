@@ -466,6 +466,7 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
   out.header.set("SKYMETH", use_sky ? to_string(sky->method) : std::string("none"), "local sky method");
   ColumnWork work;
   std::vector<double> tmp_off, tmp_w, tmp_snr, tmp_sky;
+  std::vector<std::pair<long, long>> nodata_columns;  // (NODATA columns, aperture) of apertures that have some
   auto extract_aperture = [&](long a) {
     const Trace& tr = traces[static_cast<std::size_t>(a)];
     const auto ai = static_cast<std::size_t>(a);
@@ -563,8 +564,22 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
                               dg.bad_columns, nx, n_off, n_masked, n_nosky, n_noprof),
                   ErrorContext{.exposure = exposure, .aperture = tr.info.name});
       dg.status = e.what();
-      if (speak) spdlog::warn("{}", dg.status);
+      // Said once per exposure below: a filter's cut-off or a short detector gives every aperture NODATA columns.
+      if (speak) spdlog::debug("{}", dg.status);
+      nodata_columns.emplace_back(dg.bad_columns, a);
     }
+  };
+  // One warning for the apertures with NODATA columns, with the worst of them; each one's reason is in its
+  // diagnostics (status).
+  auto warn_nodata = [&] {
+    if (!speak || nodata_columns.empty()) return;
+    std::sort(nodata_columns.begin(), nodata_columns.end());
+    const auto [worst, worst_a] = nodata_columns.back();
+    const long median = nodata_columns[nodata_columns.size() / 2].first;
+    spdlog::warn("{} of {} apertures{} have NODATA columns: median {}, most {} of {} ({}; every aperture's reason is in "
+                 "its diagnostics status) [exposure {}]",
+                 nodata_columns.size(), a_end - a_begin, split_apertures ? " extracted on this rank" : "", median,
+                 worst, nx, out.diagnostics[static_cast<std::size_t>(worst_a)].status, exposure);
   };
   if (split_apertures) {
     mpi::all_or_throw(*group, [&] {
@@ -574,6 +589,7 @@ SpectrumSet extract_spectra(const Image& im, const TraceSet& traces, const SkyMo
   } else {
     for (long a = a_begin; a < a_end; ++a) extract_aperture(a);
   }
+  warn_nodata();
   return out;
 }
 
