@@ -273,6 +273,23 @@ std::vector<std::string> read_inputs(const Header& h) {
   return out;
 }
 
+/// The amplifiers' numbers as the master bias header holds them (AMPNAMn, GAINn, BIASLVn ...).
+std::vector<AmplifierBias> amplifiers_from_header(const Header& h) {
+  std::vector<AmplifierBias> amps;
+  const auto namps = h.get_int("NAMP").value_or(0);
+  for (long long a = 1; a <= namps; ++a) {
+    AmplifierBias ab;
+    ab.name = h.require_string(fmt::format("AMPNAM{}", a));
+    ab.gain = h.require_double(fmt::format("GAIN{}", a));
+    ab.bias_level_dn = h.require_double(fmt::format("BIASLV{}", a));
+    ab.bias_level_err_dn = h.require_double(fmt::format("BIASER{}", a));
+    ab.read_noise_e = h.require_double(fmt::format("RDNOISE{}", a));
+    ab.read_noise_err_e = h.require_double(fmt::format("RDNERR{}", a));
+    amps.push_back(ab);
+  }
+  return amps;
+}
+
 /// Writes primary + VARIANCE + MASK (+ extra float HDUs) atomically.
 void write_product(const fs::path& path, const Image& im, const std::vector<std::pair<std::string, const ImageArray*>>& extra,
                    bool overwrite) {
@@ -474,6 +491,9 @@ MasterBias build_master_bias(const std::vector<fs::path>& bias_files, const Inst
     im.header.set(fmt::format("RDNOISE{}", n), ab.read_noise_e, "[e-] read noise from bias pair differences");
     im.header.set(fmt::format("RDNERR{}", n), ab.read_noise_err_e, "[e-] uncertainty of RDNOISE");
   }
+  // The numbers as the file will hold them (a header keeps 15 significant digits), so that the master built here and
+  // the same master read back from its file calibrate frames bit for bit alike.
+  mb.amps = amplifiers_from_header(im.header);
   return mb;
 }
 
@@ -556,17 +576,7 @@ MasterBias read_master_bias(const fs::path& path) {
     mb.nframes = static_cast<int>(h.get_int("NCOMBINE").value_or(0));
     mb.method = combine_method_from_string(h.get_string("COMBINE").value_or("median"));
     mb.inputs = read_inputs(h);
-    const auto namps = h.get_int("NAMP").value_or(0);
-    for (long long a = 1; a <= namps; ++a) {
-      AmplifierBias ab;
-      ab.name = h.require_string(fmt::format("AMPNAM{}", a));
-      ab.gain = h.require_double(fmt::format("GAIN{}", a));
-      ab.bias_level_dn = h.require_double(fmt::format("BIASLV{}", a));
-      ab.bias_level_err_dn = h.require_double(fmt::format("BIASER{}", a));
-      ab.read_noise_e = h.require_double(fmt::format("RDNOISE{}", a));
-      ab.read_noise_err_e = h.require_double(fmt::format("RDNERR{}", a));
-      mb.amps.push_back(ab);
-    }
+    mb.amps = amplifiers_from_header(h);
   } catch (Error& e) {
     e.add_context(ErrorContext{.file = path.string()});
     throw;

@@ -708,8 +708,10 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     const auto bias_files = files_of(plan, setup, FrameClass::Bias);
     const auto flat_files = files_of(plan, setup, FrameClass::Flat);
 
-    // Calibration products: built once per setup by all ranks together (row bands), written by rank 0, reused
-    // when inputs and settings match (rank 0 decides, so every rank takes the same branch).
+    // Calibration products: built once per setup by all ranks together (row bands), reused when inputs and settings
+    // match (rank 0 decides, so every rank takes the same branch). A master built here is used as built (it equals
+    // its file bit for bit: MasterBias keeps its numbers as its header holds them) and written by rank 0 once both are
+    // built, while the other ranks go on to the IM frames; one that is reused is read by every rank.
     auto needs_building = [&](const fs::path& path, const std::string& hash) {
       long long build = 1;
       if (comm.is_root() && detector::calibration_is_current(path, hash)) {
@@ -719,39 +721,52 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       comm.bcast(build);
       return build != 0;
     };
+    std::optional<detector::MasterBias> bias;
+    bool write_bias = false, write_flat = false;
     if (!bias_files.empty()) {
       const std::string hash = detector::calibration_hash(bias_files, detector::bias_config_text(profile, cfg.detector));
       if (needs_building(bias_path, hash)) {
         if (comm.is_root()) spdlog::info("building master bias for setup '{}' from {} frames", setup, bias_files.size());
-        mpi::all_or_throw(comm, [&] {
-          const auto mb = detector::build_master_bias(bias_files, profile, cfg.detector, &comm);
-          if (comm.is_root()) detector::write_master_bias(bias_path, mb, true);
-        });
+        mpi::all_or_throw(comm, [&] { bias = detector::build_master_bias(bias_files, profile, cfg.detector, &comm); });
+        write_bias = true;
+      } else {
+        bias = detector::read_master_bias(bias_path);
       }
     } else if (comm.is_root()) {
       spdlog::warn("setup '{}': no bias frames: IM frames get overscan subtraction only (BIASCORR = 'OVERSCAN')", setup);
     }
-    std::optional<detector::MasterBias> bias;
-    if (!bias_files.empty()) bias = detector::read_master_bias(bias_path);
 
+    std::optional<detector::MasterFlat> flat;
     if (!flat_files.empty()) {
       const std::string hash = detector::calibration_hash(
           flat_files, detector::flat_config_text(profile, cfg.detector, bias ? &*bias : nullptr, nullptr));
       if (needs_building(flat_path, hash)) {
         if (comm.is_root()) spdlog::info("building master flat for setup '{}' from {} frames", setup, flat_files.size());
         mpi::all_or_throw(comm, [&] {
-          const auto mf =
-              detector::build_master_flat(flat_files, profile, bias ? &*bias : nullptr, nullptr, cfg.detector, &comm);
-          if (comm.is_root()) detector::write_master_flat(flat_path, mf, true);
+          flat = detector::build_master_flat(flat_files, profile, bias ? &*bias : nullptr, nullptr, cfg.detector, &comm);
         });
+        write_flat = true;
+      } else {
+        flat = detector::read_master_flat(flat_path);
       }
     } else if (comm.is_root()) {
       spdlog::warn("setup '{}': no flat frames: IM frames use a unit flat (FLATCORR = F); pixel-to-pixel "
                    "sensitivity is not corrected",
                    setup);
     }
-    std::optional<detector::MasterFlat> flat;
-    if (!flat_files.empty()) flat = detector::read_master_flat(flat_path);
+    // A master that cannot be written costs its file (the next run builds it again), not the night.
+    auto write_master = [&](const fs::path& path, const auto& write) {
+      try {
+        write();
+      } catch (const std::exception& e) {
+        spdlog::error("{} not written: {}", path.string(), e.what());
+        summary.failures.push_back({"calibration", path.string(), e.what()});
+      }
+    };
+    if (comm.is_root() && write_bias)
+      write_master(bias_path, [&] { detector::write_master_bias(bias_path, *bias, true); });
+    if (comm.is_root() && write_flat)
+      write_master(flat_path, [&] { detector::write_master_flat(flat_path, *flat, true); });
     clock.mark("masters");
 
     // Exposures that become IM files, dealt round-robin to ranks (frames of one setup share a size).
