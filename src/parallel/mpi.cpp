@@ -341,6 +341,8 @@ void throw_earliest(const Comm& comm, long long key, const std::exception_ptr& e
       type = 'D', what = e.what();
     } catch (const std::exception& e) {
       what = e.what();
+    } catch (...) {
+      what = "an exception that is not a std::exception";
     }
     mine = fmt::format("{:020d}{}{}", key, type, what);
   }

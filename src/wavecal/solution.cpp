@@ -754,15 +754,25 @@ void solve_shared(std::vector<WavelengthSolution>& solutions, const mpi::Comm* c
     return;
   }
   Packer mine;  // (index, solution) of every aperture this rank solved
+  // A `solve` that throws fails its aperture; this rank keeps taking apertures so that the queue and the exchange
+  // below complete on every rank, and then every rank throws the error of the earliest failed aperture.
+  long long failed_at = -1;
+  std::exception_ptr failure;
   {
     mpi::WorkQueue queue(*comm, static_cast<long long>(solutions.size()));
     for (long long i; (i = queue.next()) >= 0;) {
       const auto k = static_cast<std::size_t>(i);
-      solve(k);
+      try {
+        solve(k);
+      } catch (...) {
+        if (!failure || i < failed_at) failed_at = i, failure = std::current_exception();
+        continue;
+      }
       mine.put(static_cast<std::uint64_t>(k));
       mine.put(pack(solutions[k]));
     }
   }  // collective: the queue's window is freed by every rank
+  mpi::throw_earliest(*comm, failed_at, failure);
   for (const auto& bytes : comm->allgather(mine.out)) {
     Unpacker u{bytes};
     while (!u.done()) {

@@ -88,7 +88,8 @@ WavelengthSolution unpack_solution(const std::string& bytes);
 /// Runs `solve(i)`, which sets solutions[i], for every i over the ranks of `comm` (nullptr: this process does
 /// all): one aperture at a time to whichever rank is free (mpi::WorkQueue), so that apertures whose
 /// identification takes longer do not hold the other ranks. Afterwards every rank holds every solution, bit
-/// for bit as the rank that solved it. `solve` must not throw. Collective.
+/// for bit as the rank that solved it. If `solve` throws, every rank throws the error of the earliest aperture that
+/// failed (whichever rank solved it), after every aperture was dealt. Collective.
 void solve_shared(std::vector<WavelengthSolution>& solutions, const mpi::Comm* comm,
                   const std::function<void(std::size_t)>& solve);
 
