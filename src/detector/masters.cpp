@@ -690,25 +690,32 @@ struct WindowSums {
       p *= u;
     }
   }
-  /// Moves the centre by d in u: every sum of u^j becomes the sum of (u - d)^j (binomial expansion).
-  template <std::size_t N>
-  static void shift(std::array<double, N>& s, double d) {
-    std::array<double, N> out{};
-    for (std::size_t j = 0; j < N; ++j) {
-      // (u - d)^j = sum_i binom(j, i) u^i (-d)^(j - i)
-      double binom = 1.0, pw = 1.0;  // binom(j, j), (-d)^0
-      for (std::size_t i = j + 1; i-- > 0;) {
-        out[j] += binom * pw * s[i];
-        binom = binom * static_cast<double>(i) / static_cast<double>(j - i + 1);
-        pw *= -d;
+  /// The coefficients of a move of the centre by d in u: every sum of u^j becomes the sum of (u - d)^j =
+  /// sum_i binom(j, i) u^i (-d)^(j - i). Computed once per fit (d is the same for every step of one column).
+  struct Shift {
+    std::array<std::array<double, kNm>, kNm> coef{};  ///< coef[j][i] = binom(j, i) (-d)^(j - i), i <= j
+    explicit Shift(double d) {
+      for (std::size_t j = 0; j < kNm; ++j) {
+        double binom = 1.0, pw = 1.0;  // binom(j, j), (-d)^0
+        for (std::size_t i = j + 1; i-- > 0;) {
+          coef[j][i] = binom * pw;
+          binom = binom * static_cast<double>(i) / static_cast<double>(j - i + 1);
+          pw *= -d;
+        }
       }
     }
+  };
+  template <std::size_t N>
+  static void shift(std::array<double, N>& s, const Shift& t) {
+    std::array<double, N> out{};
+    for (std::size_t j = 0; j < N; ++j)
+      for (std::size_t i = j + 1; i-- > 0;) out[j] += t.coef[j][i] * s[i];
     s = out;
   }
-  void shift(double d) {
-    shift(m, d);
-    shift(vv, d);
-    shift(c, d);
+  void shift(const Shift& t) {
+    shift(m, t);
+    shift(vv, t);
+    shift(c, t);
   }
 };
 
@@ -736,6 +743,7 @@ FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& v
     use[static_cast<std::size_t>(i)] = std::isfinite(combined(i)) && std::isfinite(variance(i)) && variance(i) >= 0.0f;
 
   // One local polynomial fit of every pixel of every row with the current `use`.
+  const WindowSums::Shift step(inv_h);  // the window moves by one column, 1/h in u
   auto fit = [&] {
     using Mat = Eigen::Matrix<double, kNc, kNc>;
     using Vec = Eigen::Matrix<double, kNc, 1>;
@@ -763,7 +771,7 @@ FlatModel flat_large_scale_model(const ImageArray& combined, const ImageArray& v
           hi = std::min(nx - 1, lo + 2 * h);
           for (Eigen::Index k = lo; k <= hi; ++k) add(s, k, x, 1.0);
         } else {
-          s.shift(inv_h);
+          s.shift(step);
           const Eigen::Index nlo = window_lo(x), nhi = std::min(nx - 1, nlo + 2 * h);
           for (; lo < nlo; ++lo) add(s, lo, x, -1.0);
           while (hi < nhi) add(s, ++hi, x, 1.0);

@@ -763,10 +763,6 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
         summary.failures.push_back({"calibration", path.string(), e.what()});
       }
     };
-    if (comm.is_root() && write_bias)
-      write_master(bias_path, [&] { detector::write_master_bias(bias_path, *bias, true); });
-    if (comm.is_root() && write_flat)
-      write_master(flat_path, [&] { detector::write_master_flat(flat_path, *flat, true); });
     clock.mark("masters");
 
     // Exposures that become IM files, dealt round-robin to ranks (frames of one setup share a size).
@@ -780,6 +776,11 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     // without holding the ranks in step, so rank 0 can show the progress of the whole setup.
     Progress progress(fmt::format("IM frames of setup '{}'", setup), work.size(), comm.is_root());
     mpi::WorkQueue queue(comm, static_cast<long long>(work.size()));
+    // The masters built above are written once the queue (collective) is up, so that no rank waits for the writing.
+    if (comm.is_root() && write_bias)
+      write_master(bias_path, [&] { detector::write_master_bias(bias_path, *bias, true); });
+    if (comm.is_root() && write_flat)
+      write_master(flat_path, [&] { detector::write_master_flat(flat_path, *flat, true); });
     for (long long next; (next = queue.next()) >= 0;) {
       const PlannedFrame& p = *work[static_cast<std::size_t>(next)];
       const fs::path out = imdir / (p.name + ".im.fits");
