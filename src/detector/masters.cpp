@@ -74,13 +74,22 @@ std::string flat_config_text(const InstrumentProfile& p, const DetectorConfig& c
                                               dark && c.use_dark ? dark->calhash : "none");
 }
 
-bool calibration_is_current(const fs::path& path, const std::string& expected) {
+bool calibration_is_current(const fs::path& path, const std::string& expected, std::string* made_by) {
   if (!fs::exists(path)) return false;
   try {
     fits::Fits f = fits::Fits::open(path);
     f.move_to(0);
-    auto h = f.read_header().get_string("CALHASH");
-    return h && *h == expected;
+    const Header h = f.read_header();
+    const auto hash = h.get_string("CALHASH");
+    if (!hash || *hash != expected) return false;
+    if (!f.verify_checksums()) {
+      spdlog::warn("calibration product {} does not verify against its checksums (changed or damaged since it was "
+                   "written) and will be rebuilt",
+                   path.string());
+      return false;
+    }
+    if (made_by) *made_by = h.get_string("KSPSHA").value_or("");
+    return true;
   } catch (const Error& e) {
     spdlog::warn("calibration product {} is unreadable and will be rebuilt: {}", path.string(), e.what());
     return false;

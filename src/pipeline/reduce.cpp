@@ -128,9 +128,10 @@ std::string fnv1a_hex(const std::string& text) {
 }
 
 /// True when `path` is a complete output of this configuration: every HDU's CHECKSUM/DATASUM verifies and
-/// the primary header's CFGHASH is `config_hash`. Otherwise false, with the reason in `why` (a file cut short
-/// by a kill, a file of another configuration, an unreadable file).
-bool output_is_current(const fs::path& path, const std::string& config_hash, std::string& why) {
+/// the primary header's CFGHASH is `config_hash`; `made_by` is then the KSPSHA of the build that wrote it.
+/// Otherwise false, with the reason in `why` (a file cut short by a kill, a file of another configuration, an
+/// unreadable file).
+bool output_is_current(const fs::path& path, const std::string& config_hash, std::string& why, std::string& made_by) {
   try {
     auto f = fits::Fits::open(path);
     if (!f.verify_checksums()) {
@@ -138,12 +139,14 @@ bool output_is_current(const fs::path& path, const std::string& config_hash, std
       return false;
     }
     f.move_to(0);
-    const std::string h = f.read_header().get_string("CFGHASH").value_or("");
+    const Header primary = f.read_header();
+    const std::string h = primary.get_string("CFGHASH").value_or("");
     if (h != config_hash) {
       why = fmt::format("it was made with another configuration (CFGHASH {} instead of {})", h.empty() ? "none" : h,
                         config_hash);
       return false;
     }
+    made_by = primary.get_string("KSPSHA").value_or("");
     return true;
   } catch (const std::exception& e) {
     why = std::string("it cannot be read: ") + e.what();
@@ -151,12 +154,26 @@ bool output_is_current(const fs::path& path, const std::string& config_hash, std
   }
 }
 
-/// Whether to skip an existing output: kept when current (and --overwrite is not given), redone otherwise.
+/// A product kept from an earlier run: counted, and if another kspecdr build wrote it, said (the configuration
+/// hash does not cover the code: a kept product holds what its own build computed).
+void count_kept(ReduceSummary& summary, const std::string& what, const std::string& made_by) {
+  ++summary.skipped;
+  if (made_by == git_sha()) return;
+  ++summary.kept_from_other_build;
+  spdlog::info("{} was made by another kspecdr build (git {}; this one is git {}); kept as it is", what,
+               made_by.empty() ? "unknown" : made_by, git_sha());
+}
+
+/// Whether to skip an existing output: kept (and counted in `summary`) when current and --overwrite is not
+/// given, redone otherwise.
 bool keep_existing(const ReduceConfig& cfg, const fs::path& out, const std::string& config_hash,
-                   const std::string& exposure) {
+                   const std::string& exposure, ReduceSummary& summary) {
   if (!fs::exists(out) || cfg.overwrite) return false;
-  std::string why;
-  if (output_is_current(out, config_hash, why)) return true;
+  std::string why, made_by;
+  if (output_is_current(out, config_hash, why, made_by)) {
+    count_kept(summary, out.string(), made_by);
+    return true;
+  }
   spdlog::warn("{}: {} exists but {}; redoing it", exposure, out.string(), why);
   return false;
 }
@@ -165,10 +182,21 @@ bool keep_existing(const ReduceConfig& cfg, const fs::path& out, const std::stri
 /// same way, and counts the skipped exposure once.
 bool group_keeps_existing(const mpi::Comm& group, const ReduceConfig& cfg, const fs::path& out,
                           const std::string& config_hash, const std::string& exposure, ReduceSummary& summary) {
-  long long keep = group.is_root() && keep_existing(cfg, out, config_hash, exposure) ? 1 : 0;
+  long long keep = group.is_root() && keep_existing(cfg, out, config_hash, exposure, summary) ? 1 : 0;
   if (group.size() > 1) group.bcast(keep);
-  if (keep && group.is_root()) ++summary.skipped;
   return keep != 0;
+}
+
+/// Where a path points, spelled one way: absolute, symbolic links of its existing part resolved, "." and ".."
+/// and a trailing separator gone. The same for "nights/x/raw", "./nights/x/raw/" and "/home/me/nights/x/raw".
+fs::path where(const fs::path& p) {
+  std::error_code ec;
+  fs::path a = fs::absolute(p, ec);
+  if (ec) return p.lexically_normal();
+  fs::path c = fs::weakly_canonical(a, ec);
+  if (ec) c = a.lexically_normal();
+  while (c.filename().empty() && c.has_parent_path() && c != c.parent_path()) c = c.parent_path();
+  return c;
 }
 
 /// The configuration text whose hash names the outputs' provenance: the resolved configuration without
@@ -177,22 +205,24 @@ std::string provenance_text(const std::string& resolved) {
   std::istringstream is(resolved);
   std::string out, line;
   while (std::getline(is, line)) {
-    // Comments (the version line: the outputs carry KSPVER and KSPSHA themselves) and the options that do
-    // not change what is computed (how far a run goes, what it overwrites, how it logs and flushes) are left
-    // out; paths count by where they point, not how they are spelled.
+    // Comments (the version line: the outputs carry KSPVER and KSPSHA themselves), the options that do not
+    // change what is computed (how far a run goes, what it overwrites, how it logs and flushes) and the output
+    // folder itself (a night's folder moved elsewhere resumes) are left out. The raw folder and an instrument
+    // profile given as a file count by where they point, not how they are spelled, whether or not they exist
+    // yet (else the first run, before its folders exist, and its re-run would disagree).
     if (line.empty() || line[0] == '#') continue;
     const auto eq = line.find(" = ");
     const std::string key = eq == std::string::npos ? line : line.substr(0, eq);
-    if (key == "stage" || key == "overwrite" || key == "night" || key == "log-level" || key == "fsync") continue;
-    if ((key == "raw" || key == "out" || key == "instrument") && eq != std::string::npos) {
+    if (key == "stage" || key == "overwrite" || key == "night" || key == "log-level" || key == "fsync" ||
+        key == "out")
+      continue;
+    if ((key == "raw" || key == "instrument") && eq != std::string::npos) {
       const fs::path p(line.substr(eq + 3));
       std::error_code ec;
-      if (fs::exists(p, ec)) {
-        const fs::path c = fs::weakly_canonical(p, ec);
-        if (!ec) {
-          out += key + " = " + c.string() + "\n";
-          continue;
-        }
+      // A profile named by its name (not a file here) stays a name.
+      if (key == "raw" || fs::exists(p, ec)) {
+        out += key + " = " + where(p).string() + "\n";
+        continue;
       }
     }
     out += line + "\n";
@@ -709,13 +739,21 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     const auto flat_files = files_of(plan, setup, FrameClass::Flat);
 
     // Calibration products: built once per setup by all ranks together (row bands), reused when inputs and settings
-    // match (rank 0 decides, so every rank takes the same branch). A master built here is used as built (it equals
-    // its file bit for bit: MasterBias keeps its numbers as its header holds them) and written by rank 0 once both are
-    // built, while the other ranks go on to the IM frames; one that is reused is read by every rank.
+    // match, the file verifies and --overwrite is not given (rank 0 decides, so every rank takes the same branch). A
+    // master built here is used as built (it equals its file bit for bit: MasterBias keeps its numbers as its header
+    // holds them) and written by rank 0 once both are built, while the other ranks go on to the IM frames; one that
+    // is reused is read by every rank.
     auto needs_building = [&](const fs::path& path, const std::string& hash) {
       long long build = 1;
-      if (comm.is_root() && detector::calibration_is_current(path, hash)) {
+      std::string made_by;
+      if (comm.is_root() && !cfg.overwrite && detector::calibration_is_current(path, hash, &made_by)) {
         spdlog::info("reusing {} (CALHASH {})", path.string(), hash);
+        if (made_by != git_sha()) {
+          ++summary.kept_from_other_build;
+          spdlog::warn("{} was made by another kspecdr build (git {}; this one is git {}) from the same frames and "
+                       "settings; it is reused as it is (--overwrite rebuilds it)",
+                       path.string(), made_by.empty() ? "unknown" : made_by, git_sha());
+        }
         build = 0;
       }
       comm.bcast(build);
@@ -785,9 +823,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       const PlannedFrame& p = *work[static_cast<std::size_t>(next)];
       const fs::path out = imdir / (p.name + ".im.fits");
       long long failed = 0;
-      if (keep_existing(cfg, out, config_hash, p.name)) {
+      if (keep_existing(cfg, out, config_hash, p.name, summary)) {
         spdlog::info("{}: {} exists and is current; kept (pass --overwrite to redo it)", p.name, out.string());
-        ++summary.skipped;
       } else {
         try {
           Image im = detector::calibrate_frame(p.file, profile, bias ? &*bias : nullptr, flat ? &*flat : nullptr,
@@ -947,6 +984,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
   // Gather every rank's counts and failures so rank 0 can report the whole night.
   summary.done = static_cast<std::size_t>(comm.sum(static_cast<long long>(summary.done)));
   summary.skipped = static_cast<std::size_t>(comm.sum(static_cast<long long>(summary.skipped)));
+  summary.kept_from_other_build =
+      static_cast<std::size_t>(comm.sum(static_cast<long long>(summary.kept_from_other_build)));
   std::string mine;
   for (const auto& f : summary.failures)
     if (comm.is_root() || f.reason.rfind("unreadable", 0) != 0) mine += f.exposure + '\t' + f.file + '\t' + f.reason + '\n';
@@ -1001,6 +1040,11 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     spdlog::info("peak resident memory per rank: {}", rss_report);
     spdlog::info("night done: {} exposures planned, {} files written, {} kept from earlier runs, {} failed", summary.exposures,
                  summary.done, summary.skipped, summary.failures.size());
+    if (summary.kept_from_other_build)
+      spdlog::warn("{} product(s) kept from earlier runs were made by another kspecdr build than this one (git {}); "
+                   "they hold what that build computed. Pass --overwrite, or write to a new --out, to remake them "
+                   "with this build",
+                   summary.kept_from_other_build, git_sha());
     for (const auto& f : summary.failures) spdlog::error("failed exposure {} ({}): {}", f.exposure, f.file, f.reason);
   }
   return summary;

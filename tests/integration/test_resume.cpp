@@ -1,7 +1,10 @@
 // Killing `kspecdr reduce` at any moment and running the same command again gives the same outputs as
 // a run that was never interrupted: outputs are written under temporary names and renamed when complete,
 // and a re-run keeps an existing output only when its checksums verify and its CFGHASH is this
-// configuration's; everything else is redone and the cubes are rebuilt.
+// configuration's; everything else is redone and the cubes are rebuilt. The configuration does not depend on
+// how the folders are spelled or where the output folder is; products of another kspecdr build are kept and
+// said; a master calibration that does not verify is rebuilt.
+#include <fitsio.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -10,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "kspecdr/core/version.hpp"
+#include "kspecdr/detector/masters.hpp"
+#include "kspecdr/io/fits.hpp"
 #include "kspecdr/io/hdf5.hpp"
 #include "kspecdr/wavecal/red_file.hpp"
 #include "support/testing.hpp"
@@ -74,6 +80,27 @@ void expect_same_outputs(const fs::path& a, const fs::path& b) {
   }
 }
 
+/// Rewrites a string keyword of the primary header and the HDU's checksums, as another build writing the same
+/// product would have left it.
+void set_primary_keyword(const fs::path& path, const char* key, const std::string& value) {
+  fitsfile* f = nullptr;
+  int status = 0;
+  fits_open_file(&f, path.c_str(), READWRITE, &status);
+  fits_update_key_str(f, key, value.c_str(), nullptr, &status);
+  fits_write_chksum(f, &status);
+  fits_close_file(f, &status);
+  ASSERT_EQ(status, 0) << "cannot rewrite " << key << " in " << path;
+}
+
+/// The one file in `dir` whose name starts with `prefix`.
+fs::path only_file(const fs::path& dir, const std::string& prefix) {
+  std::vector<fs::path> found;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind(prefix, 0) == 0) found.push_back(e.path());
+  EXPECT_EQ(found.size(), 1u) << prefix << "* in " << dir;
+  return found.empty() ? dir / prefix : found.front();
+}
+
 }  // namespace
 
 TEST(Resume, AKilledRunFinishedByARerunEqualsAnUninterruptedRun) {
@@ -89,6 +116,34 @@ TEST(Resume, AKilledRunFinishedByARerunEqualsAnUninterruptedRun) {
     ASSERT_EQ(kspecdr::testing::run_command(r.reduce(out), &log), 0) << log;
     expect_same_outputs(clean, out);
   }
+}
+
+TEST(Resume, TheSameNightAgainKeepsEverythingHoweverItsFoldersAreSpelledOrMoved) {
+  const Runs r = make_runs();
+  std::string log;
+  // Relative paths, the output folder made by the first run (so it does not exist when that run starts).
+  const std::string here = "cd " + r.dir->path().string() + " && ";
+  const std::string args = " --stage red --night n";
+  ASSERT_EQ(kspecdr::testing::run_command(
+                here + r.bin + " reduce --raw night/raw --instrument night/instrument.ini --out rel" + args, &log),
+            0)
+      << log;
+  ASSERT_EQ(log.find(" 0 files written"), std::string::npos) << log;
+  auto expect_all_kept = [&](const std::string& command, const std::string& what) {
+    ASSERT_EQ(kspecdr::testing::run_command(command, &log), 0) << log;
+    EXPECT_NE(log.find(" 0 files written"), std::string::npos) << what << ": everything should be kept\n" << log;
+    EXPECT_EQ(log.find("redoing it"), std::string::npos) << what << "\n" << log;
+    EXPECT_EQ(log.find("building master"), std::string::npos) << what << "\n" << log;
+  };
+  expect_all_kept(here + r.bin + " reduce --raw night/raw --instrument night/instrument.ini --out rel" + args,
+                  "the same command again");
+  expect_all_kept(r.bin + " reduce --raw " + (r.dir->path() / "night/./raw/").string() + " --instrument " +
+                      (r.dir->path() / "night/../night/instrument.ini").string() + " --out " +
+                      (r.dir->path() / "rel/").string() + args,
+                  "absolute paths spelled otherwise");
+  fs::rename(r.dir->path() / "rel", r.dir->path() / "moved");
+  expect_all_kept(here + r.bin + " reduce --raw night/raw --instrument night/instrument.ini --out moved" + args,
+                  "the output folder moved");
 }
 
 TEST(Resume, ACorruptOrForeignOutputIsRedoneNotKept) {
@@ -112,4 +167,55 @@ TEST(Resume, ACorruptOrForeignOutputIsRedoneNotKept) {
   EXPECT_NE(log.find("another configuration"), std::string::npos) << log;
   const auto redone = wavecal::read_red_file(other / "red" / "run0009.red.fits");
   EXPECT_EQ(differences(before.spectra.flux, redone.spectra.flux), 0) << "the re-run must use this configuration";
+}
+
+TEST(Resume, AProductOfAnotherBuildIsKeptAndSaidADamagedMasterIsRebuilt) {
+  const Runs r = make_runs();
+  std::string log;
+  const fs::path out = r.dir->path() / "out";
+  ASSERT_EQ(kspecdr::testing::run_command(r.reduce(out), &log), 0) << log;
+  const fs::path red = out / "red" / "run0009.red.fits";
+  const fs::path bias = only_file(out / "calib", "master_bias_"), flat = only_file(out / "calib", "master_flat_");
+  const detector::MasterFlat flat_before = detector::read_master_flat(flat);
+  const auto red_before = wavecal::read_red_file(red);
+  // Two products as another build would have written them (same inputs and configuration, another KSPSHA) ...
+  const std::string other = std::string(git_sha()) == "0123456789ab" ? "ba9876543210" : "0123456789ab";
+  set_primary_keyword(red, "KSPSHA", other);
+  set_primary_keyword(bias, "KSPSHA", other);
+  // ... and a master flat changed after it was written: one byte in the middle of its pixels, header untouched.
+  {
+    std::fstream f(flat, std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f) << flat;
+    const auto at = static_cast<std::streamoff>(fs::file_size(flat) / 3);
+    f.seekg(at);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x5a);
+    f.seekp(at);
+    f.write(&c, 1);
+  }
+  ASSERT_FALSE(fits::Fits::open(flat).verify_checksums()) << "the damaged byte should break the flat's checksums";
+  ASSERT_EQ(kspecdr::testing::run_command(r.reduce(out), &log), 0) << log;
+  // Kept, each said, and counted once in the night's summary.
+  EXPECT_NE(log.find(red.filename().string() + " was made by another kspecdr build (git " + other), std::string::npos) << log;
+  EXPECT_NE(log.find(bias.string() + " was made by another kspecdr build (git " + other), std::string::npos) << log;
+  EXPECT_NE(log.find("2 product(s) kept from earlier runs were made by another kspecdr build"), std::string::npos) << log;
+  EXPECT_EQ(differences(red_before.spectra.flux, wavecal::read_red_file(red).spectra.flux), 0);
+  // The damaged flat is rebuilt (not read), equal to the first one and whole again.
+  EXPECT_NE(log.find("does not verify against its checksums"), std::string::npos) << log;
+  EXPECT_NE(log.find("building master flat"), std::string::npos) << log;
+  EXPECT_TRUE(fits::Fits::open(flat).verify_checksums());
+  const detector::MasterFlat flat_after = detector::read_master_flat(flat);
+  EXPECT_EQ(differences(flat_before.pixel_flat.data, flat_after.pixel_flat.data), 0);
+  EXPECT_EQ(differences(flat_before.pixel_flat.variance, flat_after.pixel_flat.variance), 0);
+  // --overwrite remakes everything with this build, the masters included.
+  ASSERT_EQ(kspecdr::testing::run_command(r.reduce(out) + " --overwrite", &log), 0) << log;
+  EXPECT_NE(log.find("building master bias"), std::string::npos) << log;
+  EXPECT_NE(log.find("building master flat"), std::string::npos) << log;
+  EXPECT_NE(log.find(" 0 kept from earlier runs"), std::string::npos) << log;
+  EXPECT_EQ(log.find("made by another kspecdr build"), std::string::npos) << log;
+  for (const fs::path& p : {red, bias}) {
+    auto f = fits::Fits::open(p);
+    EXPECT_EQ(f.read_header().get_string("KSPSHA").value_or(""), git_sha()) << p;
+  }
 }

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/core/version.hpp"
 #include "kspecdr/detector/calibrate.hpp"
 #include "kspecdr/detector/combine.hpp"
 #include "kspecdr/detector/masters.hpp"
@@ -622,7 +623,10 @@ TEST(DetectorMasters, ProductsRoundTripThroughFitsAndCarryTheirHash) {
   const Image a = calibrate_frame(n.science, n.profile, &mb, &mf, cfg), b = calibrate_frame(n.science, n.profile, &rb, &rf, cfg);
   EXPECT_TRUE((a.data == b.data).all() && (a.variance == b.variance).all() && (a.mask == b.mask).all());
   EXPECT_EQ(rb.inputs.size(), 8u);
-  EXPECT_TRUE(calibration_is_current(dir / "bias.fits", calibration_hash(n.biases, bias_config_text(n.profile, cfg))));
+  std::string made_by;
+  EXPECT_TRUE(calibration_is_current(dir / "bias.fits", calibration_hash(n.biases, bias_config_text(n.profile, cfg)),
+                                     &made_by));
+  EXPECT_EQ(made_by, git_sha()) << "the master should name the build that wrote it (KSPSHA)";
   DetectorConfig other = cfg;
   other.bias_combine = CombineMethod::ClippedMean;
   EXPECT_FALSE(calibration_is_current(dir / "bias.fits", calibration_hash(n.biases, bias_config_text(n.profile, other))));

@@ -67,8 +67,11 @@ std::string calibration_hash(const std::vector<std::filesystem::path>& inputs, c
 std::string bias_config_text(const InstrumentProfile& profile, const DetectorConfig& cfg);
 std::string flat_config_text(const InstrumentProfile& profile, const DetectorConfig& cfg, const MasterBias* bias,
                              const MasterDark* dark);
-/// True when `path` exists, is readable, and its CALHASH equals `expected`.
-bool calibration_is_current(const std::filesystem::path& path, const std::string& expected);
+/// True when `path` exists, every HDU's CHECKSUM/DATASUM verifies, and its CALHASH equals `expected`. A file that
+/// does not verify or cannot be read is logged (warning: it will be rebuilt) and gives false. With `made_by`, the
+/// KSPSHA of the kspecdr build that wrote it ("" when absent) is stored there.
+bool calibration_is_current(const std::filesystem::path& path, const std::string& expected,
+                            std::string* made_by = nullptr);
 
 /// Master bias from overscan-subtracted bias frames. Needs at least one frame; read noise needs
 /// two (with one frame the profile's nominal read noise is used, with a warning).

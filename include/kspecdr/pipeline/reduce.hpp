@@ -46,6 +46,8 @@ struct ReduceSummary {
   std::size_t exposures = 0;       ///< units of work planned (science, arc and imaging frames)
   std::size_t done = 0;            ///< written in this run
   std::size_t skipped = 0;         ///< outputs already present (kept; --overwrite replaces them)
+  /// Products kept from earlier runs (outputs and reused masters) that another kspecdr build (KSPSHA) wrote.
+  std::size_t kept_from_other_build = 0;
   std::vector<ExposureFailure> failures;
   /// 0 when every exposure succeeded, 3 when some failed (DESIGN.md exit codes).
   int exit_code() const { return failures.empty() ? 0 : 3; }
