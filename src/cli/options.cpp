@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/core/log.hpp"
 #include "kspecdr/core/version.hpp"
 #include "kspecdr/parallel/mpi.hpp"
 
@@ -41,6 +42,9 @@ ParsedOptions parse_options(const std::string& command, const std::string& usage
       po::store(po::parse_config_file(f, all, /*allow_unregistered=*/false), out.vm);
     }
     po::notify(out.vm);
+    // The level from the command line in any spelling or from the --config file (main() could only look for
+    // "--log-level X" on the command line, before the options were parsed).
+    set_log_level(out.vm["log-level"].as<std::string>());
   } catch (const po::error& e) {
     throw ConfigError(fmt::format("{}: {} (see 'kspecdr {} --help')", command, e.what(), command));
   }
@@ -56,11 +60,6 @@ std::string any_to_string(const boost::any& v) {
   if (v.type() == typeid(unsigned long)) return std::to_string(boost::any_cast<unsigned long>(v));
   if (v.type() == typeid(double)) return fmt::format("{}", boost::any_cast<double>(v));
   if (v.type() == typeid(bool)) return boost::any_cast<bool>(v) ? "true" : "false";
-  if (v.type() == typeid(std::vector<std::string>)) {
-    std::string s;
-    for (const auto& x : boost::any_cast<std::vector<std::string>>(v)) s += (s.empty() ? "" : ",") + x;
-    return s;
-  }
   return "?";
 }
 }  // namespace
@@ -69,10 +68,17 @@ std::string resolved_config_ini(const std::string& command, const po::variables_
   std::ostringstream os;
   os << "# kspecdr " << version() << " (git " << git_sha() << "), command '" << command << "'\n";
   os << "# the configuration this run used: options from the command line, the --config file and defaults\n";
-  std::map<std::string, std::string> sorted;
-  for (const auto& [k, v] : vm)
-    if (k != "help" && k != "config") sorted[k] = any_to_string(v.value());
-  for (const auto& [k, v] : sorted) os << k << " = " << v << "\n";
+  // A repeatable option (e.g. trace.reference x,y) gets one line per value, as --config reads it back.
+  std::map<std::string, std::vector<std::string>> sorted;
+  for (const auto& [k, v] : vm) {
+    if (k == "help" || k == "config") continue;
+    if (v.value().type() == typeid(std::vector<std::string>))
+      sorted[k] = boost::any_cast<std::vector<std::string>>(v.value());
+    else
+      sorted[k] = {any_to_string(v.value())};
+  }
+  for (const auto& [k, values] : sorted)
+    for (const auto& x : values) os << k << " = " << x << "\n";
   return os.str();
 }
 

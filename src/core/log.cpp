@@ -6,13 +6,29 @@
 
 #include <cstdio>
 
+#include "kspecdr/core/error.hpp"
+
 namespace kspecdr {
 
 void init_logging(int rank, int size, const std::string& level) {
   auto logger = spdlog::stderr_color_mt("kspecdr");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern(fmt::format("%Y-%m-%dT%H:%M:%S.%e [rank {}/{}] %^%-5l%$ %v", rank, size));
-  spdlog::set_level(spdlog::level::from_str(level));
+  set_log_level(level);
+}
+
+void set_log_level(const std::string& level) {
+  static const std::pair<const char*, spdlog::level::level_enum> names[] = {
+      {"trace", spdlog::level::trace}, {"debug", spdlog::level::debug}, {"info", spdlog::level::info},
+      {"warn", spdlog::level::warn},   {"warning", spdlog::level::warn}, {"error", spdlog::level::err},
+      {"critical", spdlog::level::critical}, {"off", spdlog::level::off}};
+  for (const auto& [name, l] : names)
+    if (level == name) {
+      spdlog::set_level(l);
+      return;
+    }
+  throw ConfigError(fmt::format("--log-level '{}': use trace, debug, info, warn, error, critical or off", level),
+                    ErrorContext{.keyword = "log-level"});
 }
 
 Progress::Progress(std::string label, std::size_t total, bool enabled, std::chrono::seconds interval)

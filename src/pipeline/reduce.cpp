@@ -171,6 +171,7 @@ bool keep_existing(const ReduceConfig& cfg, const fs::path& out, const std::stri
   if (!fs::exists(out) || cfg.overwrite) return false;
   std::string why, made_by;
   if (output_is_current(out, config_hash, why, made_by)) {
+    spdlog::info("{}: {} exists and is current; kept (pass --overwrite to redo it)", exposure, out.string());
     count_kept(summary, out.string(), made_by);
     return true;
   }
@@ -654,8 +655,8 @@ fs::path arcsol_path(const fs::path& calib, const std::string& setup, const std:
 /// The night's name: the configured one, else the raw folder's name (its parent's when it is called "raw").
 std::string night_name(const ReduceConfig& cfg) {
   if (!cfg.night_name.empty()) return setup_slug(cfg.night_name);
-  fs::path p = cfg.raw_dir.lexically_normal();
-  if (p.filename().empty()) p = p.parent_path();
+  // Where the folder is, not how it is spelled ("raw", "." and "/data/n1/raw" name the same night).
+  fs::path p = where(cfg.raw_dir);
   if (p.filename() == "raw" && p.has_parent_path()) p = p.parent_path();
   const std::string n = p.filename().string();
   return n.empty() || n == "." || n == ".." ? "night" : setup_slug(n);
@@ -682,7 +683,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
                         ErrorContext{.file = cfg.raw_dir.string()});
     // Temporary files of a run that was killed before it could rename them: never outputs, removed.
     std::size_t stale = 0;
-    for (const fs::path& d : {cfg.out_dir, calib, imdir, exdir, reddir}) {
+    for (const fs::path& d : {cfg.out_dir, calib, imdir, exdir, reddir, cfg.out_dir / "fcal"}) {
       if (!fs::is_directory(d)) continue;
       for (const auto& e : fs::directory_iterator(d))
         if (e.path().filename().string().rfind(".tmp-", 0) == 0 && e.is_regular_file()) {
@@ -823,9 +824,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       const PlannedFrame& p = *work[static_cast<std::size_t>(next)];
       const fs::path out = imdir / (p.name + ".im.fits");
       long long failed = 0;
-      if (keep_existing(cfg, out, config_hash, p.name, summary)) {
-        spdlog::info("{}: {} exists and is current; kept (pass --overwrite to redo it)", p.name, out.string());
-      } else {
+      if (!keep_existing(cfg, out, config_hash, p.name, summary)) {
         try {
           Image im = detector::calibrate_frame(p.file, profile, bias ? &*bias : nullptr, flat ? &*flat : nullptr,
                                                cfg.detector);

@@ -12,6 +12,9 @@ namespace kspecdr {
 /// Configures the default logger: "2026-11-21T10:00:00.123 [rank 1/4] info  message".
 /// `level` is one of trace, debug, info, warn, error, off.
 void init_logging(int rank, int size, const std::string& level = "info");
+/// Sets the level of the default logger: trace, debug, info, warn (warning), error, critical or off; anything else
+/// is a ConfigError naming the option, so that a misspelt level never silences the log.
+void set_log_level(const std::string& level);
 
 /// Progress of a long loop: a bar redrawn in place on a terminal, or a line every
 /// `interval` (and at 100 %) in a batch log. Only the instance that is `enabled` prints
