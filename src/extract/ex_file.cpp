@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "kspecdr/core/error.hpp"
+#include "kspecdr/core/version.hpp"
 #include "kspecdr/io/atomic.hpp"
 #include "kspecdr/io/apertures.hpp"
 #include "kspecdr/io/fits.hpp"
@@ -86,6 +87,8 @@ std::vector<FormatItem> build_format() {
   f.push_back({"PRIMARY", K::Keyword, "EXPNAME", "string", "", "exposure name ('master_flat' in calib/flat_ex)"});
   f.push_back({"PRIMARY", K::Keyword, "CFGHASH", "string", "", "hash of the resolved configuration (config-used.ini)"});
   f.push_back({"PRIMARY", K::Keyword, "DATE", "string", "", "UTC time the file was written"});
+  f.push_back({"PRIMARY", K::Keyword, "KSPVER", "string", "", "kspecdr version that wrote this file"});
+  f.push_back({"PRIMARY", K::Keyword, "KSPSHA", "string", "", "kspecdr git commit that wrote this file"});
   f.push_back({"PRIMARY", K::Keyword, "TRMEAS", "string", "", "trace centroid/width measure: gaussian | moments",
                "exposures"});
   f.push_back({"PRIMARY", K::Keyword, "TRACESET", "string", "", "object whose master traces were used ('' = fiber mode)",
@@ -140,6 +143,9 @@ void write_spectrum_hdus(fits::Fits& f, const SpectrumSet& sp) {
     if (primary) {
       h = sp.header;
       h.set("NAPER", static_cast<long long>(sp.naper()), "number of apertures");
+      // The build that writes this file (the IM's keywords of the same names name the build that made the IM).
+      h.set("KSPVER", version(), "kspecdr version that wrote this file");
+      h.set("KSPSHA", git_sha(), "kspecdr git commit that wrote this file");
     }
     std::string unit = im.unit;
     if (flux_unit != "electron") {

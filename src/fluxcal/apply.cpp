@@ -11,6 +11,7 @@
 #include "kspecdr/core/stats.hpp"
 #include "kspecdr/core/mask.hpp"
 #include "kspecdr/fluxcal/standard.hpp"
+#include "kspecdr/io/atomic.hpp"
 #include "kspecdr/io/hdf5.hpp"
 
 namespace kspecdr::fluxcal {
@@ -249,11 +250,9 @@ void write_failed(const fs::path& in, const fs::path& out, const std::string& wh
 }
 
 void write_cal_file(const fs::path& path, const KnownStandardResult& r, bool overwrite) {
-  if (fs::exists(path) && !overwrite)
-    throw Error(fmt::format("{} exists (use --overwrite to replace it)", path.string()), ErrorContext{.file = path.string()});
-  const fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".tmp");
+  io::AtomicOutput out(path, overwrite);  // refuses an existing file without overwrite
   {
-    auto f = h5::File::create(tmp);
+    auto f = h5::File::create(out.temp_path());
     auto& root = f.root();
     auto put = [](h5::Group&& g, const CalVector& v) {
       g.write("wavelength", v.wavelength_angstrom);
@@ -271,7 +270,7 @@ void write_cal_file(const fs::path& path, const KnownStandardResult& r, bool ove
     root.set_attr("fcal_rms", r.rms);
     f.close();
   }
-  fs::rename(tmp, path);
+  out.commit();
 }
 
 }  // namespace

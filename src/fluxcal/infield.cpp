@@ -672,10 +672,10 @@ fs::path star_table_path(const fs::path& calibrated) {
 }
 
 void write_star_table(const fs::path& path, const std::vector<StarResult>& stars) {
-  const fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".tmp");
+  io::AtomicOutput out(path, true);
   {
-    std::ofstream f(tmp);
-    if (!f) throw Error("cannot write " + tmp.string(), ErrorContext{.file = tmp.string()});
+    std::ofstream f(out.temp_path());
+    if (!f) throw Error("cannot write " + out.temp_path().string(), ErrorContext{.file = path.string()});
     f << "run,fiber,name,sep_arcsec,teff_k,logg,mh,alpha,rv_km_s,rv_err_km_s,scale,scale_err,chi2_dof,model_mismatch,"
          "model_neighbours,snr,factor,log_level,used,reason\n";
     for (const auto& s : stars) {
@@ -688,9 +688,10 @@ void write_star_table(const fs::path& path, const std::vector<StarResult>& stars
                        s.model_neighbours, s.snr, s.factor,
                        s.log_level, s.used ? 1 : 0, reason);
     }
-    if (!f) throw Error("cannot write " + tmp.string(), ErrorContext{.file = tmp.string()});
+    f.close();
+    if (!f) throw Error("cannot write " + out.temp_path().string(), ErrorContext{.file = path.string()});
   }
-  fs::rename(tmp, path);
+  out.commit();
 }
 
 std::vector<std::string> star_history(const StarResult& s) {

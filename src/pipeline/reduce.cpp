@@ -355,6 +355,7 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
           spdlog::info("trace map written to {}", trace_path.string());
         } catch (const std::exception& e) {
           spdlog::error("trace map {} not written: {}", trace_path.string(), e.what());
+          summary.failures.push_back({"calibration", trace_path.string(), e.what()});
         }
       }
       if (comm.is_root() && masters[key].traces.size() > 8) {
@@ -436,9 +437,13 @@ void extract_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, co
         extract::write_ex_file(flat_ex, fs_, true);
       });
     } catch (const std::exception& e) {
-      if (group.is_root())
+      if (group.is_root()) {
         spdlog::error("setup '{}': master flat not extracted ({}); RED will assume equal fiber throughputs", setup,
                       e.what());
+        summary.failures.push_back({"calibration", flat_ex.string(),
+                                    std::string("master flat not extracted (fiber throughputs taken as equal): ") +
+                                        e.what()});
+      }
     }
   };
   // The exposures (and the master flat) dealt to ranks, the last ones to groups of ranks (deal_items).
@@ -588,7 +593,14 @@ void red_setup(const ReduceConfig& cfg, const InstrumentProfile& profile, const 
       }
       if (comm.is_root()) {
         const fs::path arc_path = arcsol_path(cfg.out_dir / "calib", setup, key);
-        wavecal::write_arc_file(arc_path, arc, true);
+        // The file records the solution; the exposures use it from memory on every rank, so a failed write
+        // costs the file (named in the summary), not the exposures that rank 0 happens to take.
+        try {
+          wavecal::write_arc_file(arc_path, arc, true);
+        } catch (const std::exception& e) {
+          spdlog::error("{} not written: {}", arc_path.string(), e.what());
+          summary.failures.push_back({"calibration", arc_path.string(), e.what()});
+        }
         std::vector<double> rms;
         for (const auto& s : arc.solutions)
           if (s.ok()) rms.push_back(s.rms_px);
@@ -1015,6 +1027,7 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
     const auto rss = comm.allgather(fmt::format("{:.0f} MB", static_cast<double>(ru.ru_maxrss) / 1024.0));
     for (std::size_t r = 0; r < rss.size(); ++r) rss_report += fmt::format("{}rank {} {}", r ? ", " : "", r, rss[r]);
   }
+  std::string diagnostics_error;
   if (comm.is_root()) {
     // Every number the stages measured, in one file for figures and systematics studies.
     try {
@@ -1032,9 +1045,16 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       for (const auto& f : summary.failures) fl.push_back({f.exposure, f.file, f.reason});
       write_night_diagnostics(cfg.out_dir / "diagnostics.h5", cfg.out_dir, dex, fl);
     } catch (const std::exception& e) {
+      diagnostics_error = e.what();
       spdlog::error("diagnostics.h5 not written: {}", e.what());
     }
     clock.mark("diagnostics");
+  }
+  // An output that could not be written fails the night on every rank alike (one exit code).
+  comm.bcast(diagnostics_error);
+  if (!diagnostics_error.empty())
+    summary.failures.push_back({"diagnostics", (cfg.out_dir / "diagnostics.h5").string(), diagnostics_error});
+  if (comm.is_root()) {
     spdlog::info("wall time by phase (rank 0): {}", clock.report());
     spdlog::info("peak resident memory per rank: {}", rss_report);
     spdlog::info("night done: {} exposures planned, {} files written, {} kept from earlier runs, {} failed", summary.exposures,

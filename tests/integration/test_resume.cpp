@@ -219,3 +219,25 @@ TEST(Resume, AProductOfAnotherBuildIsKeptAndSaidADamagedMasterIsRebuilt) {
     EXPECT_EQ(f.read_header().get_string("KSPSHA").value_or(""), git_sha()) << p;
   }
 }
+
+TEST(Resume, AProductThatCannotBeWrittenFailsTheNightNotItsExposures) {
+  const Runs r = make_runs();
+  std::string log;
+  const fs::path clean = r.dir->path() / "clean";
+  ASSERT_EQ(kspecdr::testing::run_command(r.reduce(clean), &log), 0) << log;
+  // The same night on 2 ranks into a folder where the arc solution's and the trace map's names are taken by
+  // folders, so that neither file can be written (rank 0 writes them).
+  const fs::path out = r.dir->path() / "blocked";
+  const fs::path arcsol = only_file(clean / "calib", "arcsol_"), traces = only_file(clean / "calib", "traces_");
+  fs::create_directories(out / "calib" / arcsol.filename() / "x");
+  fs::create_directories(out / "calib" / traces.filename() / "x");
+  const int rc = kspecdr::testing::run_command(kspecdr::testing::mpiexec_command(2) + " " + r.reduce(out), &log);
+  EXPECT_EQ(rc, 3) << "a product that could not be written must give exit code 3\n" << log;
+  EXPECT_NE(log.find(arcsol.filename().string() + " not written"), std::string::npos) << log;
+  EXPECT_NE(log.find(traces.filename().string() + " not written"), std::string::npos) << log;
+  EXPECT_NE(log.find("failed exposure calibration (" + (out / "calib" / arcsol.filename()).string()),
+            std::string::npos)
+      << log;
+  // Every exposure is still reduced, whichever rank took it, and equals the clean run.
+  expect_same_outputs(clean, out);
+}
