@@ -154,14 +154,16 @@ bool output_is_current(const fs::path& path, const std::string& config_hash, std
   }
 }
 
-/// A product kept from an earlier run: counted, and if another kspecdr build wrote it, said (the configuration
-/// hash does not cover the code: a kept product holds what its own build computed).
-void count_kept(ReduceSummary& summary, const std::string& what, const std::string& made_by) {
-  ++summary.skipped;
+/// A product kept or reused from an earlier run that another kspecdr build (`made_by`, its KSPSHA) wrote: counted
+/// and said at `level` (the configuration hash does not cover the code: the product holds what its own build
+/// computed). Nothing when this build wrote it.
+void note_other_build(ReduceSummary& summary, const std::string& what, const std::string& made_by,
+                      spdlog::level::level_enum level) {
   if (made_by == git_sha()) return;
   ++summary.kept_from_other_build;
-  spdlog::info("{} was made by another kspecdr build (git {}; this one is git {}); kept as it is", what,
-               made_by.empty() ? "unknown" : made_by, git_sha());
+  spdlog::log(level, "{} was made by another kspecdr build (git {}; this one is git {}); kept as it is (--overwrite "
+                     "remakes it)",
+              what, made_by.empty() ? "unknown" : made_by, git_sha());
 }
 
 /// Whether to skip an existing output: kept (and counted in `summary`) when current and --overwrite is not
@@ -172,7 +174,8 @@ bool keep_existing(const ReduceConfig& cfg, const fs::path& out, const std::stri
   std::string why, made_by;
   if (output_is_current(out, config_hash, why, made_by)) {
     spdlog::info("{}: {} exists and is current; kept (pass --overwrite to redo it)", exposure, out.string());
-    count_kept(summary, out.string(), made_by);
+    ++summary.skipped;
+    note_other_build(summary, out.string(), made_by, spdlog::level::info);
     return true;
   }
   spdlog::warn("{}: {} exists but {}; redoing it", exposure, out.string(), why);
@@ -761,12 +764,8 @@ ReduceSummary reduce_night(const ReduceConfig& cfg, const mpi::Comm& comm) {
       std::string made_by;
       if (comm.is_root() && !cfg.overwrite && detector::calibration_is_current(path, hash, &made_by)) {
         spdlog::info("reusing {} (CALHASH {})", path.string(), hash);
-        if (made_by != git_sha()) {
-          ++summary.kept_from_other_build;
-          spdlog::warn("{} was made by another kspecdr build (git {}; this one is git {}) from the same frames and "
-                       "settings; it is reused as it is (--overwrite rebuilds it)",
-                       path.string(), made_by.empty() ? "unknown" : made_by, git_sha());
-        }
+        // A master calibrates every frame of the setup: a master of another build is worth a warning.
+        note_other_build(summary, path.string(), made_by, spdlog::level::warn);
         build = 0;
       }
       comm.bcast(build);
